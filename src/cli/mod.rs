@@ -1,0 +1,92 @@
+//! Subcommands: `train`, `eval`, `inspect`.
+
+mod inspect;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use lopper::train::{RunDir, evaluate, prepare_data};
+
+#[derive(Parser, Debug)]
+#[command(name = "lopper", version, about = "Budgeted neural-network pruning", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a zoo model on a data set into a run folder.
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a run's model on its data set's test split.
+    Eval(EvalArgs),
+    /// Show a model's layers, MACs and parameters.
+    Inspect(inspect::InspectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// The run folder (written by `lopper train`).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Override the data directory recorded in the run.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Override the device recorded in the run (cpu, cuda, wgpu).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print {"top1", "top5", "loss", "samples"} as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(*a),
+        Command::Eval(a) => eval(a),
+        Command::Inspect(a) => inspect::run(a),
+    }
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let run = RunDir::new(&a.run);
+    let mut cfg = run
+        .read_config()
+        .with_context(|| format!("cannot evaluate {}", a.run.display()))?;
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = Some(d);
+    }
+    if let Some(d) = a.device {
+        cfg.device = d;
+    }
+    let device = lopper::device::device(&cfg.device)?;
+    let model = run
+        .load_model(&device)
+        .with_context(|| format!("cannot load the model of {}", a.run.display()))?;
+    // Evaluation reads the test split only; the training part is not needed.
+    cfg.val_fraction = 0.0;
+    let data = prepare_data(&cfg).context("cannot load the data set")?;
+    lopper::train::check_input(
+        &model.graph,
+        data.train.dataset().shape,
+        &cfg.dataset.to_string(),
+    )?;
+    let test = data.test.context("the test split is empty")?;
+    let m = evaluate(&model, &test, &lopper::model::NoHook, &device)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&m)?);
+    } else {
+        println!(
+            "{}: test top-1 {:.2}%, top-5 {:.2}%, loss {:.4} ({} samples)",
+            a.run.display(),
+            100.0 * m.top1,
+            100.0 * m.top5,
+            m.loss,
+            m.samples
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! `lopper train`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use lopper::data::DatasetName;
+use lopper::model::Model;
+use lopper::train::{
+    NoTrainHook, OptimizerKind, RunDir, ScheduleKind, TrainConfig, Trainer, check_input,
+    prepare_data,
+};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct TrainArgs {
+    /// Run configuration in TOML (the fields below); flags given here override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run folder to write (config, model, metrics, checkpoints).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Zoo model: mlp, lenet5, vgg11, vgg16, resnet20, resnet32, resnet56, mobilenet_v1, mobilenet_v2.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Data set: mnist or cifar10.
+    #[arg(long)]
+    pub dataset: Option<DatasetName>,
+    /// Data directory (default: LOPPER_DATA_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Base learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Nesterov momentum (SGD).
+    #[arg(long)]
+    pub nesterov: bool,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Linear warm-up length in epochs.
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    /// Step schedule: decay every N epochs.
+    #[arg(long)]
+    pub step_every: Option<usize>,
+    /// Step schedule: decay factor.
+    #[arg(long)]
+    pub step_gamma: Option<f64>,
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Share of the training data held out for validation.
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu (default), cuda or wgpu (when compiled in).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Train on the first N training samples only.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Test on the first N test samples only.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// No progress bar or per-epoch lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// Applies the flags that were given on top of `cfg`.
+    fn apply(&self, cfg: &mut TrainConfig) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { cfg.$f = v.clone().into(); } )* };
+        }
+        set!(
+            model,
+            dataset,
+            epochs,
+            batch_size,
+            optimizer,
+            lr,
+            momentum,
+            weight_decay,
+            schedule,
+            warmup_epochs,
+            step_every,
+            step_gamma,
+            label_smoothing,
+            val_fraction,
+            seed,
+            device
+        );
+        if self.data_dir.is_some() {
+            cfg.data_dir = self.data_dir.clone();
+        }
+        if self.train_limit.is_some() {
+            cfg.train_limit = self.train_limit;
+        }
+        if self.test_limit.is_some() {
+            cfg.test_limit = self.test_limit;
+        }
+        if self.nesterov {
+            cfg.nesterov = true;
+        }
+    }
+
+    /// Flags that would change a run's recipe, which `--resume` must not accept.
+    fn recipe_flags(&self) -> Vec<&'static str> {
+        let mut v = vec![];
+        macro_rules! check {
+            ($($f:ident => $name:literal),*) => { $( if self.$f.is_some() { v.push($name); } )* };
+        }
+        check!(config => "--config", model => "--model", dataset => "--dataset",
+               epochs => "--epochs", batch_size => "--batch-size", optimizer => "--optimizer",
+               lr => "--lr", momentum => "--momentum", weight_decay => "--weight-decay",
+               schedule => "--schedule", warmup_epochs => "--warmup-epochs",
+               step_every => "--step-every", step_gamma => "--step-gamma",
+               label_smoothing => "--label-smoothing", val_fraction => "--val-fraction",
+               seed => "--seed", train_limit => "--train-limit", test_limit => "--test-limit");
+        if self.nesterov {
+            v.push("--nesterov");
+        }
+        v
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let run = RunDir::new(&a.out);
+    let cfg = if a.resume {
+        let flags = a.recipe_flags();
+        if !flags.is_empty() {
+            bail!(
+                "{} cannot be changed when resuming: the run continues with the configuration in {}",
+                flags.join(", "),
+                run.config_path().display()
+            );
+        }
+        let mut cfg = run
+            .read_config()
+            .with_context(|| format!("cannot resume {}", a.out.display()))?;
+        if a.data_dir.is_some() {
+            cfg.data_dir = a.data_dir.clone();
+        }
+        if let Some(d) = &a.device {
+            cfg.device = d.clone();
+        }
+        cfg
+    } else {
+        if run.config_path().exists() {
+            bail!(
+                "{} already holds a run; pass --resume to continue it, or choose another --out",
+                a.out.display()
+            );
+        }
+        let mut cfg = match &a.config {
+            Some(p) => TrainConfig::from_toml_file(p)?,
+            None => TrainConfig::default(),
+        };
+        if a.config.is_none() && (a.model.is_none() || a.dataset.is_none()) {
+            bail!("give --model and --dataset (or a --config file that sets them)");
+        }
+        a.apply(&mut cfg);
+        if cfg.data_dir.is_none() {
+            cfg.data_dir = std::env::var_os("LOPPER_DATA_DIR").map(PathBuf::from);
+        }
+        cfg
+    };
+    cfg.validate()?;
+    let data = prepare_data(&cfg).context("cannot load the data set")?;
+    let shape = data.train.dataset().shape;
+    let mut trainer = Trainer::new(cfg.clone(), Some(run.clone()))?;
+    trainer.progress = !a.quiet;
+    let outcome = if a.resume {
+        trainer.resume(&data, &mut NoTrainHook)?
+    } else {
+        let graph = lopper::zoo::build(&cfg.model, &shape, cfg.dataset.num_classes())?;
+        check_input(&graph, shape, &cfg.dataset.to_string())?;
+        let model = Model::init(graph, cfg.seed, &trainer.device)?;
+        trainer.fit(model, &data, &mut NoTrainHook)?
+    };
+    if let Some(t) = outcome.history.last().and_then(|last| last.test) {
+        lopper::fsutil::write_atomic(
+            &run.eval_path(),
+            serde_json::to_string_pretty(&t)?.as_bytes(),
+        )?;
+        if !a.quiet {
+            eprintln!(
+                "done: test top-1 {:.2}%, model in {}",
+                100.0 * t.top1,
+                a.out.display()
+            );
+        }
+    }
+    Ok(())
+}

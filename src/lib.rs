@@ -1,0 +1,17 @@
+//! lopper: budgeted neural-network pruning.
+//!
+//! The crate is laid out as the pipeline is: a model [`graph`] (layers, shapes, parameters),
+//! its execution on Burn ([`model`]), [`count`]ing of MACs and parameters, [`data`] sets,
+//! [`train`]ing with hooks that pruning methods plug into, and the [`device`] choice.
+
+pub mod count;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod graph;
+pub mod model;
+pub mod train;
+pub mod zoo;
+
+pub use error::{LopperError, Result};

@@ -1,0 +1,359 @@
+//! Shape inference and forward values of every op against hand-computed numbers, and a
+//! finite-difference check of the gradients through conv, BN, add and linear.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use lopper::graph::{GraphBuilder, Op, infer_shape};
+use lopper::model::{Model, NoHook, Value};
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+fn data(values: &[f32], shape: &[usize]) -> TensorData {
+    TensorData::new(values.to_vec(), shape.to_vec())
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec_as::<f32>().unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= tol, "{a:?} vs {b:?}");
+    }
+}
+
+/// Runs a one-op graph (node 1) on `input` with the given parameter tensors.
+fn run_op(input_shape: &[usize], op: Op, params: &[(&str, TensorData)], x: TensorData) -> Value {
+    let mut b = GraphBuilder::new("t", input_shape);
+    let y = b.op("op", op, 0);
+    let g = b.finish(y).unwrap();
+    let m = Model::from_tensors(g, &dev(), |_, name, _| {
+        Ok(params.iter().find(|(n, _)| *n == name).unwrap().1.clone())
+    })
+    .unwrap();
+    let input = Tensor::<4>::from_data(x, &dev());
+    m.forward_hooked(Value::Spatial(input), false, &NoHook)
+        .unwrap()
+}
+
+fn spatial(v: Value) -> Vec<f32> {
+    match v {
+        Value::Spatial(t) => host(t),
+        other => panic!("expected spatial, got {:?}", other.dims()),
+    }
+}
+
+fn flat(v: Value) -> Vec<f32> {
+    match v {
+        Value::Flat(t) => host(t),
+        other => panic!("expected flat, got {:?}", other.dims()),
+    }
+}
+
+const NINE: [f32; 9] = [1., 2., 3., 4., 5., 6., 7., 8., 9.];
+
+fn conv(i: usize, o: usize, k: usize, s: usize, p: usize, g: usize, bias: bool) -> Op {
+    Op::Conv2d {
+        in_channels: i,
+        out_channels: o,
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [p, p],
+        dilation: [1, 1],
+        groups: g,
+        bias,
+    }
+}
+
+#[test]
+fn conv_shapes_and_values() {
+    assert_eq!(
+        infer_shape(&conv(3, 8, 3, 1, 1, 1, false), &[&[3, 32, 32]]).unwrap(),
+        vec![8, 32, 32]
+    );
+    assert_eq!(
+        infer_shape(&conv(3, 8, 3, 2, 1, 1, false), &[&[3, 32, 32]]).unwrap(),
+        vec![8, 16, 16]
+    );
+    assert_eq!(
+        infer_shape(&conv(4, 4, 3, 1, 0, 4, false), &[&[4, 5, 7]]).unwrap(),
+        vec![4, 3, 5]
+    );
+    assert!(infer_shape(&conv(3, 8, 3, 1, 1, 1, false), &[&[4, 8, 8]]).is_err());
+    assert!(infer_shape(&conv(3, 8, 3, 1, 1, 2, false), &[&[3, 8, 8]]).is_err());
+
+    // 3x3 input 1..9, 2x2 kernel of ones, bias 0.5: sums of each 2x2 window + 0.5.
+    let out = run_op(
+        &[1, 3, 3],
+        conv(1, 1, 2, 1, 0, 1, true),
+        &[
+            ("weight", data(&[1.; 4], &[1, 1, 2, 2])),
+            ("bias", data(&[0.5], &[1])),
+        ],
+        data(&NINE, &[1, 1, 3, 3]),
+    );
+    close(&spatial(out), &[12.5, 16.5, 24.5, 28.5], 1e-5);
+
+    // Padding 1, stride 2: windows at (-1,-1), (-1,1), (1,-1), (1,1).
+    let out = run_op(
+        &[1, 3, 3],
+        conv(1, 1, 2, 2, 1, 1, false),
+        &[("weight", data(&[1.; 4], &[1, 1, 2, 2]))],
+        data(&NINE, &[1, 1, 3, 3]),
+    );
+    close(&spatial(out), &[1., 5., 11., 28.], 1e-5);
+
+    // Depthwise: channel 0 scaled by 2 (1x1 kernel), channel 1 by -1.
+    let out = run_op(
+        &[2, 1, 2],
+        conv(2, 2, 1, 1, 0, 2, false),
+        &[("weight", data(&[2., -1.], &[2, 1, 1, 1]))],
+        data(&[1., 2., 3., 4.], &[1, 2, 1, 2]),
+    );
+    close(&spatial(out), &[2., 4., -3., -4.], 1e-6);
+}
+
+#[test]
+fn batchnorm_inference_values() {
+    // y = (x - mean) / sqrt(var + eps) * gamma + beta, per channel.
+    let op = Op::BatchNorm2d {
+        channels: 2,
+        eps: 1e-5,
+        momentum: 0.1,
+    };
+    let out = run_op(
+        &[2, 1, 2],
+        op,
+        &[
+            ("weight", data(&[2., 1.], &[2])),
+            ("bias", data(&[1., 0.], &[2])),
+            ("running_mean", data(&[1., -1.], &[2])),
+            ("running_var", data(&[4., 1.], &[2])),
+        ],
+        data(&[3., 5., 0., 1.], &[1, 2, 1, 2]),
+    );
+    let s0 = 2.0 / (4.0f32 + 1e-5).sqrt();
+    let s1 = 1.0 / (1.0f32 + 1e-5).sqrt();
+    close(
+        &spatial(out),
+        &[1. + 2. * s0, 1. + 4. * s0, s1, 2. * s1],
+        1e-5,
+    );
+}
+
+#[test]
+fn linear_flatten_and_pools() {
+    // Flatten is channel-major: [C=2, H=1, W=2] -> [c0w0, c0w1, c1w0, c1w1].
+    let mut b = GraphBuilder::new("t", &[2, 1, 2]);
+    let f = b.op("flatten", Op::Flatten, 0);
+    let y = b.linear("fc", f, 1, true);
+    let g = b.finish(y).unwrap();
+    assert_eq!(g.nodes[f].shape, vec![4]);
+    let m = Model::from_tensors(g, &dev(), |_, name, _| {
+        Ok(match name {
+            "weight" => data(&[1., 10., 100., 1000.], &[4, 1]),
+            _ => data(&[0.5], &[1]),
+        })
+    })
+    .unwrap();
+    let x = Tensor::<4>::from_data(data(&[1., 2., 3., 4.], &[1, 2, 1, 2]), &dev());
+    close(&host(m.forward(x, false)), &[4321.5], 1e-3);
+
+    let x = data(
+        &[
+            1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15., 16.,
+        ],
+        &[1, 1, 4, 4],
+    );
+    let max = Op::MaxPool2d {
+        kernel: [2, 2],
+        stride: [2, 2],
+        padding: [0, 0],
+    };
+    assert_eq!(infer_shape(&max, &[&[1, 4, 4]]).unwrap(), vec![1, 2, 2]);
+    close(
+        &spatial(run_op(&[1, 4, 4], max, &[], x.clone())),
+        &[6., 8., 14., 16.],
+        0.,
+    );
+    let avg = Op::AvgPool2d {
+        kernel: [2, 2],
+        stride: [2, 2],
+        padding: [0, 0],
+    };
+    close(
+        &spatial(run_op(&[1, 4, 4], avg, &[], x.clone())),
+        &[3.5, 5.5, 11.5, 13.5],
+        1e-6,
+    );
+    let gap = run_op(&[1, 4, 4], Op::GlobalAvgPool, &[], x);
+    close(&flat(gap), &[8.5], 1e-6);
+    assert_eq!(
+        infer_shape(&Op::GlobalAvgPool, &[&[7, 4, 4]]).unwrap(),
+        vec![7]
+    );
+}
+
+#[test]
+fn activations_dropout_and_layernorm() {
+    let x = data(&[-2., -0.5, 1., 7.], &[1, 1, 1, 4]);
+    close(
+        &spatial(run_op(&[1, 1, 4], Op::Relu, &[], x.clone())),
+        &[0., 0., 1., 7.],
+        0.,
+    );
+    close(
+        &spatial(run_op(&[1, 1, 4], Op::Relu6, &[], x.clone())),
+        &[0., 0., 1., 6.],
+        0.,
+    );
+    // GELU(x) = x * Phi(x): Phi(-2) = 0.0227501, Phi(-0.5) = 0.3085375, Phi(1) = 0.8413447.
+    close(
+        &spatial(run_op(&[1, 1, 4], Op::Gelu, &[], x.clone())),
+        &[-2. * 0.022_750_1, -0.5 * 0.308_537_5, 0.841_344_7, 7.0],
+        1e-4,
+    );
+    // Dropout is the identity outside training.
+    close(
+        &spatial(run_op(&[1, 1, 4], Op::Dropout { p: 0.5 }, &[], x.clone())),
+        &[-2., -0.5, 1., 7.],
+        0.,
+    );
+    // LayerNorm over the last axis (4): mean 1.375, biased variance.
+    let ln = Op::LayerNorm { dim: 4, eps: 1e-5 };
+    let out = spatial(run_op(
+        &[1, 1, 4],
+        ln,
+        &[
+            ("weight", data(&[1., 1., 1., 2.], &[4])),
+            ("bias", data(&[0., 0., 0., 1.], &[4])),
+        ],
+        x,
+    ));
+    let v = [-2f32, -0.5, 1., 7.];
+    let mean = v.iter().sum::<f32>() / 4.;
+    let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f32>() / 4.;
+    let n: Vec<f32> = v.iter().map(|a| (a - mean) / (var + 1e-5).sqrt()).collect();
+    close(&out, &[n[0], n[1], n[2], 2. * n[3] + 1.], 1e-5);
+}
+
+#[test]
+fn add_and_concat() {
+    let mut b = GraphBuilder::new("t", &[1, 1, 2]);
+    let r = b.relu("r", 0);
+    let a = b.push("add", Op::Add, &[0, r]);
+    let c = b.push("cat", Op::Concat, &[0, a]);
+    let g = b.finish(c).unwrap();
+    assert_eq!(g.nodes[c].shape, vec![2, 1, 2]);
+    let m = Model::init(g, 0, &dev()).unwrap();
+    let x = Tensor::<4>::from_data(data(&[-1., 2.], &[1, 1, 1, 2]), &dev());
+    let out = m.forward_hooked(Value::Spatial(x), false, &NoHook).unwrap();
+    close(&spatial(out), &[-1., 2., -1., 4.], 0.);
+    assert!(infer_shape(&Op::Add, &[&[1, 2, 2], &[2, 2, 2]]).is_err());
+    assert!(infer_shape(&Op::Concat, &[&[1, 2, 2], &[2, 2, 3]]).is_err());
+    assert_eq!(
+        infer_shape(&Op::Concat, &[&[1, 2, 2], &[3, 2, 2]]).unwrap(),
+        vec![4, 2, 2]
+    );
+}
+
+#[test]
+fn builder_reports_bad_wiring() {
+    let mut b = GraphBuilder::new("t", &[3, 8, 8]);
+    let f = b.op("flatten", Op::Flatten, 0);
+    let c = b.conv("conv", f, 4, 3, 1, 1, 1, false);
+    let err = b.finish(c).unwrap_err().to_string();
+    assert!(err.contains("conv"), "{err}");
+}
+
+/// A small graph with conv, BN (training statistics), a residual add, GAP and linear.
+fn small_graph() -> lopper::graph::Graph {
+    let mut b = GraphBuilder::new("fd", &[2, 4, 4]);
+    let c1 = b.conv("conv1", 0, 3, 3, 1, 1, 1, true);
+    let bn = b.bn("bn", c1);
+    let sc = b.conv("shortcut", 0, 3, 1, 1, 0, 1, false);
+    let a = b.push("add", Op::Add, &[bn, sc]);
+    let p = b.op("pool", Op::GlobalAvgPool, a);
+    let y = b.linear("fc", p, 2, true);
+    b.finish(y).unwrap()
+}
+
+/// Loss = sum(logits * c) with fixed `c`, so every output entry matters.
+fn loss_of(m: &Model, x: &TensorData, device: &Device) -> Tensor<1> {
+    let x = Tensor::<4>::from_data(x.clone(), device);
+    let logits = m.forward(x, true);
+    let c = Tensor::<2>::from_data(data(&[0.3, -1.2, 0.7, 0.4, -0.5, 1.1], &[3, 2]), device);
+    (logits * c).sum()
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let ad = Device::flex().autodiff();
+    let graph = small_graph();
+    let base = Model::init(graph.clone(), 7, &Device::flex()).unwrap();
+    let tensors = base.named_tensors();
+    let xs: Vec<f32> = (0..3 * 2 * 16)
+        .map(|i| ((i * 37 % 23) as f32 / 11.0) - 1.0)
+        .collect();
+    let x = data(&xs, &[3, 2, 4, 4]);
+    let build = |over: Option<(&str, usize, f32)>, device: &Device| {
+        Model::from_tensors(graph.clone(), device, |node, name, _| {
+            let full = format!("{}.{name}", node.name);
+            let mut d = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
+            if let Some((_, i, delta)) = over.filter(|(target, _, _)| *target == full) {
+                let mut v = d.try_to_vec::<f32>().unwrap();
+                v[i] += delta;
+                d = TensorData::new(v, d.shape().to_vec());
+            }
+            Ok(d)
+        })
+        .unwrap()
+    };
+    let m = build(None, &ad);
+    let grads = loss_of(&m, &x, &ad).backward();
+    let analytic = |name: &str| -> Vec<f32> {
+        let node = m.graph.node_index(name.split('.').next().unwrap()).unwrap();
+        match (m.layers[node].as_ref().unwrap(), name.ends_with("bias")) {
+            (lopper::model::Layer::Conv(c), false) => host(c.weight.val().grad(&grads).unwrap()),
+            (lopper::model::Layer::Conv(c), true) => {
+                host(c.bias.as_ref().unwrap().val().grad(&grads).unwrap())
+            }
+            (lopper::model::Layer::Linear(l), false) => host(l.weight.val().grad(&grads).unwrap()),
+            (lopper::model::Layer::Linear(l), true) => {
+                host(l.bias.as_ref().unwrap().val().grad(&grads).unwrap())
+            }
+            (lopper::model::Layer::Norm(n), false) => host(n.weight.val().grad(&grads).unwrap()),
+            (lopper::model::Layer::Norm(n), true) => host(n.bias.val().grad(&grads).unwrap()),
+        }
+    };
+    let h = 1e-2f32;
+    // Training-mode BN (batch statistics) runs on the autodiff device only: evaluate there.
+    let eval = |over| {
+        let m = build(Some(over), &ad);
+        host(loss_of(&m, &x, &ad))[0] as f64
+    };
+    let mut checked = 0;
+    for name in [
+        "conv1.weight",
+        "conv1.bias",
+        "bn.weight",
+        "bn.bias",
+        "shortcut.weight",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        let g = analytic(name);
+        for i in (0..g.len()).step_by((g.len() / 4).max(1)) {
+            let fd = (eval((name, i, h)) - eval((name, i, -h))) / (2.0 * h as f64);
+            let a = g[i] as f64;
+            assert!(
+                (fd - a).abs() <= 2e-2 * a.abs().max(fd.abs()) + 2e-3,
+                "{name}[{i}]: autodiff {a}, finite difference {fd}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20);
+}

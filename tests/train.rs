@@ -1,0 +1,381 @@
+//! The training loop: learning on real data, resume equivalence, divergence handling, hooks,
+//! schedules and the loss.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use lopper::data::{Batcher, Dataset, DatasetName};
+use lopper::model::{Layer, Model};
+use lopper::train::schedule::learning_rate;
+use lopper::train::{
+    EpochRecord, NoTrainHook, RunDir, ScheduleKind, StepInfo, TrainConfig, TrainData, TrainHook,
+    Trainer, prepare_data,
+};
+
+/// MNIST-shaped synthetic data with a learnable rule: the label is the brightest of ten
+/// horizontal bands.
+fn synthetic(n: usize, seed: u64) -> Dataset {
+    let mut images = Vec::with_capacity(n * 784);
+    let mut labels = Vec::with_capacity(n);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 33) as u32
+    };
+    for _ in 0..n {
+        let label = (next() % 10) as usize;
+        for y in 0..28 {
+            for _ in 0..28 {
+                let band = (y * 10 / 28).min(9);
+                let base = if band == label { 180 } else { 40 };
+                images.push((base + next() % 60) as u8);
+            }
+        }
+        labels.push(label as u8);
+    }
+    Dataset {
+        images,
+        labels,
+        shape: [1, 28, 28],
+        classes: (0..10).map(|i| i.to_string()).collect(),
+    }
+}
+
+fn synthetic_data(batch: usize) -> TrainData {
+    let pre = DatasetName::Mnist.preprocess();
+    TrainData {
+        train: Batcher::new(Arc::new(synthetic(96, 1)), batch, pre.clone(), true),
+        val: None,
+        test: Some(Batcher::new(Arc::new(synthetic(64, 2)), 64, pre, false)),
+    }
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        model: "lenet5".into(),
+        dataset: DatasetName::Mnist,
+        epochs,
+        batch_size: 16,
+        lr: 0.05,
+        schedule: ScheduleKind::Cosine,
+        warmup_epochs: 0.5,
+        seed: 11,
+        ..TrainConfig::default()
+    }
+}
+
+fn lenet(seed: u64) -> Model {
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    Model::init(g, seed, &Device::flex()).unwrap()
+}
+
+fn weights(m: &Model) -> Vec<(String, Vec<f32>)> {
+    m.named_tensors()
+        .into_iter()
+        .map(|(n, d)| (n, d.try_to_vec::<f32>().unwrap()))
+        .collect()
+}
+
+/// Stops training after `n` epochs, as a kill would, and counts the calls it sees.
+struct StopAfter {
+    n: usize,
+    steps: usize,
+}
+impl TrainHook for StopAfter {
+    fn before_step(&mut self, _: &StepInfo) {
+        self.steps += 1;
+    }
+    fn after_epoch(&mut self, r: &EpochRecord, _: &Model) -> lopper::Result<ControlFlow<()>> {
+        Ok(if r.epoch >= self.n {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
+}
+
+#[test]
+fn resume_reaches_the_same_weights() {
+    let data = synthetic_data(16);
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(config(3), Some(RunDir::new(full_dir.path()))).unwrap();
+    t.progress = false;
+    let full = t.fit(lenet(4), &data, &mut NoTrainHook).unwrap();
+    assert_eq!(full.history.len(), 3);
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let mut t = Trainer::new(config(3), Some(run.clone())).unwrap();
+    t.progress = false;
+    let mut stop = StopAfter { n: 1, steps: 0 };
+    let part = t.fit(lenet(4), &data, &mut stop).unwrap();
+    assert!(part.stopped_early);
+    assert_eq!(
+        stop.steps, 6,
+        "96 samples in batches of 16 is 6 steps per epoch"
+    );
+    // A fresh trainer, as after a restart of the process.
+    let mut t = Trainer::new(run.read_config().unwrap(), Some(run.clone())).unwrap();
+    t.progress = false;
+    let resumed = t.resume(&data, &mut NoTrainHook).unwrap();
+    assert_eq!(resumed.history.len(), 3);
+    for (a, b) in full.history.iter().zip(&resumed.history) {
+        assert_eq!(
+            (a.epoch, a.lr, a.train_loss, a.train_top1, a.test),
+            (b.epoch, b.lr, b.train_loss, b.train_top1, b.test)
+        );
+    }
+    let (a, b) = (weights(&full.model), weights(&resumed.model));
+    for ((na, va), (_, vb)) in a.iter().zip(&b) {
+        let max = va
+            .iter()
+            .zip(vb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max <= 1e-6, "{na} differs after resume by {max}");
+    }
+    // The run folder's model is the final one and loads back.
+    let loaded = run.load_model(&Device::flex()).unwrap();
+    assert_eq!(weights(&loaded).len(), b.len());
+}
+
+/// Poisons a weight after a given step, to check the divergence guard.
+struct Poison {
+    at_step: usize,
+}
+impl TrainHook for Poison {
+    fn after_step(&mut self, info: &StepInfo, model: Model) -> lopper::Result<Model> {
+        if info.global_step != self.at_step {
+            return Ok(model);
+        }
+        let tensors = model.named_tensors();
+        Model::from_tensors(
+            model.graph.clone(),
+            &Device::flex().autodiff(),
+            |node, name, _| {
+                let full = format!("{}.{name}", node.name);
+                let mut d = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
+                if full == "fc3.bias" {
+                    d = TensorData::new(vec![f32::NAN; 10], [10]);
+                }
+                Ok(d)
+            },
+        )
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
+    let data = synthetic_data(16);
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let mut t = Trainer::new(config(3), Some(run.clone())).unwrap();
+    t.progress = false;
+    // Step 8 is in the second epoch (6 steps per epoch): epoch 1's checkpoint exists.
+    let err = t
+        .fit(lenet(0), &data, &mut Poison { at_step: 8 })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("diverged") && err.contains("NaN") && err.contains("epoch 2"),
+        "{err}"
+    );
+    assert!(err.contains("last good checkpoint (epoch 1)"), "{err}");
+    let (state, _, _) = run.read_checkpoint(&Device::flex()).unwrap();
+    assert_eq!(state.epochs_done, 1);
+}
+
+/// Holds conv1's first filter at zero after every step: a hard mask applied through the hook.
+struct ZeroFilter;
+impl TrainHook for ZeroFilter {
+    fn after_step(&mut self, _: &StepInfo, mut model: Model) -> lopper::Result<Model> {
+        if let Some(Some(Layer::Conv(c))) = model.layers.get_mut(1) {
+            let w = c.weight.val();
+            let o = w.dims()[0];
+            let mut mask = vec![1f32; o];
+            mask[0] = 0.0;
+            let m = Tensor::<1>::from_data(TensorData::new(mask, [o]), &w.device());
+            let w = (w * m.reshape([o, 1, 1, 1])).detach().require_grad();
+            c.weight = burn::module::Param::initialized(c.weight.id, w);
+        }
+        Ok(model)
+    }
+}
+
+#[test]
+fn hooks_can_rewrite_the_model_every_step() {
+    let data = synthetic_data(16);
+    let mut t = Trainer::new(config(1), None).unwrap();
+    t.progress = false;
+    let out = t.fit(lenet(0), &data, &mut ZeroFilter).unwrap();
+    let w = weights(&out.model)
+        .into_iter()
+        .find(|(n, _)| n == "conv1.weight")
+        .unwrap()
+        .1;
+    assert!(w[..25].iter().all(|v| *v == 0.0));
+    assert!(w[25..50].iter().any(|v| *v != 0.0));
+}
+
+#[test]
+fn synthetic_task_is_learned() {
+    let data = synthetic_data(16);
+    let mut t = Trainer::new(config(10), None).unwrap();
+    t.progress = false;
+    let out = t.fit(lenet(1), &data, &mut NoTrainHook).unwrap();
+    let (first, last) = (&out.history[0], out.history.last().unwrap());
+    assert!(
+        last.train_loss < 0.5 * first.train_loss,
+        "{} -> {}",
+        first.train_loss,
+        last.train_loss
+    );
+    assert!(last.test.unwrap().top1 > 0.8, "{:?}", last.test);
+}
+
+fn data_dir() -> Option<PathBuf> {
+    match std::env::var_os("LOPPER_DATA_DIR") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => {
+            eprintln!("LOPPER_DATA_DIR is not set: skipping the real-data test");
+            None
+        }
+    }
+}
+
+#[test]
+fn short_mnist_run_loss_falls() {
+    let Some(dir) = data_dir() else { return };
+    let cfg = TrainConfig {
+        model: "mlp".into(),
+        dataset: DatasetName::Mnist,
+        data_dir: Some(dir),
+        epochs: 3,
+        batch_size: 32,
+        lr: 0.05,
+        schedule: ScheduleKind::Constant,
+        train_limit: Some(640),
+        test_limit: Some(500),
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let data = prepare_data(&cfg).unwrap();
+    assert_eq!(data.train.dataset().len(), 640);
+    let g = lopper::zoo::build("mlp", &[1, 28, 28], 10).unwrap();
+    let mut t = Trainer::new(cfg, None).unwrap();
+    t.progress = false;
+    let out = t
+        .fit(
+            Model::init(g, 0, &Device::flex()).unwrap(),
+            &data,
+            &mut NoTrainHook,
+        )
+        .unwrap();
+    let losses: Vec<f64> = out.history.iter().map(|r| r.train_loss).collect();
+    assert!(losses[2] < 0.6 * losses[0], "{losses:?}");
+    assert!(
+        out.history[2].test.unwrap().top1 > 0.75,
+        "{:?}",
+        out.history[2].test
+    );
+}
+
+#[test]
+fn schedules() {
+    let mut c = TrainConfig {
+        lr: 0.1,
+        epochs: 10,
+        warmup_epochs: 0.0,
+        ..TrainConfig::default()
+    };
+    c.schedule = ScheduleKind::Cosine;
+    assert!((learning_rate(&c, 0, 100) - 0.1).abs() < 1e-12);
+    assert!((learning_rate(&c, 500, 100) - 0.05).abs() < 1e-12);
+    assert!(learning_rate(&c, 999, 100) < 1e-4);
+    c.schedule = ScheduleKind::Step;
+    c.step_every = 3;
+    c.step_gamma = 0.5;
+    assert!((learning_rate(&c, 299, 100) - 0.1).abs() < 1e-12);
+    assert!((learning_rate(&c, 300, 100) - 0.05).abs() < 1e-12);
+    assert!((learning_rate(&c, 650, 100) - 0.025).abs() < 1e-12);
+    c.warmup_epochs = 2.0;
+    c.schedule = ScheduleKind::Constant;
+    assert!((learning_rate(&c, 0, 100) - 0.1 / 200.0).abs() < 1e-12);
+    assert!((learning_rate(&c, 99, 100) - 0.05).abs() < 1e-12);
+    assert!((learning_rate(&c, 200, 100) - 0.1).abs() < 1e-12);
+}
+
+#[test]
+fn cross_entropy_with_label_smoothing() {
+    let dev = Device::flex();
+    let logits = Tensor::<2>::from_data(
+        TensorData::new(vec![2.0f32, 0.0, -1.0, 0.5, 0.5, 0.5], [2, 3]),
+        &dev,
+    );
+    let lse0 = (2f64.exp() + 1.0 + (-1f64).exp()).ln();
+    let lse1 = (3.0 * 0.5f64.exp()).ln();
+    let logp = [[2.0 - lse0, -lse0, -1.0 - lse0], [0.5 - lse1; 3]];
+    let labels = [0u8, 2];
+    for eps in [0.0, 0.1] {
+        let got = lopper::train::loss::cross_entropy(logits.clone(), &labels, eps, &dev);
+        let got = got.into_data().try_to_vec::<f32>().unwrap()[0] as f64;
+        let mut want = 0.0;
+        for (row, &y) in logp.iter().zip(&labels) {
+            for (j, lp) in row.iter().enumerate() {
+                let t = if j == y as usize {
+                    1.0 - eps + eps / 3.0
+                } else {
+                    eps / 3.0
+                };
+                want -= t * lp;
+            }
+        }
+        want /= 2.0;
+        assert!((got - want).abs() < 1e-5, "eps {eps}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn bad_configurations_are_rejected() {
+    let e = |c: TrainConfig| c.validate().unwrap_err().to_string();
+    assert!(
+        e(TrainConfig {
+            epochs: 0,
+            ..TrainConfig::default()
+        })
+        .contains("epochs")
+    );
+    assert!(
+        e(TrainConfig {
+            lr: -1.0,
+            ..TrainConfig::default()
+        })
+        .contains("lr")
+    );
+    assert!(
+        e(TrainConfig {
+            model: "resnet7".into(),
+            ..TrainConfig::default()
+        })
+        .contains("resnet20")
+    );
+    assert!(
+        e(TrainConfig {
+            device: "tpu".into(),
+            ..TrainConfig::default()
+        })
+        .contains("tpu")
+    );
+    assert!(
+        e(TrainConfig {
+            warmup_epochs: 20.0,
+            ..TrainConfig::default()
+        })
+        .contains("warmup")
+    );
+}
