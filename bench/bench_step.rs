@@ -1,0 +1,204 @@
+//! Training-step throughput of a zoo model on the default backend, and where the time goes.
+//!
+//! `cargo run --release --example bench_step -- [--model resnet20] [--batch 128] [--steps 20]`
+//!
+//! Prints one JSON line with images/s for the full step, then a profile table: the step split
+//! into data preparation, forward (+ loss), backward and optimiser (each timed with a device
+//! sync), and the forward and backward time of each op kind, measured by running every node of
+//! the model alone on its real input shape.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Tensor};
+use lopper::data::{Batcher, Dataset, DatasetName};
+use lopper::graph::{Graph, GraphBuilder, Op};
+use lopper::model::{Model, NoHook, Value};
+use lopper::train::{loss::cross_entropy, optim::build_optimizer, TrainConfig};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn arg_str(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn sync(device: &Device) {
+    device.sync().expect("device sync");
+}
+
+/// A random CIFAR-shaped data set, so the data phase does real augmentation work.
+fn random_data(n: usize) -> Dataset {
+    let mut s = 12345u64;
+    let images = (0..n * 3072)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 56) as u8
+        })
+        .collect();
+    Dataset {
+        images,
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        shape: [3, 32, 32],
+        classes: (0..10).map(|i| i.to_string()).collect(),
+    }
+}
+
+/// Seconds per call of `f`, after one warm-up call, averaged over `reps`.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t.elapsed().as_secs_f64() / reps as f64
+}
+
+/// Profile bucket of an op.
+fn bucket(op: &Op) -> &'static str {
+    match op {
+        Op::Conv2d { .. } => "conv",
+        Op::BatchNorm2d { .. } => "batch norm",
+        Op::Relu | Op::Relu6 | Op::Gelu | Op::Add | Op::Dropout { .. } => "element-wise",
+        Op::Linear { .. } => "linear",
+        _ => "pooling/reshape",
+    }
+}
+
+/// Forward and forward+backward seconds of node `i` of `graph` run alone at batch `batch`.
+fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usize) -> (f64, f64) {
+    let node = &graph.nodes[i];
+    let ins: Vec<Vec<usize>> = node.inputs.iter().map(|&j| graph.nodes[j].shape.clone()).collect();
+    let mut b = GraphBuilder::new("one", &ins[0]);
+    let extra: Vec<usize> = (1..ins.len()).map(|k| b.op(&format!("copy{k}"), Op::Relu, 0)).collect();
+    let mut inputs = vec![0];
+    inputs.extend(extra);
+    let y = b.push(&node.name, node.op.clone(), &inputs);
+    let g = b.finish(y).expect("single-op graph");
+    let m = Model::init(g, 0, device).expect("init").fork(device).train();
+    let mut shape = vec![batch];
+    shape.extend(&ins[0]);
+    let dims: [usize; 4] = match shape.len() {
+        4 => [shape[0], shape[1], shape[2], shape[3]],
+        2 => [shape[0], shape[1], 1, 1],
+        _ => return (0.0, 0.0),
+    };
+    let x4 = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), device);
+    let input = |x: Tensor<4>| {
+        if shape.len() == 2 { Value::Flat(x.reshape([dims[0], dims[1]])) } else { Value::Spatial(x) }
+    };
+    let sum = |v: Value| match v {
+        Value::Spatial(t) => t.sum(),
+        Value::Flat(t) => t.sum(),
+        Value::Seq(t) => t.sum(),
+    };
+    // An add's second input is a ReLU copy of the first; its small cost is included.
+    let fwd = time(reps, || {
+        let y = m.forward_hooked(input(x4.clone()), true, &NoHook).expect("forward");
+        let _ = sum(y).into_scalar::<f32>();
+    });
+    let x_grad = x4.clone().require_grad();
+    let fwd_bwd = time(reps, || {
+        let y = m.forward_hooked(input(x_grad.clone()), true, &NoHook).expect("forward");
+        let g = sum(y).backward();
+        drop(g);
+        sync(device);
+    });
+    (fwd, (fwd_bwd - fwd).max(0.0))
+}
+
+fn main() {
+    let model_name = arg_str("--model", "resnet20");
+    let batch = arg("--batch", 128);
+    let steps = arg("--steps", 20);
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let graph = lopper::zoo::build(&model_name, &[3, 32, 32], 10).expect("model");
+    let mut model = Model::init(graph.clone(), 0, &device).expect("init");
+    let cfg = TrainConfig { model: model_name.clone(), batch_size: batch, ..TrainConfig::default() };
+    let mut optim = build_optimizer(&cfg);
+    let data = random_data(batch * 4);
+    let batcher = Batcher::new(Arc::new(data), batch, DatasetName::Cifar10.preprocess(), true);
+    let batches: Vec<_> = batcher.epoch(0, 0, 0).collect();
+
+    // Full steps, data prepared ahead (as in training).
+    let mut phase: BTreeMap<&str, f64> = BTreeMap::new();
+    let warmup = 3;
+    let mut timed_secs = 0.0;
+    for b in 0..warmup + steps {
+        let timed = b >= warmup;
+        let batch = &batches[b % batches.len()];
+        let t0 = Instant::now();
+        let (x, _) = batch.to_tensors(&device);
+        let logits = model.forward(x, true);
+        let loss = cross_entropy(logits, &batch.labels, 0.0, &device);
+        let _ = loss.clone().into_scalar::<f32>();
+        let t1 = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        sync(&device);
+        let t2 = Instant::now();
+        model = optim.step(0.05, model, grads);
+        sync(&device);
+        let t3 = Instant::now();
+        if timed {
+            *phase.entry("forward + loss").or_default() += (t1 - t0).as_secs_f64();
+            *phase.entry("backward").or_default() += (t2 - t1).as_secs_f64();
+            *phase.entry("optimiser").or_default() += (t3 - t2).as_secs_f64();
+            timed_secs += (t3 - t0).as_secs_f64();
+        }
+    }
+    let step_secs = timed_secs / steps as f64;
+    let data_secs = time(5, || {
+        let _ = batcher.epoch(7, 1, 0).next();
+    });
+    println!(
+        "{{\"engine\": \"lopper (burn flex)\", \"model\": \"{model_name}\", \"batch\": {batch}, \"steps\": {steps}, \"images_per_sec\": {:.2}, \"step_seconds\": {:.4}}}",
+        batch as f64 / step_secs,
+        step_secs
+    );
+
+    println!("\nStep phases (mean seconds per step, each followed by a device sync):");
+    println!("| phase | seconds | share |\n|---|---|---|");
+    let total: f64 = phase.values().sum::<f64>() / steps as f64;
+    for (k, v) in &phase {
+        let v = v / steps as f64;
+        println!("| {k} | {v:.4} | {:.1}% |", 100.0 * v / total);
+    }
+    println!("| data (prepared on a worker thread, overlapped) | {data_secs:.4} | — |");
+
+    // Per op kind: every node alone on its real input shape.
+    let plain_reps = arg("--reps", 3);
+    let mut fwd: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut bwd: BTreeMap<&str, f64> = BTreeMap::new();
+    for (i, node) in graph.nodes.iter().enumerate().skip(1) {
+        let (f, b) = node_times(&graph, i, batch, &device, plain_reps);
+        *fwd.entry(bucket(&node.op)).or_default() += f;
+        *bwd.entry(bucket(&node.op)).or_default() += b;
+    }
+    println!("\nPer op kind (each node run alone at batch {batch}; sums over the model's nodes):");
+    println!("| op kind | forward s | backward s | share of sum |\n|---|---|---|---|");
+    let sum: f64 = fwd.values().sum::<f64>() + bwd.values().sum::<f64>();
+    for k in fwd.keys() {
+        println!(
+            "| {k} | {:.4} | {:.4} | {:.1}% |",
+            fwd[k],
+            bwd[k],
+            100.0 * (fwd[k] + bwd[k]) / sum
+        );
+    }
+    println!("| sum of ops | {:.4} | {:.4} | (full step {step_secs:.4}) |", fwd.values().sum::<f64>(), bwd.values().sum::<f64>());
+}

@@ -1,0 +1,85 @@
+"""Peer reference: the same ResNet-20 training step in PyTorch on the CPU.
+
+Not part of lopper: run by bench/run.sh in a venv with `pip install torch torchvision`.
+The network matches lopper's zoo resnet20 (3 stages of 3 basic blocks, widths 16/32/64,
+1x1 conv + BN projection shortcuts where the shape changes), trained with SGD (momentum 0.9,
+weight decay 5e-4) and cross-entropy, at the same batch size and thread count.
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    def __init__(self, n=3, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        layers, cin = [], 16
+        for stage, w in enumerate([16, 32, 64]):
+            for b in range(n):
+                layers.append(Block(cin, w, 2 if stage > 0 and b == 0 else 1))
+                cin = w
+        self.blocks = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = ResNet20()
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(a.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (a.batch,))
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(3):
+        step()
+    t = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    secs = (time.perf_counter() - t) / a.steps
+    print(json.dumps({"engine": f"pytorch {torch.__version__} cpu", "model": "resnet20", "params": params,
+                      "batch": a.batch, "steps": a.steps, "threads": a.threads,
+                      "images_per_sec": round(a.batch / secs, 2), "step_seconds": round(secs, 4)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# lopper benchmarks: one command, results as Markdown tables on stdout.
+#
+#   bench/run.sh throughput   # a. resnet20 training step, lopper vs PyTorch CPU, + profile
+#   bench/run.sh lenet5       # b. lenet5 on MNIST, 2 epochs: test top-1 and wall time
+#   bench/run.sh resnet20     # c. resnet20 on CIFAR-10, the dense baseline (about an hour)
+#   bench/run.sh all          # a, b and c
+#
+# Data from LOPPER_DATA_DIR (default ../shared/data). PyTorch comes from bench/.venv
+# (python3 -m venv bench/.venv && bench/.venv/bin/pip install torch torchvision); without it
+# the PyTorch column is skipped. Runs go to bench/runs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LOPPER_DATA_DIR="${LOPPER_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+what="${1:-all}"
+threads="${BENCH_THREADS:-2}"
+mkdir -p bench/runs
+cargo build --release --quiet --bin lopper --example bench_step
+lopper=target/release/lopper
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; date: $(date -u +%F)"
+
+throughput() {
+  echo "## a. resnet20 training step, batch 128, $threads threads"
+  local ours theirs
+  RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model resnet20 --batch 128 --steps "${STEPS:-20}" > bench/runs/bench_step.txt
+  ours=$(head -1 bench/runs/bench_step.txt)
+  echo "lopper:  $ours"
+  if [ -x bench/.venv/bin/python ]; then
+    theirs=$(bench/.venv/bin/python bench/pytorch_resnet20.py --batch 128 --steps "${STEPS:-20}" --threads "$threads")
+    echo "pytorch: $theirs"
+    python3 - "$ours" "$theirs" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print("\n| engine | images/s |\n|---|---|")
+print(f"| {a['engine']} | {a['images_per_sec']:.1f} |")
+print(f"| {b['engine']} | {b['images_per_sec']:.1f} |")
+print(f"| ratio lopper / PyTorch | {a['images_per_sec'] / b['images_per_sec']:.2f} |")
+PY
+  else
+    echo "(no bench/.venv: PyTorch skipped)"
+  fi
+  tail -n +2 bench/runs/bench_step.txt
+}
+
+train_bench() { # name, then lopper train flags
+  local name=$1; shift
+  rm -rf "bench/runs/$name"
+  local t0=$(date +%s)
+  "$lopper" train --out "bench/runs/$name" --quiet "$@"
+  local t1=$(date +%s)
+  python3 - "bench/runs/$name" "$((t1 - t0))" "$*" <<'PY'
+import json, sys
+run, secs, flags = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+m = json.load(open(f"{run}/eval.json"))
+print(f"\n| run | flags | test top-1 | test top-5 | wall time |\n|---|---|---|---|---|")
+print(f"| {run} | `{flags}` | {100*m['top1']:.2f}% | {100*m['top5']:.2f}% | {secs // 60} min {secs % 60} s |")
+PY
+}
+
+case "$what" in
+  throughput) throughput ;;
+  lenet5) echo "## b. lenet5 on MNIST"; train_bench lenet5-mnist --model lenet5 --dataset mnist --epochs 2 --batch-size 64 --lr 0.05 --schedule cosine ;;
+  resnet20) echo "## c. resnet20 on CIFAR-10 (dense baseline)"; train_bench resnet20-cifar10 --model resnet20 --dataset cifar10 --epochs "${EPOCHS:-4}" --batch-size 128 --lr 0.1 --warmup-epochs 0.3 --schedule cosine --weight-decay 5e-4 ;;
+  all) "$0" throughput; "$0" lenet5; "$0" resnet20 ;;
+  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|all" >&2; exit 2 ;;
+esac
