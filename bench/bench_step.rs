@@ -17,7 +17,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use lopper::data::{Batcher, Dataset, DatasetName};
 use lopper::graph::{Graph, GraphBuilder, Op};
 use lopper::model::{Model, NoHook, Value};
-use lopper::train::{loss::cross_entropy, optim::build_optimizer, TrainConfig};
+use lopper::train::{TrainConfig, loss::cross_entropy, optim::build_optimizer};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -46,7 +46,9 @@ fn random_data(n: usize) -> Dataset {
     let mut s = 12345u64;
     let images = (0..n * 3072)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 56) as u8
         })
         .collect();
@@ -82,14 +84,23 @@ fn bucket(op: &Op) -> &'static str {
 /// Forward and forward+backward seconds of node `i` of `graph` run alone at batch `batch`.
 fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usize) -> (f64, f64) {
     let node = &graph.nodes[i];
-    let ins: Vec<Vec<usize>> = node.inputs.iter().map(|&j| graph.nodes[j].shape.clone()).collect();
+    let ins: Vec<Vec<usize>> = node
+        .inputs
+        .iter()
+        .map(|&j| graph.nodes[j].shape.clone())
+        .collect();
     let mut b = GraphBuilder::new("one", &ins[0]);
-    let extra: Vec<usize> = (1..ins.len()).map(|k| b.op(&format!("copy{k}"), Op::Relu, 0)).collect();
+    let extra: Vec<usize> = (1..ins.len())
+        .map(|k| b.op(&format!("copy{k}"), Op::Relu, 0))
+        .collect();
     let mut inputs = vec![0];
     inputs.extend(extra);
     let y = b.push(&node.name, node.op.clone(), &inputs);
     let g = b.finish(y).expect("single-op graph");
-    let m = Model::init(g, 0, device).expect("init").fork(device).train();
+    let m = Model::init(g, 0, device)
+        .expect("init")
+        .fork(device)
+        .train();
     let mut shape = vec![batch];
     shape.extend(&ins[0]);
     let dims: [usize; 4] = match shape.len() {
@@ -99,7 +110,11 @@ fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usiz
     };
     let x4 = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), device);
     let input = |x: Tensor<4>| {
-        if shape.len() == 2 { Value::Flat(x.reshape([dims[0], dims[1]])) } else { Value::Spatial(x) }
+        if shape.len() == 2 {
+            Value::Flat(x.reshape([dims[0], dims[1]]))
+        } else {
+            Value::Spatial(x)
+        }
     };
     let sum = |v: Value| match v {
         Value::Spatial(t) => t.sum(),
@@ -108,12 +123,16 @@ fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usiz
     };
     // An add's second input is a ReLU copy of the first; its small cost is included.
     let fwd = time(reps, || {
-        let y = m.forward_hooked(input(x4.clone()), true, &NoHook).expect("forward");
+        let y = m
+            .forward_hooked(input(x4.clone()), true, &NoHook)
+            .expect("forward");
         let _ = sum(y).into_scalar::<f32>();
     });
     let x_grad = x4.clone().require_grad();
     let fwd_bwd = time(reps, || {
-        let y = m.forward_hooked(input(x_grad.clone()), true, &NoHook).expect("forward");
+        let y = m
+            .forward_hooked(input(x_grad.clone()), true, &NoHook)
+            .expect("forward");
         let g = sum(y).backward();
         drop(g);
         sync(device);
@@ -129,10 +148,19 @@ fn main() {
     device.seed(0);
     let graph = lopper::zoo::build(&model_name, &[3, 32, 32], 10).expect("model");
     let mut model = Model::init(graph.clone(), 0, &device).expect("init");
-    let cfg = TrainConfig { model: model_name.clone(), batch_size: batch, ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        model: model_name.clone(),
+        batch_size: batch,
+        ..TrainConfig::default()
+    };
     let mut optim = build_optimizer(&cfg);
     let data = random_data(batch * 4);
-    let batcher = Batcher::new(Arc::new(data), batch, DatasetName::Cifar10.preprocess(), true);
+    let batcher = Batcher::new(
+        Arc::new(data),
+        batch,
+        DatasetName::Cifar10.preprocess(),
+        true,
+    );
     let batches: Vec<_> = batcher.epoch(0, 0, 0).collect();
 
     // Full steps, data prepared ahead (as in training).
@@ -200,5 +228,9 @@ fn main() {
             100.0 * (fwd[k] + bwd[k]) / sum
         );
     }
-    println!("| sum of ops | {:.4} | {:.4} | (full step {step_secs:.4}) |", fwd.values().sum::<f64>(), bwd.values().sum::<f64>());
+    println!(
+        "| sum of ops | {:.4} | {:.4} | (full step {step_secs:.4}) |",
+        fwd.values().sum::<f64>(),
+        bwd.values().sum::<f64>()
+    );
 }

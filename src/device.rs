@@ -20,20 +20,40 @@ pub fn available() -> Vec<&'static str> {
 pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(Default::default())),
-        "cuda" | "wgpu" => Err(LopperError::Config(format!(
-            "device '{name}' is not compiled into this build; rebuild with `--features {name}` (available: {})",
-            available().join(", ")
-        ))),
+        "cuda" => cuda(),
+        "wgpu" => wgpu(),
         _ => Err(LopperError::Unknown {
             kind: "device",
             name: name.into(),
             known: available().join(", "),
         }),
     }
+}
+
+#[cfg(not(all(feature = "cuda", feature = "wgpu")))]
+fn not_compiled(name: &str) -> LopperError {
+    LopperError::Config(format!(
+        "device '{name}' is not compiled into this build; rebuild with `--features {name}` (available: {})",
+        available().join(", ")
+    ))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<Device> {
+    Ok(Device::cuda(0))
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<Device> {
+    Err(not_compiled("cuda"))
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu() -> Result<Device> {
+    Ok(Device::wgpu(Default::default()))
+}
+#[cfg(not(feature = "wgpu"))]
+fn wgpu() -> Result<Device> {
+    Err(not_compiled("wgpu"))
 }
 
 /// The same device with autodiff, for training.
