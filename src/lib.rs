@@ -11,6 +11,7 @@ pub mod error;
 pub mod fsutil;
 pub mod graph;
 pub mod model;
+pub mod prune;
 pub mod train;
 pub mod zoo;
 

@@ -1,0 +1,215 @@
+//! Channel groups, masks and surgery on every zoo model and on hand-built graphs.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use lopper::graph::{GraphBuilder, Op};
+use lopper::model::{Model, NoHook, Value};
+use lopper::prune::surgery::kept_indices;
+use lopper::prune::{ChannelMasks, Role, Selection, channel_groups, prune_model};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+fn shape_for(name: &str) -> [usize; 3] {
+    if matches!(name, "mlp" | "lenet5") {
+        [1, 28, 28]
+    } else {
+        [3, 32, 32]
+    }
+}
+
+#[test]
+fn group_counts_on_the_zoo() {
+    // (model, groups, prunable groups), worked out from each architecture by hand.
+    let expected = [
+        ("mlp", 4, 2),
+        ("lenet5", 6, 4),
+        ("vgg11", 10, 8),
+        ("vgg16", 15, 13),
+        ("resnet20", 14, 12),
+        ("resnet32", 20, 18),
+        ("resnet56", 32, 30),
+        ("mobilenet_v1", 16, 14),
+        ("mobilenet_v2", 27, 25),
+    ];
+    for (name, total, prunable) in expected {
+        let g = lopper::zoo::build(name, &shape_for(name), 10).unwrap();
+        let groups = channel_groups(&g, &[]).unwrap();
+        let n = groups.iter().filter(|g| g.is_prunable()).count();
+        assert_eq!((groups.len(), n), (total, prunable), "{name}");
+    }
+    // ResNet-20: the stem and every stage-1 block output are one group (identity shortcuts).
+    let g = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let stem = groups
+        .iter()
+        .find(|x| x.label(&g).starts_with("stem.conv"))
+        .unwrap();
+    assert_eq!(
+        stem.label(&g),
+        "stem.conv + stage1.block0.conv2 + stage1.block1.conv2 + stage1.block2.conv2"
+    );
+    // Protecting a node by name protects its group; an unknown name is an error.
+    let protected = channel_groups(&g, &["stage2.block1.conv1".into()]).unwrap();
+    assert_eq!(protected.iter().filter(|x| x.is_prunable()).count(), 11);
+    assert!(
+        channel_groups(&g, &["nope".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("nope")
+    );
+}
+
+#[test]
+fn concat_and_flatten_index_mapping() {
+    let mut b = GraphBuilder::new("cat", &[1, 4, 4]);
+    let a = b.conv("a", 0, 2, 1, 1, 0, 1, false);
+    let c = b.conv("b", 0, 3, 1, 1, 0, 1, false);
+    let cat = b.push("cat", Op::Concat, &[a, c]);
+    let d = b.conv("c", cat, 4, 1, 1, 0, 1, false);
+    let f = b.op("flatten", Op::Flatten, d);
+    let y = b.linear("fc", f, 2, true);
+    let g = b.finish(y).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let find = |n: &str| groups.iter().find(|x| x.label(&g) == n).unwrap().id;
+    let (ga, gb, gc) = (find("a"), find("b"), find("c"));
+    // Consumers record where each group starts in their input and how many features a channel spans.
+    let consumer = |gid: usize| {
+        groups[gid]
+            .members
+            .iter()
+            .find(|m| m.role == Role::Consumer)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!((consumer(ga).offset, consumer(gb).offset), (0, 2));
+    assert_eq!(
+        (consumer(gc).node, consumer(gc).repeat),
+        (g.node_index("fc").unwrap(), 16)
+    );
+    let mut sel = Selection::all(&groups);
+    sel.keep[ga] = Some(vec![1]);
+    sel.keep[gb] = Some(vec![0, 2]);
+    sel.keep[gc] = Some(vec![1, 3]);
+    let keep = kept_indices(&g, &groups, &sel).unwrap();
+    assert_eq!(keep[cat], vec![1, 2, 4]);
+    assert_eq!(keep[f], (16..32).chain(48..64).collect::<Vec<_>>());
+    // Surgery follows the same mapping and keeps the function.
+    check_equivalence(&g, &sel, &groups, 5);
+}
+
+fn randomised(graph: &lopper::graph::Graph, seed: u64) -> Model {
+    let base = Model::init(graph.clone(), seed, &Device::flex()).unwrap();
+    let tensors = base.named_tensors();
+    let mut rng = StdRng::seed_from_u64(seed);
+    Model::from_tensors(graph.clone(), &Device::flex(), |node, name, _| {
+        let full = format!("{}.{name}", node.name);
+        let d = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
+        if !matches!(node.op, Op::BatchNorm2d { .. }) {
+            return Ok(d);
+        }
+        let n = d.shape()[0];
+        let v: Vec<f32> = (0..n)
+            .map(|_| match name {
+                "weight" => rng.random_range(0.5..1.5),
+                "bias" => rng.random_range(-0.2..0.2),
+                "running_mean" => rng.random_range(-0.1..0.1),
+                _ => rng.random_range(0.5..1.5),
+            })
+            .collect();
+        Ok(TensorData::new(v, [n]))
+    })
+    .unwrap()
+}
+
+fn host(v: Value) -> Vec<f32> {
+    match v {
+        Value::Flat(t) => t.into_data().try_to_vec::<f32>().unwrap(),
+        other => panic!("{:?}", other.dims()),
+    }
+}
+
+/// Masked model output == pruned model output, for a random input.
+fn check_equivalence(
+    graph: &lopper::graph::Graph,
+    sel: &Selection,
+    groups: &[lopper::prune::ChannelGroup],
+    seed: u64,
+) {
+    let dev = Device::flex();
+    let model = randomised(graph, seed);
+    let [c, h, w] = [
+        graph.input_shape()[0],
+        graph.input_shape()[1],
+        graph.input_shape()[2],
+    ];
+    let mut rng = StdRng::seed_from_u64(seed + 1);
+    let x: Vec<f32> = (0..2 * c * h * w)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let x = Tensor::<4>::from_data(TensorData::new(x, [2, c, h, w]), &dev);
+    let masks = ChannelMasks::hard(graph, groups, sel, &dev);
+    let masked = host(
+        model
+            .forward_hooked(Value::Spatial(x.clone()), false, &masks)
+            .unwrap(),
+    );
+    let pruned = prune_model(&model, groups, sel, &dev).unwrap();
+    let small = host(
+        pruned
+            .forward_hooked(Value::Spatial(x.clone()), false, &NoHook)
+            .unwrap(),
+    );
+    let dense = host(
+        model
+            .forward_hooked(Value::Spatial(x), false, &NoHook)
+            .unwrap(),
+    );
+    let diff = masked
+        .iter()
+        .zip(&small)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff <= 1e-4,
+        "{}: pruned differs from masked by {diff}",
+        graph.name
+    );
+    // The mask did something: the masked output is not the dense one.
+    assert!(
+        masked.iter().zip(&dense).any(|(a, b)| (a - b).abs() > 1e-4),
+        "{}: masks had no effect",
+        graph.name
+    );
+    assert!(pruned.num_params() < model.num_params());
+}
+
+#[test]
+fn pruned_models_compute_what_masked_models_compute() {
+    for (k, name) in lopper::zoo::MODEL_NAMES.iter().enumerate() {
+        let g = lopper::zoo::build(name, &shape_for(name), 10).unwrap();
+        let groups = channel_groups(&g, &[]).unwrap();
+        let mut rng = StdRng::seed_from_u64(k as u64);
+        let mut sel = Selection::all(&groups);
+        for grp in groups.iter().filter(|g| g.is_prunable()) {
+            let mut keep: Vec<usize> = (0..grp.channels).filter(|_| rng.random_bool(0.6)).collect();
+            if keep.is_empty() {
+                keep.push(rng.random_range(0..grp.channels));
+            }
+            sel.keep[grp.id] = Some(keep);
+        }
+        check_equivalence(&g, &sel, &groups, k as u64);
+    }
+}
+
+#[test]
+fn protected_groups_cannot_be_pruned() {
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let out = groups.iter().find(|x| x.label(&g) == "fc3").unwrap();
+    assert!(out.protected.as_deref().unwrap().contains("output"));
+    let mut sel = Selection::all(&groups);
+    sel.keep[out.id] = Some(vec![0, 1]);
+    let m = Model::init(g.clone(), 0, &Device::flex()).unwrap();
+    let e = prune_model(&m, &groups, &sel, &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("protected"), "{e}");
+}
