@@ -1,10 +1,14 @@
 //! Channel groups, masks and surgery on every zoo model and on hand-built graphs.
 
 use burn::tensor::{Device, Tensor, TensorData};
+use lopper::count::count;
 use lopper::graph::{GraphBuilder, Op};
 use lopper::model::{Model, NoHook, Value};
 use lopper::prune::surgery::kept_indices;
-use lopper::prune::{ChannelMasks, Role, Selection, channel_groups, prune_model};
+use lopper::prune::{
+    ChannelMasks, Resource, ResourceModel, Role, Selection, channel_groups, keep_ratios,
+    prune_model,
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn shape_for(name: &str) -> [usize; 3] {
@@ -179,6 +183,28 @@ fn check_equivalence(
         graph.name
     );
     assert!(pruned.num_params() < model.num_params());
+    // The resource models predict exactly what is counted on the pruned graph.
+    let a = keep_ratios(groups, sel);
+    let counted = count(&pruned.graph);
+    for (resource, actual) in [
+        (Resource::Macs, counted.macs),
+        (Resource::Params, counted.params),
+    ] {
+        let rm = ResourceModel::new(resource, graph, groups);
+        let predicted = rm.eval(&a);
+        assert!(
+            (predicted - actual as f64).abs() < 0.5,
+            "{} {resource:?}: predicted {predicted}, counted {actual}",
+            graph.name
+        );
+        let dense = count(graph);
+        let full = if resource == Resource::Macs {
+            dense.macs
+        } else {
+            dense.params
+        };
+        assert!((rm.dense() - full as f64).abs() < 0.5);
+    }
 }
 
 #[test]
@@ -212,4 +238,29 @@ fn protected_groups_cannot_be_pruned() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("protected"), "{e}");
+}
+
+#[test]
+fn resource_gradient_matches_finite_differences() {
+    let g = lopper::zoo::build("mobilenet_v2", &[3, 32, 32], 10).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let a: Vec<f64> = groups.iter().map(|_| rng.random_range(0.2..1.0)).collect();
+    for resource in [Resource::Macs, Resource::Params] {
+        let rm = ResourceModel::new(resource, &g, &groups);
+        let grad = rm.grad(&a);
+        for k in 0..a.len() {
+            let (mut up, mut down) = (a.clone(), a.clone());
+            up[k] += 1e-4;
+            down[k] -= 1e-4;
+            let fd = (rm.eval(&up) - rm.eval(&down)) / 2e-4;
+            assert!(
+                (fd - grad[k]).abs() <= 1e-6 * fd.abs().max(1.0),
+                "{resource:?} group {k}: {fd} vs {}",
+                grad[k]
+            );
+        }
+        // Halving every prunable group's ratio: each quadratic term shrinks by 4, linear by 2.
+        assert!(rm.eval(&vec![0.5; a.len()]) < 0.5 * rm.dense());
+    }
 }

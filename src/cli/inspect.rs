@@ -25,6 +25,12 @@ pub struct InspectArgs {
     /// Number of classes of the zoo model.
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
+    /// Show the channel groups (channels removed together) instead of the layer table.
+    #[arg(long)]
+    pub groups: bool,
+    /// With --groups: nodes whose channels must stay, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub protect: Vec<String>,
     /// List the zoo's models.
     #[arg(long)]
     pub list: bool,
@@ -59,12 +65,82 @@ pub fn run(a: InspectArgs) -> Result<()> {
         }
         _ => bail!("give --model NAME or --run DIR (or --list)"),
     };
+    if a.groups {
+        return print_groups(&graph, &a.protect, a.json);
+    }
     let counts = count(&graph);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&counts)?);
     } else {
         println!("model {} ({} nodes)", graph.name, graph.nodes.len());
         print!("{}", counts.table());
+    }
+    Ok(())
+}
+
+fn print_groups(graph: &lopper::graph::Graph, protect: &[String], json: bool) -> Result<()> {
+    let groups = lopper::prune::channel_groups(graph, protect)?;
+    if json {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            id: usize,
+            channels: usize,
+            producers: String,
+            members: Vec<(String, lopper::prune::Role)>,
+            protected: &'a Option<String>,
+        }
+        let rows: Vec<Row> = groups
+            .iter()
+            .map(|g| Row {
+                id: g.id,
+                channels: g.channels,
+                producers: g.label(graph),
+                members: g
+                    .members
+                    .iter()
+                    .map(|m| (graph.nodes[m.node].name.clone(), m.role))
+                    .collect(),
+                protected: &g.protected,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let prunable = groups.iter().filter(|g| g.is_prunable()).count();
+    println!(
+        "model {}: {} channel groups, {prunable} prunable",
+        graph.name,
+        groups.len()
+    );
+    println!(
+        "{:>3} {:>8}  {:<10} producers (layers that make the channels) / members",
+        "id", "channels", "status"
+    );
+    for g in &groups {
+        let status = if g.is_prunable() {
+            "prunable"
+        } else {
+            "protected"
+        };
+        println!(
+            "{:>3} {:>8}  {:<10} {}",
+            g.id,
+            g.channels,
+            status,
+            g.label(graph)
+        );
+        if let Some(why) = &g.protected {
+            println!("{:>24}  {why}", "");
+        }
+        let others: Vec<String> = g
+            .members
+            .iter()
+            .filter(|m| m.role != lopper::prune::Role::Producer)
+            .map(|m| format!("{} ({:?})", graph.nodes[m.node].name, m.role).to_lowercase())
+            .collect();
+        if !others.is_empty() {
+            println!("{:>24}  also: {}", "", others.join(", "));
+        }
     }
     Ok(())
 }

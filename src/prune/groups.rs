@@ -249,8 +249,8 @@ pub fn channel_groups(graph: &Graph, protect: &[String]) -> Result<Vec<ChannelGr
     let mut groups: Vec<ChannelGroup> = vec![];
     for s in 0..source_len.len() {
         let r = sets.find(s);
-        if !group_of_root.contains_key(&r) {
-            group_of_root.insert(r, groups.len());
+        if let std::collections::btree_map::Entry::Vacant(e) = group_of_root.entry(r) {
+            e.insert(groups.len());
             groups.push(ChannelGroup {
                 id: groups.len(),
                 channels: source_len[r],

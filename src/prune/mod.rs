@@ -3,8 +3,10 @@
 
 pub mod groups;
 pub mod mask;
+pub mod resource;
 pub mod surgery;
 
 pub use groups::{ChannelGroup, Member, Role, channel_groups};
 pub use mask::{ChannelMasks, Selection};
+pub use resource::{Resource, ResourceModel, keep_ratios};
 pub use surgery::prune_model;
