@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::groups::{ChannelGroup, Role, is_pass_through};
 use super::mask::Selection;
@@ -17,7 +17,7 @@ use crate::count::node_macs;
 use crate::graph::{Graph, Op};
 
 /// The resources lopper budgets (latency has its own, measured model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Resource {
     Macs,

@@ -1,0 +1,249 @@
+//! Budgets and allocation: how many channels each group keeps so that the pruned network
+//! meets a resource budget exactly.
+//!
+//! - **uniform**: one keep ratio for every prunable group; the largest ratio that meets the
+//!   budget, found by bisection.
+//! - **global**: all channels ranked by their importance normalised by their group's mean;
+//!   the lowest threshold that meets the budget, found by bisection.
+//!
+//! Within a group the most important channels stay. Every group keeps at least one channel
+//! (or `round_to` channels). The cost is the exact resource model, so the budget holds when
+//! counted on the pruned graph.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::groups::ChannelGroup;
+use super::mask::Selection;
+use super::resource::{Resource, ResourceModel, keep_ratios};
+use crate::count::human;
+use crate::error::{LopperError, Result};
+use crate::graph::Graph;
+
+/// A resource bound: a fraction of the dense model's cost, or an absolute amount.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    pub resource: Resource,
+    /// `Fraction(0.5)` for `macs=0.5`, `Absolute(2e7)` for `macs=20M`.
+    pub amount: Amount,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Amount {
+    Fraction(f64),
+    Absolute(f64),
+}
+
+impl FromStr for Budget {
+    type Err = LopperError;
+    /// `macs=0.5`, `macs=20M`, `params=0.3`, `params=150K`.
+    fn from_str(s: &str) -> Result<Budget> {
+        let bad = |why: &str| {
+            LopperError::Config(format!(
+                "invalid budget '{s}': {why} (examples: macs=0.5, macs=20M, params=100K)"
+            ))
+        };
+        let (kind, value) = s
+            .split_once('=')
+            .ok_or_else(|| bad("expected RESOURCE=VALUE"))?;
+        let resource = match kind.trim().to_ascii_lowercase().as_str() {
+            "macs" => Resource::Macs,
+            "params" => Resource::Params,
+            "latency" => {
+                return Err(LopperError::Config(
+                    "latency budgets need a latency profile (`lopper profile`), which this build does not have yet".into(),
+                ));
+            }
+            _ => return Err(bad("the resource must be macs or params")),
+        };
+        let v = value.trim();
+        let (num, mult) = match v.chars().last() {
+            Some('K' | 'k') => (&v[..v.len() - 1], Some(1e3)),
+            Some('M' | 'm') => (&v[..v.len() - 1], Some(1e6)),
+            Some('G' | 'g') => (&v[..v.len() - 1], Some(1e9)),
+            _ => (v, None),
+        };
+        let x: f64 = num.parse().map_err(|_| bad("the value is not a number"))?;
+        let amount = match mult {
+            Some(m) => Amount::Absolute(x * m),
+            None if x > 0.0 && x <= 1.0 => Amount::Fraction(x),
+            None if x > 1.0 => Amount::Absolute(x),
+            None => return Err(bad("the value must be positive")),
+        };
+        if !(x.is_finite() && x > 0.0) {
+            return Err(bad("the value must be positive"));
+        }
+        Ok(Budget { resource, amount })
+    }
+}
+
+impl Budget {
+    /// The bound in absolute units for a model whose dense cost is `dense`.
+    pub fn limit(&self, dense: f64) -> f64 {
+        match self.amount {
+            Amount::Fraction(f) => f * dense,
+            Amount::Absolute(a) => a,
+        }
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = match self.resource {
+            Resource::Macs => "macs",
+            Resource::Params => "params",
+        };
+        match self.amount {
+            Amount::Fraction(x) => write!(f, "{r}={x}"),
+            Amount::Absolute(x) => write!(f, "{r}={}", human(x as u64)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Allocation {
+    Uniform,
+    Global,
+}
+
+/// Kept count for a ratio: at least one channel (or `round_to`), rounded up to `round_to`.
+fn count_for(channels: usize, ratio: f64, round_to: usize) -> usize {
+    let m = round_to.max(1);
+    let k = (ratio * channels as f64).round().max(1.0) as usize;
+    (k.div_ceil(m) * m).clamp(1, channels)
+}
+
+/// The `k` highest-scoring channels, sorted by index.
+fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    // Stable order for ties: lower index first.
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut keep: Vec<usize> = idx[..k.min(idx.len())].to_vec();
+    keep.sort_unstable();
+    keep
+}
+
+/// Selection keeping `counts[g]` channels of each prunable group.
+fn select(groups: &[ChannelGroup], scores: &[Vec<f64>], counts: &[usize]) -> Selection {
+    let mut sel = Selection::all(groups);
+    for g in groups.iter().filter(|g| g.is_prunable()) {
+        if counts[g.id] < g.channels {
+            sel.keep[g.id] = Some(top_k(&scores[g.id], counts[g.id]));
+        }
+    }
+    sel
+}
+
+/// Finds the selection meeting `budget`. `scores[g]` are the channel scores of group `g`
+/// (empty for protected groups).
+pub fn allocate(
+    graph: &Graph,
+    groups: &[ChannelGroup],
+    scores: &[Vec<f64>],
+    budget: &Budget,
+    allocation: Allocation,
+    round_to: usize,
+) -> Result<Selection> {
+    let rm = ResourceModel::new(budget.resource, graph, groups);
+    let dense = rm.dense();
+    let limit = budget.limit(dense);
+    let cost = |counts: &[usize]| -> f64 {
+        let a: Vec<f64> = groups
+            .iter()
+            .map(|g| counts[g.id] as f64 / g.channels as f64)
+            .collect();
+        rm.eval(&a)
+    };
+    let prunable: Vec<&ChannelGroup> = groups.iter().filter(|g| g.is_prunable()).collect();
+    let min_counts: Vec<usize> = groups
+        .iter()
+        .map(|g| {
+            if g.is_prunable() {
+                count_for(g.channels, 0.0, round_to)
+            } else {
+                g.channels
+            }
+        })
+        .collect();
+    let floor = cost(&min_counts);
+    if limit < floor - 1e-6 {
+        return Err(LopperError::Config(format!(
+            "budget {budget} ({} {:?}) cannot be met: the smallest reachable cost, with every prunable group at {} channel(s), is {} ({:.4} of the dense {})",
+            human(limit as u64),
+            budget.resource,
+            round_to.max(1),
+            human(floor.round() as u64),
+            floor / dense,
+            human(dense.round() as u64),
+        )));
+    }
+    if limit >= dense || prunable.is_empty() {
+        return Ok(Selection::all(groups));
+    }
+    // Counts as a function of a scalar knob; cost falls monotonically as `t` rises.
+    let counts_at = |t: f64| -> Vec<usize> {
+        match allocation {
+            Allocation::Uniform => groups
+                .iter()
+                .map(|g| {
+                    if g.is_prunable() {
+                        count_for(g.channels, 1.0 - t, round_to)
+                    } else {
+                        g.channels
+                    }
+                })
+                .collect(),
+            Allocation::Global => groups
+                .iter()
+                .map(|g| {
+                    if !g.is_prunable() {
+                        return g.channels;
+                    }
+                    let s = &scores[g.id];
+                    let mean = (s.iter().sum::<f64>() / s.len() as f64).max(1e-30);
+                    let above = s.iter().filter(|&&v| v / mean >= t).count();
+                    count_for(g.channels, above as f64 / g.channels as f64, round_to)
+                })
+                .collect(),
+        }
+    };
+    let hi_start = match allocation {
+        Allocation::Uniform => 1.0,
+        Allocation::Global => {
+            groups
+                .iter()
+                .filter(|g| g.is_prunable())
+                .map(|g| {
+                    let s = &scores[g.id];
+                    let mean = (s.iter().sum::<f64>() / s.len() as f64).max(1e-30);
+                    s.iter().cloned().fold(0.0, f64::max) / mean
+                })
+                .fold(0.0, f64::max)
+                * 1.0001
+                + 1e-12
+        }
+    };
+    // Invariant: cost(lo) > limit, cost(hi) <= limit.
+    let (mut lo, mut hi) = (0.0, hi_start);
+    if cost(&counts_at(hi)) > limit {
+        // Even the knob's end leaves more than the floor (rounding): fall back to the floor.
+        return Ok(select(groups, scores, &min_counts));
+    }
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if cost(&counts_at(mid)) <= limit {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+        if hi - lo < 1e-12 {
+            break;
+        }
+    }
+    let sel = select(groups, scores, &counts_at(hi));
+    debug_assert!(rm.eval(&keep_ratios(groups, &sel)) <= limit + 1e-6);
+    Ok(sel)
+}

@@ -1,0 +1,193 @@
+//! Importance criteria, budgets and allocation: the budget holds when counted on the
+//! pruned graph, the most important channels stay, unreachable budgets are clear errors.
+
+use std::sync::Arc;
+
+use burn::tensor::{Device, TensorData};
+use lopper::count::count;
+use lopper::data::{Batcher, Dataset, DatasetName};
+use lopper::graph::GraphBuilder;
+use lopper::model::Model;
+use lopper::prune::allocation::Amount;
+use lopper::prune::{
+    Allocation, Budget, Criterion, Resource, allocate, channel_groups, channel_scores, prune_model,
+};
+
+#[test]
+fn budgets_parse() {
+    let b: Budget = "macs=0.5".parse().unwrap();
+    assert_eq!(
+        (b.resource, b.amount),
+        (Resource::Macs, Amount::Fraction(0.5))
+    );
+    let b: Budget = "macs=20M".parse().unwrap();
+    assert_eq!(b.amount, Amount::Absolute(20e6));
+    let b: Budget = "params=150K".parse().unwrap();
+    assert_eq!(
+        (b.resource, b.amount),
+        (Resource::Params, Amount::Absolute(150e3))
+    );
+    for bad in ["macs", "flops=0.5", "macs=-1", "macs=abc", "macs=0"] {
+        assert!(bad.parse::<Budget>().is_err(), "{bad}");
+    }
+    let e = "latency=3ms".parse::<Budget>().unwrap_err().to_string();
+    assert!(e.contains("profile"), "{e}");
+}
+
+#[test]
+fn l1_and_bn_scores_by_hand() {
+    let mut b = GraphBuilder::new("t", &[1, 2, 2]);
+    let c = b.conv("conv", 0, 3, 1, 1, 0, 1, false);
+    let n = b.bn("bn", c);
+    let f = b.op("flatten", lopper::graph::Op::Flatten, n);
+    let y = b.linear("fc", f, 2, true);
+    let g = b.finish(y).unwrap();
+    let m = Model::from_tensors(g.clone(), &Device::flex(), |node, name, shape| {
+        let n: usize = shape.iter().product();
+        Ok(match (node.name.as_str(), name) {
+            ("conv", "weight") => TensorData::new(vec![-1.0f32, 3.0, 0.5], shape.to_vec()),
+            ("bn", "weight") => TensorData::new(vec![0.2f32, -2.0, 1.0], shape.to_vec()),
+            ("bn", "running_var") => TensorData::new(vec![1.0f32; n], shape.to_vec()),
+            _ => TensorData::new(vec![0.0f32; n], shape.to_vec()),
+        })
+    })
+    .unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let conv_group = groups.iter().find(|x| x.label(&g) == "conv").unwrap().id;
+    let dev = Device::flex();
+    let l1 = channel_scores(Criterion::L1, &m, &groups, None, &dev, 0).unwrap();
+    assert_eq!(l1[conv_group], vec![1.0, 3.0, 0.5]);
+    let bn = channel_scores(Criterion::Bn, &m, &groups, None, &dev, 0).unwrap();
+    assert_eq!(
+        bn[conv_group]
+            .iter()
+            .map(|v| (v * 1e6).round() / 1e6)
+            .collect::<Vec<_>>(),
+        vec![0.2, 2.0, 1.0]
+    );
+}
+
+fn scores(model: &Model, groups: &[lopper::prune::ChannelGroup]) -> Vec<Vec<f64>> {
+    channel_scores(Criterion::L1, model, groups, None, &Device::flex(), 0).unwrap()
+}
+
+#[test]
+fn budgets_hold_on_the_pruned_graph() {
+    let g = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let model = Model::init(g.clone(), 1, &Device::flex()).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let s = scores(&model, &groups);
+    let dense = count(&g);
+    for (budget, allocation, round_to) in [
+        ("macs=0.5", Allocation::Uniform, 1),
+        ("macs=0.5", Allocation::Global, 1),
+        ("macs=0.3", Allocation::Global, 1),
+        ("params=0.4", Allocation::Uniform, 1),
+        ("macs=15M", Allocation::Global, 1),
+        ("macs=0.5", Allocation::Uniform, 8),
+    ] {
+        let b: Budget = budget.parse().unwrap();
+        let sel = allocate(&g, &groups, &s, &b, allocation, round_to).unwrap();
+        let pruned = prune_model(&model, &groups, &sel, &Device::flex()).unwrap();
+        let c = count(&pruned.graph);
+        let (got, full) = match b.resource {
+            Resource::Macs => (c.macs as f64, dense.macs as f64),
+            Resource::Params => (c.params as f64, dense.params as f64),
+        };
+        let limit = b.limit(full);
+        assert!(got <= limit, "{budget} {allocation:?}: {got} > {limit}");
+        // Tight: the allocation does not throw away much more than it must (widths in
+        // multiples of 8 leave few choices on 16-channel layers).
+        let slack = if round_to == 1 { 0.85 } else { 0.7 };
+        assert!(
+            got >= slack * limit,
+            "{budget} {allocation:?}: {got} far below {limit}"
+        );
+        if round_to == 8 {
+            for grp in groups.iter().filter(|x| x.is_prunable()) {
+                let k = sel.kept(&groups, grp.id).len();
+                assert!(
+                    k % 8 == 0 || k == grp.channels,
+                    "group {} keeps {k}",
+                    grp.id
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn global_allocation_keeps_the_most_important_channels() {
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let model = Model::init(g.clone(), 0, &Device::flex()).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let mut s = scores(&model, &groups);
+    let fc1 = groups.iter().find(|x| x.label(&g) == "fc1").unwrap().id;
+    // Channels 0..60 of fc1 matter much more than 60..120.
+    s[fc1] = (0..120)
+        .map(|c| if c < 60 { 10.0 + c as f64 } else { 0.01 })
+        .collect();
+    let b: Budget = "params=0.5".parse().unwrap();
+    let sel = allocate(&g, &groups, &s, &b, Allocation::Global, 1).unwrap();
+    let kept = sel.kept(&groups, fc1);
+    assert!(
+        kept.len() <= 60 || kept[..60] == (0..60).collect::<Vec<_>>()[..],
+        "{kept:?}"
+    );
+    assert!(kept.iter().all(|&c| c < 60) || kept.len() > 60, "{kept:?}");
+}
+
+#[test]
+fn unreachable_budget_states_the_smallest_reachable_value() {
+    let g = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let model = Model::init(g.clone(), 0, &Device::flex()).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let b: Budget = "macs=0.001".parse().unwrap();
+    let e = allocate(
+        &g,
+        &groups,
+        &scores(&model, &groups),
+        &b,
+        Allocation::Uniform,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cannot be met") && e.contains("smallest reachable"),
+        "{e}"
+    );
+}
+
+#[test]
+fn taylor_scores_from_data() {
+    let g = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let model = Model::init(g.clone(), 0, &Device::flex()).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let data = Dataset {
+        images: (0..16 * 3072).map(|i| (i * 7 % 256) as u8).collect(),
+        labels: (0..16).map(|i| (i % 10) as u8).collect(),
+        shape: [3, 32, 32],
+        classes: (0..10).map(|i| i.to_string()).collect(),
+    };
+    let batcher = Batcher::new(Arc::new(data), 8, DatasetName::Cifar10.preprocess(), false);
+    let s = channel_scores(
+        Criterion::Taylor,
+        &model,
+        &groups,
+        Some((&batcher, 2)),
+        &Device::flex(),
+        0,
+    )
+    .unwrap();
+    for grp in groups.iter().filter(|x| x.is_prunable()) {
+        let v = &s[grp.id];
+        assert_eq!(v.len(), grp.channels);
+        assert!(v.iter().all(|x| x.is_finite() && *x >= 0.0));
+        assert!(
+            v.iter().any(|x| *x > 0.0),
+            "group {} has all-zero Taylor scores",
+            grp.id
+        );
+    }
+}
