@@ -107,7 +107,7 @@ fn budgets_hold_on_the_pruned_graph() {
             for grp in groups.iter().filter(|x| x.is_prunable()) {
                 let k = sel.kept(&groups, grp.id).len();
                 assert!(
-                    k % 8 == 0 || k == grp.channels,
+                    k.is_multiple_of(8) || k == grp.channels,
                     "group {} keeps {k}",
                     grp.id
                 );
