@@ -204,4 +204,66 @@ fn train_eval_resume_on_mnist() {
     // Resuming a finished run is a no-op that succeeds.
     let o = lopper(&["train", "--out", out_s, "--resume", "--quiet"]);
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // Prune the trained run to half its MACs, fine-tune one epoch, read the report.
+    let pruned = dir.path().join("mlp-pruned");
+    let p_s = pruned.to_str().unwrap();
+    let o = lopper(&[
+        "prune",
+        "--run",
+        out_s,
+        "--method",
+        "l1",
+        "--allocation",
+        "global",
+        "--budget",
+        "macs=0.5",
+        "--finetune-epochs",
+        "1",
+        "--out",
+        p_s,
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["budget_met"], true);
+    let (before, after) = (
+        r["macs"]["before"].as_f64().unwrap(),
+        r["macs"]["after"].as_f64().unwrap(),
+    );
+    assert!(after <= 0.5 * before && after > 0.4 * before, "{r}");
+    assert!(r["top1_finetuned"].as_f64().unwrap() > 0.4, "{r}");
+    for f in [
+        "prune_report.json",
+        "prune_report.md",
+        "model.json",
+        "model.safetensors",
+        "eval.json",
+    ] {
+        assert!(pruned.join(f).exists(), "{f} missing");
+    }
+    // The pruned run is a run like any other.
+    let o = lopper(&["eval", "--run", p_s, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = lopper(&["inspect", "--run", p_s, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["macs"].as_f64().unwrap(), after);
+    // An unreachable budget is one clear line.
+    let o = lopper(&[
+        "prune",
+        "--run",
+        out_s,
+        "--method",
+        "l1",
+        "--budget",
+        "macs=0.0001",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("smallest reachable"),
+        "{e}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Subcommands: `train`, `eval`, `inspect`.
 
 mod inspect;
+mod prune;
 mod train;
 
 use std::path::PathBuf;
@@ -23,8 +24,10 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a run's model on its data set's test split.
     Eval(EvalArgs),
-    /// Show a model's layers, MACs and parameters.
+    /// Show a model's layers, MACs and parameters, or its channel groups.
     Inspect(inspect::InspectArgs),
+    /// Prune a trained run to a budget, fine-tune, evaluate and report.
+    Prune(Box<prune::PruneArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Prune(a) => prune::run(*a),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod allocation;
 pub mod groups;
 pub mod importance;
 pub mod mask;
+pub mod report;
 pub mod resource;
 pub mod surgery;
 

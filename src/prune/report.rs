@@ -1,0 +1,142 @@
+//! The pruning report: where lopper cut and what it cost, as JSON and Markdown.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use serde::Serialize;
+
+use crate::count::human;
+use crate::model::Model;
+
+/// Channels of one group before and after.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    pub id: usize,
+    pub producers: String,
+    pub before: usize,
+    pub after: usize,
+}
+
+/// A measured figure before and after pruning.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BeforeAfter {
+    pub before: f64,
+    pub after: f64,
+}
+
+impl BeforeAfter {
+    pub fn ratio(&self) -> f64 {
+        self.after / self.before
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub model: String,
+    pub method: String,
+    pub allocation: String,
+    pub budget: String,
+    /// The budget in absolute units and the pruned graph's cost in the same units.
+    pub budget_limit: f64,
+    pub budget_met: bool,
+    pub macs: BeforeAfter,
+    pub params: BeforeAfter,
+    /// Test top-1 of the dense model, of the pruned model before fine-tuning, and after.
+    pub top1_dense: f64,
+    pub top1_pruned: f64,
+    pub top1_finetuned: Option<f64>,
+    pub finetune_epochs: usize,
+    /// Median forward latency in milliseconds (eval mode, on the run's device).
+    pub latency_ms_batch1: BeforeAfter,
+    pub latency_ms_batch64: BeforeAfter,
+    pub groups: Vec<GroupReport>,
+    pub seconds: f64,
+}
+
+/// Median forward time in milliseconds of `model` at `batch`, after warm-up.
+pub fn measure_latency_ms(model: &Model, batch: usize, reps: usize, device: &Device) -> f64 {
+    let shape = model.graph.input_shape().to_vec();
+    let x = Tensor::<4>::random(
+        [batch, shape[0], shape[1], shape[2]],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let run = || {
+        let y = model.forward(x.clone(), false);
+        let _ = y.sum().into_scalar::<f32>();
+    };
+    for _ in 0..2 {
+        run();
+    }
+    let mut times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+impl PruneReport {
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+        let mut s = format!(
+            "# Pruning report: {} ({} importance, {} allocation, budget {})\n\n",
+            self.model, self.method, self.allocation, self.budget
+        );
+        s += "| | before | after | after / before |\n|---|---|---|---|\n";
+        s += &format!(
+            "| MACs (FLOPs = 2 x MACs) | {} | {} | {:.3} |\n",
+            human(self.macs.before as u64),
+            human(self.macs.after as u64),
+            self.macs.ratio()
+        );
+        s += &format!(
+            "| parameters | {} | {} | {:.3} |\n",
+            human(self.params.before as u64),
+            human(self.params.after as u64),
+            self.params.ratio()
+        );
+        s += &format!(
+            "| latency, batch 1 (ms) | {:.3} | {:.3} | {:.3} (speed-up {:.2}x) |\n",
+            self.latency_ms_batch1.before,
+            self.latency_ms_batch1.after,
+            self.latency_ms_batch1.ratio(),
+            1.0 / self.latency_ms_batch1.ratio()
+        );
+        s += &format!(
+            "| latency, batch 64 (ms) | {:.3} | {:.3} | {:.3} (speed-up {:.2}x) |\n",
+            self.latency_ms_batch64.before,
+            self.latency_ms_batch64.after,
+            self.latency_ms_batch64.ratio(),
+            1.0 / self.latency_ms_batch64.ratio()
+        );
+        s += &format!(
+            "\nBudget met: {} (limit {}).\n\n",
+            self.budget_met,
+            human(self.budget_limit as u64)
+        );
+        s += &format!(
+            "Test top-1: dense {}, pruned {} before fine-tuning, {} after {} fine-tuning epoch(s).\n\n",
+            pct(self.top1_dense),
+            pct(self.top1_pruned),
+            self.top1_finetuned.map_or("—".into(), pct),
+            self.finetune_epochs
+        );
+        s += "## Channels per group\n\n| group | producers | before | after | kept |\n|---|---|---|---|---|\n";
+        for g in &self.groups {
+            s += &format!(
+                "| {} | {} | {} | {} | {:.2} |\n",
+                g.id,
+                g.producers,
+                g.before,
+                g.after,
+                g.after as f64 / g.before as f64
+            );
+        }
+        s
+    }
+}
