@@ -1,6 +1,7 @@
 //! Subcommands: `train`, `eval`, `inspect`.
 
 mod inspect;
+mod profile;
 mod prune;
 mod train;
 
@@ -26,6 +27,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Show a model's layers, MACs and parameters, or its channel groups.
     Inspect(inspect::InspectArgs),
+    /// Measure a model's per-layer latency table for latency budgets.
+    Profile(profile::ProfileArgs),
     /// Prune a trained run to a budget, fine-tune, evaluate and report.
     Prune(Box<prune::PruneArgs>),
 }
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Prune(a) => prune::run(*a),
+        Command::Profile(a) => profile::run(a),
     }
 }
 

@@ -9,10 +9,11 @@ use burn::module::Module;
 use lopper::count::count;
 use lopper::fsutil::write_atomic;
 use lopper::model::NoHook;
+use lopper::prune::latency::LatencyProfile;
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport, measure_latency_ms};
 use lopper::prune::{
-    Allocation, Budget, Criterion, Resource, ResourceModel, allocate, channel_groups,
-    channel_scores, prune_model,
+    Allocation, Budget, Criterion, Metric, allocate, channel_groups, channel_scores, keep_ratios,
+    prune_model,
 };
 use lopper::train::{NoTrainHook, RunDir, ScheduleKind, Trainer, evaluate, prepare_data};
 
@@ -27,9 +28,13 @@ pub struct PruneArgs {
     /// How channels are shared out between groups.
     #[arg(long, value_enum, default_value = "uniform")]
     pub allocation: Allocation,
-    /// Resource budget: macs=0.5 (fraction of the dense model), macs=20M, params=0.3, params=100K.
+    /// Resource budget: macs=0.5 (fraction of the dense model), macs=20M, params=0.3,
+    /// params=100K, latency=2.5ms or latency=0.6 (with --profile).
     #[arg(long)]
     pub budget: Budget,
+    /// Latency profile from `lopper profile`, for latency budgets.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
     /// Fine-tuning epochs after pruning (0: none).
     #[arg(long, default_value_t = 0)]
     pub finetune_epochs: usize,
@@ -101,21 +106,29 @@ pub fn run(a: PruneArgs) -> Result<()> {
         &device,
         cfg.seed,
     )?;
+    let profile = match &a.profile {
+        Some(p) => Some(LatencyProfile::load(p)?),
+        None => None,
+    };
+    let cost_model = a
+        .budget
+        .cost_model(&dense.graph, &groups, profile.as_ref())?;
     let selection = allocate(
-        &dense.graph,
         &groups,
         &scores,
         &a.budget,
+        cost_model.as_ref(),
         a.allocation,
         a.round_to,
     )?;
     let pruned = prune_model(&dense, &groups, &selection, &device)?;
     let (before, after) = (count(&dense.graph), count(&pruned.graph));
-    let rm = ResourceModel::new(a.budget.resource, &dense.graph, &groups);
-    let limit = a.budget.limit(rm.dense());
+    let limit = a.budget.limit(cost_model.dense_cost());
+    // MACs and parameters are counted on the pruned graph; latency is the profile's prediction.
     let cost = match a.budget.resource {
-        Resource::Macs => after.macs as f64,
-        Resource::Params => after.params as f64,
+        Metric::Macs => after.macs as f64,
+        Metric::Params => after.params as f64,
+        Metric::Latency => cost_model.cost(&keep_ratios(&groups, &selection)),
     };
     let top1_pruned = evaluate(&pruned, test, &NoHook, &device)?.top1;
     say(format!(
@@ -154,6 +167,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         allocation: format!("{:?}", a.allocation).to_lowercase(),
         budget: a.budget.to_string(),
         budget_limit: limit,
+        budget_cost: cost,
         budget_met: cost <= limit,
         macs: BeforeAfter {
             before: before.macs as f64,

@@ -15,16 +15,51 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::groups::ChannelGroup;
+use super::latency::{LatencyModel, LatencyProfile};
 use super::mask::Selection;
-use super::resource::{Resource, ResourceModel, keep_ratios};
+use super::resource::{Resource, ResourceModel};
 use crate::count::human;
 use crate::error::{LopperError, Result};
 use crate::graph::Graph;
 
+/// What a budget bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Macs,
+    Params,
+    /// Milliseconds, predicted from a latency profile.
+    Latency,
+}
+
+/// A cost as a function of the per-group keep ratios.
+pub trait CostModel {
+    fn cost(&self, a: &[f64]) -> f64;
+    fn dense_cost(&self) -> f64;
+}
+
+impl CostModel for ResourceModel {
+    fn cost(&self, a: &[f64]) -> f64 {
+        self.eval(a)
+    }
+    fn dense_cost(&self) -> f64 {
+        self.dense()
+    }
+}
+
+impl CostModel for LatencyModel {
+    fn cost(&self, a: &[f64]) -> f64 {
+        self.eval(a)
+    }
+    fn dense_cost(&self) -> f64 {
+        self.dense()
+    }
+}
+
 /// A resource bound: a fraction of the dense model's cost, or an absolute amount.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Budget {
-    pub resource: Resource,
+    pub resource: Metric,
     /// `Fraction(0.5)` for `macs=0.5`, `Absolute(2e7)` for `macs=20M`.
     pub amount: Amount,
 }
@@ -38,27 +73,36 @@ pub enum Amount {
 
 impl FromStr for Budget {
     type Err = LopperError;
-    /// `macs=0.5`, `macs=20M`, `params=0.3`, `params=150K`.
+    /// `macs=0.5`, `macs=20M`, `params=0.3`, `params=150K`, `latency=2.5ms`, `latency=0.6`.
     fn from_str(s: &str) -> Result<Budget> {
         let bad = |why: &str| {
             LopperError::Config(format!(
-                "invalid budget '{s}': {why} (examples: macs=0.5, macs=20M, params=100K)"
+                "invalid budget '{s}': {why} (examples: macs=0.5, macs=20M, params=100K, latency=2ms)"
             ))
         };
         let (kind, value) = s
             .split_once('=')
             .ok_or_else(|| bad("expected RESOURCE=VALUE"))?;
         let resource = match kind.trim().to_ascii_lowercase().as_str() {
-            "macs" => Resource::Macs,
-            "params" => Resource::Params,
-            "latency" => {
-                return Err(LopperError::Config(
-                    "latency budgets need a latency profile (`lopper profile`), which this build does not have yet".into(),
-                ));
-            }
-            _ => return Err(bad("the resource must be macs or params")),
+            "macs" => Metric::Macs,
+            "params" => Metric::Params,
+            "latency" => Metric::Latency,
+            _ => return Err(bad("the resource must be macs, params or latency")),
         };
         let v = value.trim();
+        if let (Metric::Latency, Some(ms)) = (resource, v.strip_suffix("ms")) {
+            let x: f64 = ms
+                .trim()
+                .parse()
+                .map_err(|_| bad("the value is not a number"))?;
+            if !(x.is_finite() && x > 0.0) {
+                return Err(bad("the value must be positive"));
+            }
+            return Ok(Budget {
+                resource,
+                amount: Amount::Absolute(x),
+            });
+        }
         let (num, mult) = match v.chars().last() {
             Some('K' | 'k') => (&v[..v.len() - 1], Some(1e3)),
             Some('M' | 'm') => (&v[..v.len() - 1], Some(1e6)),
@@ -80,6 +124,25 @@ impl FromStr for Budget {
 }
 
 impl Budget {
+    /// The cost model this budget is measured with; latency needs a profile.
+    pub fn cost_model(
+        &self,
+        graph: &Graph,
+        groups: &[ChannelGroup],
+        profile: Option<&LatencyProfile>,
+    ) -> Result<Box<dyn CostModel>> {
+        Ok(match self.resource {
+            Metric::Macs => Box::new(ResourceModel::new(Resource::Macs, graph, groups)),
+            Metric::Params => Box::new(ResourceModel::new(Resource::Params, graph, groups)),
+            Metric::Latency => {
+                let p = profile.ok_or_else(|| {
+                    LopperError::Config("a latency budget needs a profile: run `lopper profile` and pass --profile FILE".into())
+                })?;
+                Box::new(LatencyModel::new(p, graph, groups)?)
+            }
+        })
+    }
+
     /// The bound in absolute units for a model whose dense cost is `dense`.
     pub fn limit(&self, dense: f64) -> f64 {
         match self.amount {
@@ -92,12 +155,14 @@ impl Budget {
 impl std::fmt::Display for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let r = match self.resource {
-            Resource::Macs => "macs",
-            Resource::Params => "params",
+            Metric::Macs => "macs",
+            Metric::Params => "params",
+            Metric::Latency => "latency",
         };
-        match self.amount {
-            Amount::Fraction(x) => write!(f, "{r}={x}"),
-            Amount::Absolute(x) => write!(f, "{r}={}", human(x as u64)),
+        match (self.amount, self.resource) {
+            (Amount::Fraction(x), _) => write!(f, "{r}={x}"),
+            (Amount::Absolute(x), Metric::Latency) => write!(f, "{r}={x}ms"),
+            (Amount::Absolute(x), _) => write!(f, "{r}={}", human(x as u64)),
         }
     }
 }
@@ -107,6 +172,13 @@ impl std::fmt::Display for Budget {
 pub enum Allocation {
     Uniform,
     Global,
+}
+
+fn show(x: f64, m: Metric) -> String {
+    match m {
+        Metric::Latency => format!("{x:.3} ms"),
+        _ => human(x.round() as u64),
+    }
 }
 
 /// Kept count for a ratio: at least one channel (or `round_to`), rounded up to `round_to`.
@@ -137,25 +209,24 @@ fn select(groups: &[ChannelGroup], scores: &[Vec<f64>], counts: &[usize]) -> Sel
     sel
 }
 
-/// Finds the selection meeting `budget`. `scores[g]` are the channel scores of group `g`
-/// (empty for protected groups).
+/// Finds the selection meeting `budget` under `model` (see [`Budget::cost_model`]).
+/// `scores[g]` are the channel scores of group `g` (empty for protected groups).
 pub fn allocate(
-    graph: &Graph,
     groups: &[ChannelGroup],
     scores: &[Vec<f64>],
     budget: &Budget,
+    model: &dyn CostModel,
     allocation: Allocation,
     round_to: usize,
 ) -> Result<Selection> {
-    let rm = ResourceModel::new(budget.resource, graph, groups);
-    let dense = rm.dense();
+    let dense = model.dense_cost();
     let limit = budget.limit(dense);
     let cost = |counts: &[usize]| -> f64 {
         let a: Vec<f64> = groups
             .iter()
             .map(|g| counts[g.id] as f64 / g.channels as f64)
             .collect();
-        rm.eval(&a)
+        model.cost(&a)
     };
     let prunable: Vec<&ChannelGroup> = groups.iter().filter(|g| g.is_prunable()).collect();
     let min_counts: Vec<usize> = groups
@@ -172,12 +243,12 @@ pub fn allocate(
     if limit < floor - 1e-6 {
         return Err(LopperError::Config(format!(
             "budget {budget} ({} {:?}) cannot be met: the smallest reachable cost, with every prunable group at {} channel(s), is {} ({:.4} of the dense {})",
-            human(limit as u64),
+            show(limit, budget.resource),
             budget.resource,
             round_to.max(1),
-            human(floor.round() as u64),
+            show(floor, budget.resource),
             floor / dense,
-            human(dense.round() as u64),
+            show(dense, budget.resource),
         )));
     }
     if limit >= dense || prunable.is_empty() {
@@ -243,7 +314,5 @@ pub fn allocate(
             break;
         }
     }
-    let sel = select(groups, scores, &counts_at(hi));
-    debug_assert!(rm.eval(&keep_ratios(groups, &sel)) <= limit + 1e-6);
-    Ok(sel)
+    Ok(select(groups, scores, &counts_at(hi)))
 }

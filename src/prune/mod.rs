@@ -1,17 +1,20 @@
 //! Structured pruning machinery shared by every method: channel groups, the channel-mask
-//! hook, and surgery (physical removal).
+//! hook, surgery (physical removal), resource and latency models, importance criteria,
+//! budget allocation and reports.
 
 pub mod allocation;
 pub mod groups;
 pub mod importance;
+pub mod latency;
 pub mod mask;
 pub mod report;
 pub mod resource;
 pub mod surgery;
 
-pub use allocation::{Allocation, Budget, allocate};
+pub use allocation::{Allocation, Budget, CostModel, Metric, allocate};
 pub use groups::{ChannelGroup, Member, Role, channel_groups};
 pub use importance::{Criterion, channel_scores};
+pub use latency::{LatencyModel, LatencyProfile};
 pub use mask::{ChannelMasks, Selection};
 pub use resource::{Resource, ResourceModel, keep_ratios};
 pub use surgery::prune_model;

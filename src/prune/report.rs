@@ -36,8 +36,10 @@ pub struct PruneReport {
     pub method: String,
     pub allocation: String,
     pub budget: String,
-    /// The budget in absolute units and the pruned graph's cost in the same units.
+    /// The budget in absolute units (MACs, parameters or ms) and the pruned model's cost in
+    /// the same units (counted on the pruned graph; for latency, the profile's prediction).
     pub budget_limit: f64,
+    pub budget_cost: f64,
     pub budget_met: bool,
     pub macs: BeforeAfter,
     pub params: BeforeAfter,
@@ -115,9 +117,8 @@ impl PruneReport {
             1.0 / self.latency_ms_batch64.ratio()
         );
         s += &format!(
-            "\nBudget met: {} (limit {}).\n\n",
-            self.budget_met,
-            human(self.budget_limit as u64)
+            "\nBudget met: {} (cost {:.6e}, limit {:.6e}).\n\n",
+            self.budget_met, self.budget_cost, self.budget_limit
         );
         s += &format!(
             "Test top-1: dense {}, pruned {} before fine-tuning, {} after {} fine-tuning epoch(s).\n\n",

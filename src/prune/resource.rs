@@ -24,11 +24,11 @@ pub enum Resource {
     Params,
 }
 
-/// `c + Σ w_g a_g`.
+/// `c + Σ w_g a_g`: a node's channel fraction as a function of the keep ratios.
 #[derive(Debug, Clone, Default)]
-struct Affine {
-    c: f64,
-    terms: BTreeMap<usize, f64>,
+pub struct Affine {
+    pub c: f64,
+    pub terms: BTreeMap<usize, f64>,
 }
 
 impl Affine {
@@ -44,12 +44,49 @@ impl Affine {
             terms: BTreeMap::from([(g, 1.0)]),
         }
     }
+    /// The value at keep ratios `a`.
+    pub fn eval(&self, a: &[f64]) -> f64 {
+        self.c + self.terms.iter().map(|(&g, &w)| w * a[g]).sum::<f64>()
+    }
     fn add_scaled(&mut self, other: &Affine, s: f64) {
         self.c += s * other.c;
         for (&g, &w) in &other.terms {
             *self.terms.entry(g).or_default() += s * w;
         }
     }
+}
+
+/// The output channel fraction of every node as an affine function of the keep ratios: a
+/// group's ratio at its producers, carried through pass-through ops, a channel-weighted sum
+/// after a concat.
+pub fn channel_fractions(graph: &Graph, groups: &[ChannelGroup]) -> Vec<Affine> {
+    let mut producer_group = BTreeMap::new();
+    for g in groups {
+        for m in g.members.iter().filter(|m| m.role == Role::Producer) {
+            producer_group.insert(m.node, g.id);
+        }
+    }
+    let mut frac: Vec<Affine> = Vec::with_capacity(graph.nodes.len());
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let f = match &node.op {
+            Op::Input { .. } => Affine::constant(1.0),
+            Op::Conv2d { .. } if is_pass_through(&node.op) => frac[node.inputs[0]].clone(),
+            Op::Conv2d { .. } | Op::Linear { .. } => producer_group
+                .get(&i)
+                .map_or(Affine::constant(1.0), |&g| Affine::var(g)),
+            Op::Concat => {
+                let total = node.shape[0] as f64;
+                let mut f = Affine::default();
+                for &j in &node.inputs {
+                    f.add_scaled(&frac[j], graph.nodes[j].shape[0] as f64 / total);
+                }
+                f
+            }
+            _ => frac[node.inputs[0]].clone(),
+        };
+        frac.push(f);
+    }
+    frac
 }
 
 /// `c + b·a + Σ A_gh a_g a_h` over the keep ratios of all groups.
@@ -65,33 +102,7 @@ pub struct ResourceModel {
 impl ResourceModel {
     /// Builds the model of `resource` for `graph` and its channel groups.
     pub fn new(resource: Resource, graph: &Graph, groups: &[ChannelGroup]) -> ResourceModel {
-        let mut producer_group = BTreeMap::new();
-        for g in groups {
-            for m in g.members.iter().filter(|m| m.role == Role::Producer) {
-                producer_group.insert(m.node, g.id);
-            }
-        }
-        // Output channel fraction of every node.
-        let mut frac: Vec<Affine> = Vec::with_capacity(graph.nodes.len());
-        for (i, node) in graph.nodes.iter().enumerate() {
-            let f = match &node.op {
-                Op::Input { .. } => Affine::constant(1.0),
-                Op::Conv2d { .. } if is_pass_through(&node.op) => frac[node.inputs[0]].clone(),
-                Op::Conv2d { .. } | Op::Linear { .. } => producer_group
-                    .get(&i)
-                    .map_or(Affine::constant(1.0), |&g| Affine::var(g)),
-                Op::Concat => {
-                    let total = node.shape[0] as f64;
-                    let mut f = Affine::default();
-                    for &j in &node.inputs {
-                        f.add_scaled(&frac[j], graph.nodes[j].shape[0] as f64 / total);
-                    }
-                    f
-                }
-                _ => frac[node.inputs[0]].clone(),
-            };
-            frac.push(f);
-        }
+        let frac = channel_fractions(graph, groups);
         let mut constant = 0.0;
         let mut linear = vec![0.0; groups.len()];
         let mut quad: BTreeMap<(usize, usize), f64> = BTreeMap::new();

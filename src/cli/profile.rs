@@ -1,0 +1,81 @@
+//! `lopper profile`: the per-layer latency table latency budgets are measured with.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use lopper::data::DatasetName;
+use lopper::prune::latency::profile;
+use lopper::train::RunDir;
+
+#[derive(clap::Args, Debug)]
+pub struct ProfileArgs {
+    /// A zoo model name.
+    #[arg(long, conflicts_with = "run")]
+    pub model: Option<String>,
+    /// A run folder: profile its model.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Size the zoo model for this data set (default: mnist for mlp/lenet5, else cifar10).
+    #[arg(long)]
+    pub dataset: Option<DatasetName>,
+    /// Where to write the profile (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Device to measure on (cpu, cuda, wgpu).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Batch size the latency is measured at.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed repetitions per measurement (the median is kept).
+    #[arg(long, default_value_t = 7)]
+    pub reps: usize,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: ProfileArgs) -> Result<()> {
+    let graph = match (&a.model, &a.run) {
+        (Some(name), None) => {
+            let d = a
+                .dataset
+                .unwrap_or(if matches!(name.as_str(), "mlp" | "lenet5") {
+                    DatasetName::Mnist
+                } else {
+                    DatasetName::Cifar10
+                });
+            lopper::zoo::build(name, &d.input_shape(), d.num_classes())?
+        }
+        (None, Some(dir)) => lopper::model::read_architecture(&RunDir::new(dir).arch_path())
+            .with_context(|| format!("cannot profile {}", dir.display()))?,
+        _ => bail!("give --model NAME or --run DIR"),
+    };
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let device = lopper::device::device(&a.device)?;
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(graph.nodes.len() as u64)
+    };
+    let p = profile(&graph, &device, &a.device, a.batch, a.reps, |i, _| {
+        bar.set_position(i as u64)
+    })?;
+    bar.finish_and_clear();
+    p.save(&a.out)?;
+    if !a.quiet {
+        eprintln!(
+            "profiled {} nodes of {} at batch {} on {}: dense latency {:.3} ms ({:.3} ms outside the per-node times); wrote {}",
+            p.nodes.len(),
+            p.model,
+            p.batch,
+            p.device,
+            p.dense_ms,
+            p.overhead_ms,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
