@@ -4,7 +4,8 @@
 #   bench/run.sh throughput   # a. resnet20 training step, lopper vs PyTorch CPU, + profile
 #   bench/run.sh lenet5       # b. lenet5 on MNIST, 2 epochs: test top-1 and wall time
 #   bench/run.sh resnet20     # c. resnet20 on CIFAR-10, the dense baseline (about an hour)
-#   bench/run.sh all          # a, b and c
+#   bench/run.sh latency      # latency model vs measured latency of 10 random prunings
+#   bench/run.sh all          # a, b, c and latency
 #
 # Data from LOPPER_DATA_DIR (default ../shared/data). PyTorch comes from bench/.venv
 # (python3 -m venv bench/.venv && bench/.venv/bin/pip install torch torchvision); without it
@@ -15,7 +16,7 @@ export LOPPER_DATA_DIR="${LOPPER_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 what="${1:-all}"
 threads="${BENCH_THREADS:-2}"
 mkdir -p bench/runs
-cargo build --release --quiet --bin lopper --example bench_step
+cargo build --release --quiet --bin lopper --example bench_step --example latency_fit
 lopper=target/release/lopper
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; date: $(date -u +%F)"
 
@@ -61,6 +62,8 @@ case "$what" in
   throughput) throughput ;;
   lenet5) echo "## b. lenet5 on MNIST"; train_bench lenet5-mnist --model lenet5 --dataset mnist --epochs 2 --batch-size 64 --lr 0.05 --schedule cosine ;;
   resnet20) echo "## c. resnet20 on CIFAR-10 (dense baseline)"; train_bench resnet20-cifar10 --model resnet20 --dataset cifar10 --epochs "${EPOCHS:-4}" --batch-size 128 --lr 0.1 --warmup-epochs 0.3 --schedule cosine --weight-decay 5e-4 ;;
-  all) "$0" throughput; "$0" lenet5; "$0" resnet20 ;;
-  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|all" >&2; exit 2 ;;
+  latency) echo "## latency model fit (resnet20, CPU)"
+    for b in 1 64; do RAYON_NUM_THREADS=$threads target/release/examples/latency_fit --model resnet20 --batch $b --variants 10 --reps "${REPS:-15}"; echo; done ;;
+  all) "$0" throughput; "$0" lenet5; "$0" resnet20; "$0" latency ;;
+  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|latency|all" >&2; exit 2 ;;
 esac
