@@ -9,8 +9,8 @@ use burn::module::Module;
 use lopper::count::count;
 use lopper::fsutil::write_atomic;
 use lopper::model::NoHook;
-use lopper::prune::latency::LatencyProfile;
-use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport, measure_latency_ms};
+use lopper::prune::latency::{LatencyProfile, model_latency_ms};
+use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
 use lopper::prune::{
     Allocation, Budget, Criterion, Metric, allocate, channel_groups, channel_scores, keep_ratios,
     prune_model,
@@ -158,8 +158,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     // Latency is measured in inference mode, off the autodiff device.
     let final_model = final_model.valid();
     let latency = |batch: usize| BeforeAfter {
-        before: measure_latency_ms(&dense, batch, 10, &device),
-        after: measure_latency_ms(&final_model, batch, 10, &device),
+        before: model_latency_ms(&dense, batch, 10, &device),
+        after: model_latency_ms(&final_model, batch, 10, &device),
     };
     let report = PruneReport {
         model: dense.graph.name.clone(),

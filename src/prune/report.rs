@@ -1,12 +1,8 @@
 //! The pruning report: where lopper cut and what it cost, as JSON and Markdown.
 
-use std::time::Instant;
-
-use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
 use crate::count::human;
-use crate::model::Model;
 
 /// Channels of one group before and after.
 #[derive(Debug, Clone, Serialize)]
@@ -53,32 +49,6 @@ pub struct PruneReport {
     pub latency_ms_batch64: BeforeAfter,
     pub groups: Vec<GroupReport>,
     pub seconds: f64,
-}
-
-/// Median forward time in milliseconds of `model` at `batch`, after warm-up.
-pub fn measure_latency_ms(model: &Model, batch: usize, reps: usize, device: &Device) -> f64 {
-    let shape = model.graph.input_shape().to_vec();
-    let x = Tensor::<4>::random(
-        [batch, shape[0], shape[1], shape[2]],
-        Distribution::Normal(0.0, 1.0),
-        device,
-    );
-    let run = || {
-        let y = model.forward(x.clone(), false);
-        let _ = y.sum().into_scalar::<f32>();
-    };
-    for _ in 0..2 {
-        run();
-    }
-    let mut times: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            run();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
 }
 
 impl PruneReport {

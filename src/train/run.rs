@@ -11,7 +11,7 @@
 //!   checkpoint/epoch-N.safetensors, checkpoint/epoch-N.optim   weights + optimiser state
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -170,9 +170,4 @@ impl RunDir {
         let optim = fsutil::read(&self.checkpoint_optim(state.epochs_done))?;
         Ok((state, m, optim))
     }
-}
-
-/// Whether `dir` looks like a lopper run folder.
-pub fn is_run_dir(dir: &Path) -> bool {
-    RunDir::new(dir).exists()
 }
