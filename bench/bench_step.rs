@@ -7,10 +7,14 @@
 //! sync), and the forward and backward time of each op kind, measured by running every node of
 //! the model alone on its real input shape.
 
+#[path = "args.rs"]
+mod args;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use args::arg;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -18,24 +22,6 @@ use lopper::data::{Batcher, Dataset, DatasetName};
 use lopper::graph::{Graph, GraphBuilder, Op};
 use lopper::model::{Model, NoHook, Value};
 use lopper::train::{TrainConfig, loss::cross_entropy, optim::build_optimizer};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn arg_str(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn sync(device: &Device) {
     device.sync().expect("device sync");
@@ -141,7 +127,7 @@ fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usiz
 }
 
 fn main() {
-    let model_name = arg_str("--model", "resnet20");
+    let model_name: String = arg("--model", "resnet20".to_string());
     let batch = arg("--batch", 128);
     let steps = arg("--steps", 20);
     let device = Device::flex().autodiff();

@@ -6,26 +6,21 @@
 //! random 30–100% of its channels), measures each one's forward latency and compares it with
 //! the latency model's prediction. Prints a Markdown table and the mean absolute % error.
 
+#[path = "args.rs"]
+mod args;
+
+use args::arg;
 use burn::tensor::Device;
 use lopper::model::Model;
 use lopper::prune::latency::{LatencyModel, model_latency_ms, profile};
 use lopper::prune::{Selection, channel_groups, keep_ratios, prune_model};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
-
 fn main() {
-    let name = arg("--model", "resnet20");
-    let batch: usize = arg("--batch", "1").parse().expect("--batch");
-    let variants: usize = arg("--variants", "10").parse().expect("--variants");
-    let reps: usize = arg("--reps", "31").parse().expect("--reps");
+    let name: String = arg("--model", "resnet20".to_string());
+    let batch: usize = arg("--batch", 1);
+    let variants: usize = arg("--variants", 10);
+    let reps: usize = arg("--reps", 31);
     let dev = Device::flex();
     let graph = lopper::zoo::build(&name, &[3, 32, 32], 10).expect("model");
     let groups = channel_groups(&graph, &[]).expect("groups");

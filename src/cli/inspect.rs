@@ -50,11 +50,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
         (Some(name), None) => {
             let shape = match (&a.input_shape, a.dataset) {
                 (Some(s), _) => s.clone(),
-                (None, Some(d)) => d.input_shape().to_vec(),
-                (None, None) if matches!(name.as_str(), "mlp" | "lenet5") => {
-                    DatasetName::Mnist.input_shape().to_vec()
-                }
-                (None, None) => DatasetName::Cifar10.input_shape().to_vec(),
+                (None, d) => d
+                    .unwrap_or_else(|| DatasetName::default_for_model(name))
+                    .input_shape()
+                    .to_vec(),
             };
             lopper::zoo::build(name, &shape, a.classes)?
         }

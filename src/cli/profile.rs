@@ -40,11 +40,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
         (Some(name), None) => {
             let d = a
                 .dataset
-                .unwrap_or(if matches!(name.as_str(), "mlp" | "lenet5") {
-                    DatasetName::Mnist
-                } else {
-                    DatasetName::Cifar10
-                });
+                .unwrap_or_else(|| DatasetName::default_for_model(name));
             lopper::zoo::build(name, &d.input_shape(), d.num_classes())?
         }
         (None, Some(dir)) => lopper::model::read_architecture(&RunDir::new(dir).arch_path())

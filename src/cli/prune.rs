@@ -143,7 +143,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     ft_cfg.lr = a.lr;
     ft_cfg.schedule = ScheduleKind::Cosine;
     ft_cfg.warmup_epochs = 0.0;
-    let (final_model, top1_finetuned) = if a.finetune_epochs > 0 {
+    let (final_model, finetuned) = if a.finetune_epochs > 0 {
         let mut trainer = Trainer::new(ft_cfg, Some(out.clone()))?;
         trainer.progress = !a.quiet;
         let outcome = trainer.fit(pruned, &data, &mut NoTrainHook)?;
@@ -179,7 +179,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         },
         top1_dense,
         top1_pruned,
-        top1_finetuned: top1_finetuned.map(|m| m.top1),
+        top1_finetuned: finetuned.map(|m| m.top1),
         finetune_epochs: a.finetune_epochs,
         latency_ms_batch1: latency(1),
         latency_ms_batch64: latency(64),
@@ -198,7 +198,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(&a.out.join("prune_report.json"), json.as_bytes())?;
     write_atomic(&a.out.join("prune_report.md"), report.markdown().as_bytes())?;
-    if let Some(m) = top1_finetuned {
+    if let Some(m) = finetuned {
         write_atomic(
             &out.eval_path(),
             serde_json::to_string_pretty(&m)?.as_bytes(),

@@ -135,6 +135,15 @@ pub struct Preprocess {
 }
 
 impl DatasetName {
+    /// The data set a zoo model is sized for when none is named: MNIST for the MLP and
+    /// LeNet-5, CIFAR-10 for the rest.
+    pub fn default_for_model(model: &str) -> DatasetName {
+        match model {
+            "mlp" | "lenet5" => DatasetName::Mnist,
+            _ => DatasetName::Cifar10,
+        }
+    }
+
     pub fn input_shape(self) -> [usize; 3] {
         match self {
             DatasetName::Mnist => [1, 28, 28],

@@ -286,37 +286,30 @@ pub fn channel_groups(graph: &Graph, protect: &[String]) -> Result<Vec<ChannelGr
             }
             offset += seg.len * seg.repeat;
         }
-        match &node.op {
-            Op::BatchNorm2d { .. } | Op::LayerNorm { .. } | Op::Conv2d { .. }
-                if is_pass_through(&node.op) =>
-            {
-                // Per-channel parameters: each input segment's slice follows its own group.
-                let mut off = 0;
-                for seg in &spaces[node.inputs[0]] {
-                    let g = group(&mut sets, seg.source);
-                    groups[g].members.push(Member {
-                        node: i,
-                        role: Role::PassThrough,
-                        offset: off,
-                        repeat: 1,
-                    });
-                    off += seg.len;
-                }
+        // Per-channel parameters (pass-through) follow each input segment's group slice;
+        // consumers read each segment's channels, `repeat` features apiece.
+        let role = match &node.op {
+            op if is_pass_through(op) => Some(Role::PassThrough),
+            Op::Conv2d { .. } | Op::Linear { .. } => Some(Role::Consumer),
+            _ => None,
+        };
+        if let Some(role) = role {
+            let mut off = 0;
+            for seg in &spaces[node.inputs[0]] {
+                let g = group(&mut sets, seg.source);
+                let repeat = if role == Role::Consumer {
+                    seg.repeat
+                } else {
+                    1
+                };
+                groups[g].members.push(Member {
+                    node: i,
+                    role,
+                    offset: off,
+                    repeat,
+                });
+                off += seg.len * repeat;
             }
-            Op::Conv2d { .. } | Op::Linear { .. } => {
-                let mut off = 0;
-                for seg in &spaces[node.inputs[0]] {
-                    let g = group(&mut sets, seg.source);
-                    groups[g].members.push(Member {
-                        node: i,
-                        role: Role::Consumer,
-                        offset: off,
-                        repeat: seg.repeat,
-                    });
-                    off += seg.len * seg.repeat;
-                }
-            }
-            _ => {}
         }
     }
     Ok(groups)
@@ -334,4 +327,17 @@ pub fn is_pass_through(op: &Op) -> bool {
         } => groups == in_channels && groups == out_channels && *groups > 1,
         _ => false,
     }
+}
+
+/// The group each producer node (dense conv or linear layer) creates channels for.
+pub fn producer_groups(groups: &[ChannelGroup]) -> BTreeMap<usize, usize> {
+    groups
+        .iter()
+        .flat_map(|g| {
+            g.members
+                .iter()
+                .filter(|m| m.role == Role::Producer)
+                .map(move |m| (m.node, g.id))
+        })
+        .collect()
 }

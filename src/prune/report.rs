@@ -72,20 +72,15 @@ impl PruneReport {
             human(self.params.after as u64),
             self.params.ratio()
         );
-        s += &format!(
-            "| latency, batch 1 (ms) | {:.3} | {:.3} | {:.3} (speed-up {:.2}x) |\n",
-            self.latency_ms_batch1.before,
-            self.latency_ms_batch1.after,
-            self.latency_ms_batch1.ratio(),
-            1.0 / self.latency_ms_batch1.ratio()
-        );
-        s += &format!(
-            "| latency, batch 64 (ms) | {:.3} | {:.3} | {:.3} (speed-up {:.2}x) |\n",
-            self.latency_ms_batch64.before,
-            self.latency_ms_batch64.after,
-            self.latency_ms_batch64.ratio(),
-            1.0 / self.latency_ms_batch64.ratio()
-        );
+        for (batch, l) in [(1, &self.latency_ms_batch1), (64, &self.latency_ms_batch64)] {
+            s += &format!(
+                "| latency, batch {batch} (ms) | {:.3} | {:.3} | {:.3} (speed-up {:.2}x) |\n",
+                l.before,
+                l.after,
+                l.ratio(),
+                1.0 / l.ratio()
+            );
+        }
         s += &format!(
             "\nBudget met: {} (cost {:.6e}, limit {:.6e}).\n\n",
             self.budget_met, self.budget_cost, self.budget_limit

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::groups::{ChannelGroup, Role, is_pass_through};
+use super::groups::{ChannelGroup, is_pass_through, producer_groups};
 use super::mask::Selection;
 use crate::count::node_macs;
 use crate::graph::{Graph, Op};
@@ -60,12 +60,7 @@ impl Affine {
 /// group's ratio at its producers, carried through pass-through ops, a channel-weighted sum
 /// after a concat.
 pub fn channel_fractions(graph: &Graph, groups: &[ChannelGroup]) -> Vec<Affine> {
-    let mut producer_group = BTreeMap::new();
-    for g in groups {
-        for m in g.members.iter().filter(|m| m.role == Role::Producer) {
-            producer_group.insert(m.node, g.id);
-        }
-    }
+    let producer_group = producer_groups(groups);
     let mut frac: Vec<Affine> = Vec::with_capacity(graph.nodes.len());
     for (i, node) in graph.nodes.iter().enumerate() {
         let f = match &node.op {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use burn::tensor::{Device, TensorData};
 
-use super::groups::{ChannelGroup, Role};
+use super::groups::{ChannelGroup, producer_groups};
 use super::mask::Selection;
 use crate::error::{LopperError, Result};
 use crate::graph::{Graph, Op, infer_shape};
@@ -40,12 +40,7 @@ pub fn kept_indices(
     groups: &[ChannelGroup],
     selection: &Selection,
 ) -> Result<Vec<Vec<usize>>> {
-    let mut producer_group: HashMap<usize, usize> = HashMap::new();
-    for g in groups {
-        for m in g.members.iter().filter(|m| m.role == Role::Producer) {
-            producer_group.insert(m.node, g.id);
-        }
-    }
+    let producer_group = producer_groups(groups);
     for (g, keep) in selection.keep.iter().enumerate() {
         if let Some(k) = keep {
             let group = &groups[g];
