@@ -5,6 +5,8 @@
 #   bench/run.sh lenet5       # b. lenet5 on MNIST, 2 epochs: test top-1 and wall time
 #   bench/run.sh resnet20     # c. resnet20 on CIFAR-10, the dense baseline (about an hour)
 #   bench/run.sh latency      # latency model vs measured latency of 10 random prunings
+#   bench/run.sh prune        # resnet20 to macs=0.5: l1/uniform, taylor/global, and Torch-Pruning
+#                             # (needs bench/runs/resnet20-cifar10 from `resnet20`)
 #   bench/run.sh all          # a, b, c and latency
 #
 # Data from LOPPER_DATA_DIR (default ../shared/data). PyTorch comes from bench/.venv
@@ -58,12 +60,58 @@ print(f"| {run} | `{flags}` | {100*m['top1']:.2f}% | {100*m['top5']:.2f}% | {sec
 PY
 }
 
+# Prune the dense resnet20 run to macs=0.5 with lopper, FT_EPOCHS of fine-tuning each.
+prune_lopper() {
+  local dense=bench/runs/resnet20-cifar10 ft="${FT_EPOCHS:-2}"
+  [ -f "$dense/model.safetensors" ] || { echo "no $dense: run bench/run.sh resnet20 first" >&2; exit 1; }
+  for m in "l1 uniform" "taylor global"; do
+    set -- $m
+    rm -rf "bench/runs/prune-$1-$2"
+    RAYON_NUM_THREADS=$threads "$lopper" prune --run "$dense" --method "$1" --allocation "$2" \
+      --budget macs=0.5 --finetune-epochs "$ft" --lr 0.01 --out "bench/runs/prune-$1-$2" --quiet
+  done
+}
+
+prune_torch() {
+  local ft="${FT_EPOCHS:-2}"
+  for m in "l1 uniform" "taylor global"; do
+    set -- $m
+    bench/.venv/bin/python bench/torch_pruning_resnet20.py --weights bench/runs/resnet20-cifar10/model.safetensors \
+      --data "$LOPPER_DATA_DIR/cifar10-jpg.tar.gz" --method "$1" --allocation "$2" --macs 0.5 \
+      --finetune-epochs "$ft" --lr 0.01 --threads "$threads" > "bench/runs/torch-prune-$1-$2.json"
+  done
+}
+
+prune_table() {
+  python3 - <<'PY'
+import json, os
+rows = []
+for tool, path in [("lopper", "bench/runs/prune-{}-{}/prune_report.json"), ("Torch-Pruning", "bench/runs/torch-prune-{}-{}.json")]:
+    for m, a in [("l1", "uniform"), ("taylor", "global")]:
+        p = path.format(m, a)
+        if not os.path.exists(p):
+            continue
+        r = json.load(open(p))
+        l1, l64 = r["latency_ms_batch1"], r["latency_ms_batch64"]
+        rows.append(f"| {tool} | {m}/{a} | {r['macs']['after']/r['macs']['before']:.3f} | {r['params']['after']/r['params']['before']:.3f} "
+                    f"| {100*r['top1_dense']:.2f}% | {100*r['top1_pruned']:.2f}% | {100*r['top1_finetuned']:.2f}% "
+                    f"| {l1['before']/l1['after']:.2f}x | {l64['before']/l64['after']:.2f}x | {r['seconds']/60:.1f} min |")
+print("| tool | importance/allocation | MACs after/before | params after/before | top-1 dense | top-1 pruned | top-1 fine-tuned | speed-up b1 | speed-up b64 | wall time |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+print("\n".join(rows))
+PY
+}
+
 case "$what" in
   throughput) throughput ;;
   lenet5) echo "## b. lenet5 on MNIST"; train_bench lenet5-mnist --model lenet5 --dataset mnist --epochs 2 --batch-size 64 --lr 0.05 --schedule cosine ;;
   resnet20) echo "## c. resnet20 on CIFAR-10 (dense baseline)"; train_bench resnet20-cifar10 --model resnet20 --dataset cifar10 --epochs "${EPOCHS:-4}" --batch-size 128 --lr 0.1 --warmup-epochs 0.3 --schedule cosine --weight-decay 5e-4 ;;
   latency) echo "## latency model fit (resnet20, CPU)"
     for b in 1 64; do RAYON_NUM_THREADS=$threads target/release/examples/latency_fit --model resnet20 --batch $b --variants 10 --reps "${REPS:-15}"; echo; done ;;
-  all) "$0" throughput; "$0" lenet5; "$0" resnet20; "$0" latency ;;
-  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|latency|all" >&2; exit 2 ;;
+  prune) echo "## d. resnet20 pruned to macs=0.5, ${FT_EPOCHS:-2} fine-tune epochs"
+    prune_lopper; if [ -x bench/.venv/bin/python ]; then prune_torch; fi; prune_table ;;
+  prune-lopper) prune_lopper; prune_table ;;
+  prune-torch) prune_torch; prune_table ;;
+  all) "$0" throughput; "$0" lenet5; "$0" resnet20; "$0" latency; "$0" prune ;;
+  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|latency|prune|all" >&2; exit 2 ;;
 esac

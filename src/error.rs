@@ -31,6 +31,12 @@ pub enum LopperError {
     /// A configuration value that cannot be used.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A plot could not be drawn.
+    #[error("cannot draw the plot: {0}")]
+    Plot(String),
+    /// A model that the chosen export format cannot express.
+    #[error("cannot export: {0}")]
+    Export(String),
     /// Training diverged.
     #[error("{0}")]
     Diverged(String),

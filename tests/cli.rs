@@ -240,15 +240,109 @@ fn train_eval_resume_on_mnist() {
         "model.json",
         "model.safetensors",
         "eval.json",
+        "keep_ratios.svg",
+        "keep_ratios.png",
     ] {
         assert!(pruned.join(f).exists(), "{f} missing");
     }
+    // The plot is a real picture: a PNG that decodes, an SVG with one bar per group.
+    let png = image::open(pruned.join("keep_ratios.png")).unwrap();
+    assert!(png.width() >= 600 && png.height() >= 100);
+    let svg = std::fs::read_to_string(pruned.join("keep_ratios.svg")).unwrap();
+    let groups = r["groups"].as_array().unwrap().len();
+    assert!(svg.matches("<rect").count() > groups, "{svg}");
+    // Export: ONNX and PyTorch-layout safetensors of the pruned run.
+    for (format, file) in [("onnx", "m.onnx"), ("safetensors", "m.safetensors")] {
+        let f = dir.path().join(file);
+        let o = lopper(&[
+            "export",
+            "--run",
+            p_s,
+            "--format",
+            format,
+            "--out",
+            f.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(std::fs::metadata(&f).unwrap().len() > 1000);
+    }
+    let o = lopper(&[
+        "export",
+        "--run",
+        "/nonexistent",
+        "--format",
+        "onnx",
+        "--out",
+        "x.onnx",
+    ]);
+    assert!(!o.status.success() && stderr(&o).contains("/nonexistent"));
     // The pruned run is a run like any other.
     let o = lopper(&["eval", "--run", p_s, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = lopper(&["inspect", "--run", p_s, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["macs"].as_f64().unwrap(), after);
+    // DSA from the trained run, the iterative baseline, and DSA from scratch: each meets the
+    // budget on the pruned graph and learns something.
+    for (name, extra) in [
+        ("dsa", vec!["--run", out_s, "--dsa-epochs", "2"]),
+        ("iterative", vec!["--run", out_s, "--step-batches", "4"]),
+        (
+            "dsa",
+            vec![
+                "--from-scratch",
+                "--model",
+                "mlp",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                data_s,
+                "--dsa-epochs",
+                "2",
+                "--train-limit",
+                "2048",
+                "--test-limit",
+                "500",
+            ],
+        ),
+    ] {
+        let target = dir
+            .path()
+            .join(format!("{name}-{}", extra[0].trim_start_matches('-')));
+        let mut args = vec![
+            "prune",
+            "--method",
+            name,
+            "--budget",
+            "macs=0.4",
+            "--finetune-epochs",
+            "1",
+            "--out",
+            target.to_str().unwrap(),
+            "--json",
+            "--quiet",
+        ];
+        args.extend(extra.iter().copied());
+        let o = lopper(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(r["budget_met"], true, "{r}");
+        let (before, after) = (
+            r["macs"]["before"].as_f64().unwrap(),
+            r["macs"]["after"].as_f64().unwrap(),
+        );
+        assert!(after <= 0.4 * before && after > 0.3 * before, "{r}");
+        assert!(r["top1_finetuned"].as_f64().unwrap() > 0.4, "{r}");
+        if name == "dsa" {
+            let log = std::fs::read_to_string(target.join("dsa_log.jsonl")).unwrap();
+            assert_eq!(log.lines().count(), 3, "{log}");
+            let last: serde_json::Value =
+                serde_json::from_str(log.lines().last().unwrap()).unwrap();
+            assert_eq!(last["epoch"], 2);
+            assert!(target.join("keep_ratio_history.svg").exists());
+            assert!(target.join("keep_ratio_history.png").exists());
+        }
+    }
     // An unreachable budget is one clear line.
     let o = lopper(&[
         "prune",

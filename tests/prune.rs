@@ -11,13 +11,8 @@ use lopper::prune::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-fn shape_for(name: &str) -> [usize; 3] {
-    if matches!(name, "mlp" | "lenet5") {
-        [1, 28, 28]
-    } else {
-        [3, 32, 32]
-    }
-}
+mod common;
+use common::{randomised, shape_for};
 
 #[test]
 fn group_counts_on_the_zoo() {
@@ -97,30 +92,6 @@ fn concat_and_flatten_index_mapping() {
     assert_eq!(keep[f], (16..32).chain(48..64).collect::<Vec<_>>());
     // Surgery follows the same mapping and keeps the function.
     check_equivalence(&g, &sel, &groups, 5);
-}
-
-fn randomised(graph: &lopper::graph::Graph, seed: u64) -> Model {
-    let base = Model::init(graph.clone(), seed, &Device::flex()).unwrap();
-    let tensors = base.named_tensors();
-    let mut rng = StdRng::seed_from_u64(seed);
-    Model::from_tensors(graph.clone(), &Device::flex(), |node, name, _| {
-        let full = format!("{}.{name}", node.name);
-        let d = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
-        if !matches!(node.op, Op::BatchNorm2d { .. }) {
-            return Ok(d);
-        }
-        let n = d.shape()[0];
-        let v: Vec<f32> = (0..n)
-            .map(|_| match name {
-                "weight" => rng.random_range(0.5..1.5),
-                "bias" => rng.random_range(-0.2..0.2),
-                "running_mean" => rng.random_range(-0.1..0.1),
-                _ => rng.random_range(0.5..1.5),
-            })
-            .collect();
-        Ok(TensorData::new(v, [n]))
-    })
-    .unwrap()
 }
 
 fn host(v: Value) -> Vec<f32> {

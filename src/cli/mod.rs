@@ -1,5 +1,6 @@
-//! Subcommands: `train`, `eval`, `inspect`.
+//! Subcommands: `train`, `eval`, `inspect`, `profile`, `prune`, `export`.
 
+mod export;
 mod inspect;
 mod profile;
 mod prune;
@@ -31,6 +32,8 @@ pub enum Command {
     Profile(profile::ProfileArgs),
     /// Prune a trained run to a budget, fine-tune, evaluate and report.
     Prune(Box<prune::PruneArgs>),
+    /// Export a run's model to ONNX or PyTorch-layout safetensors.
+    Export(export::ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Prune(a) => prune::run(*a),
         Command::Profile(a) => profile::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 

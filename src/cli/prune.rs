@@ -7,25 +7,76 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 
 use lopper::count::count;
+use lopper::data::DatasetName;
 use lopper::fsutil::write_atomic;
+use lopper::model::Model;
 use lopper::model::NoHook;
+use lopper::prune::dsa::{Dsa, DsaConfig};
+use lopper::prune::iterative::{IterativeConfig, iterative_prune};
 use lopper::prune::latency::{LatencyProfile, model_latency_ms};
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
 use lopper::prune::{
-    Allocation, Budget, Criterion, Metric, allocate, channel_groups, channel_scores, keep_ratios,
+    Allocation, Budget, Criterion, Metric, allocate, channel_groups, channel_scores, harden,
     prune_model,
 };
-use lopper::train::{NoTrainHook, RunDir, ScheduleKind, Trainer, evaluate, prepare_data};
+use lopper::train::{
+    NoTrainHook, RunDir, ScheduleKind, TrainConfig, Trainer, evaluate, prepare_data,
+};
+
+/// How the pruned widths are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// One shot by the sum of |w| of each output filter (Li et al. 2017)
+    L1,
+    /// One shot by the L2 norm of each output filter
+    L2,
+    /// One shot by BatchNorm |γ| (network slimming)
+    Bn,
+    /// One shot by first-order Taylor on BatchNorm (Molchanov 2019)
+    Taylor,
+    /// One shot by random scores (a control)
+    Random,
+    /// Differentiable sparsity allocation: keep ratios learned under the budget (ADMM)
+    Dsa,
+    /// Iterative budgeted pruning: remove a little, fine-tune briefly, repeat
+    Iterative,
+}
+
+impl Method {
+    fn criterion(self) -> Option<Criterion> {
+        match self {
+            Method::L1 => Some(Criterion::L1),
+            Method::L2 => Some(Criterion::L2),
+            Method::Bn => Some(Criterion::Bn),
+            Method::Taylor => Some(Criterion::Taylor),
+            Method::Random => Some(Criterion::Random),
+            Method::Dsa | Method::Iterative => None,
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct PruneArgs {
     /// The trained (dense) run to prune.
+    #[arg(
+        long,
+        required_unless_present = "from_scratch",
+        conflicts_with = "from_scratch"
+    )]
+    pub run: Option<PathBuf>,
+    /// DSA only: learn the widths while training a new model from random weights.
+    #[arg(long, requires = "model")]
+    pub from_scratch: bool,
+    /// With --from-scratch: the zoo model to train.
     #[arg(long)]
-    pub run: PathBuf,
-    /// Channel importance criterion.
+    pub model: Option<String>,
+    /// With --from-scratch: the data set (default: the model's usual one).
+    #[arg(long)]
+    pub dataset: Option<DatasetName>,
+    /// How the pruned widths are found.
     #[arg(long, value_enum)]
-    pub method: Criterion,
-    /// How channels are shared out between groups.
+    pub method: Method,
+    /// One-shot methods: how channels are shared out between groups.
     #[arg(long, value_enum, default_value = "uniform")]
     pub allocation: Allocation,
     /// Resource budget: macs=0.5 (fraction of the dense model), macs=20M, params=0.3,
@@ -56,6 +107,40 @@ pub struct PruneArgs {
     /// Batches of training data for the Taylor criterion.
     #[arg(long, default_value_t = 16)]
     pub taylor_batches: usize,
+    /// DSA: epochs of joint weight and keep-ratio training.
+    #[arg(long, default_value_t = 3)]
+    pub dsa_epochs: usize,
+    /// DSA: weight learning rate during allocation (cosine); default --lr from a trained run,
+    /// 0.1 from scratch.
+    #[arg(long)]
+    pub dsa_lr: Option<f64>,
+    /// DSA: one keep-ratio step every this many weight steps.
+    #[arg(long, default_value_t = 5)]
+    pub ratio_every: usize,
+    /// DSA: step size of the linearised ADMM update of the keep ratios.
+    #[arg(long, default_value_t = 0.05)]
+    pub ratio_lr: f64,
+    /// DSA: initial ADMM penalty (it grows ×1.05 per epoch).
+    #[arg(long, default_value_t = 1.0)]
+    pub rho: f64,
+    /// DSA: share of the training data held out for the keep-ratio steps.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Iterative: importance criterion.
+    #[arg(long, value_enum, default_value = "taylor")]
+    pub criterion: Criterion,
+    /// Iterative: share of the remaining budget gap closed per step.
+    #[arg(long, default_value_t = 0.3)]
+    pub step_share: f64,
+    /// Iterative: training batches of brief fine-tuning after each step.
+    #[arg(long, default_value_t = 100)]
+    pub step_batches: usize,
+    /// Use only the first N training samples (quick trials).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N test samples (quick trials).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
     /// Print the report's JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -64,9 +149,16 @@ pub struct PruneArgs {
     pub quiet: bool,
 }
 
+/// The widths a method chose: the pruned model and what to report about how.
+struct Pruned {
+    model: Model,
+    allocation: String,
+    /// Per-epoch keep ratios (DSA only), for the line plot.
+    ratio_history: Vec<(usize, Vec<f64>)>,
+}
+
 pub fn run(a: PruneArgs) -> Result<()> {
     let started = Instant::now();
-    let src = RunDir::new(&a.run);
     let out = RunDir::new(&a.out);
     if out.config_path().exists() {
         bail!(
@@ -74,38 +166,46 @@ pub fn run(a: PruneArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let mut cfg = src
-        .read_config()
-        .with_context(|| format!("cannot prune {}", a.run.display()))?;
+    if a.from_scratch && a.method != Method::Dsa {
+        bail!("--from-scratch works with --method dsa only");
+    }
+    let (mut cfg, dense) = source(&a)?;
     if let Some(d) = &a.data_dir {
         cfg.data_dir = Some(d.clone());
     }
+    if a.train_limit.is_some() {
+        cfg.train_limit = a.train_limit;
+    }
+    if a.test_limit.is_some() {
+        cfg.test_limit = a.test_limit;
+    }
+    if a.method == Method::Dsa {
+        // The keep ratios learn on data the weights do not see.
+        cfg.val_fraction = a.val_fraction;
+    }
     let device = lopper::device::device(&cfg.device)?;
-    let dense = src
-        .load_model(&device)
-        .with_context(|| format!("cannot load the model of {}", a.run.display()))?;
     let data = prepare_data(&cfg).context("cannot load the data set")?;
+    lopper::train::check_input(
+        &dense.graph,
+        cfg.dataset.input_shape(),
+        &cfg.dataset.to_string(),
+    )?;
     let test = data.test.as_ref().context("the test split is empty")?;
     let say = |m: String| {
         if !a.quiet {
             eprintln!("{m}");
         }
     };
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
 
     let top1_dense = evaluate(&dense, test, &NoHook, &device)?.top1;
     say(format!(
-        "dense model: test top-1 {:.2}%",
+        "{} model: test top-1 {:.2}%",
+        if a.from_scratch { "initial" } else { "dense" },
         100.0 * top1_dense
     ));
     let groups = channel_groups(&dense.graph, &a.protect)?;
-    let scores = channel_scores(
-        a.method,
-        &dense,
-        &groups,
-        Some((&data.train, a.taylor_batches)),
-        &device,
-        cfg.seed,
-    )?;
     let profile = match &a.profile {
         Some(p) => Some(LatencyProfile::load(p)?),
         None => None,
@@ -113,24 +213,137 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let cost_model = a
         .budget
         .cost_model(&dense.graph, &groups, profile.as_ref())?;
-    let selection = allocate(
-        &groups,
-        &scores,
-        &a.budget,
-        cost_model.as_ref(),
-        a.allocation,
-        a.round_to,
-    )?;
-    let pruned = prune_model(&dense, &groups, &selection, &device)?;
-    let (before, after) = (count(&dense.graph), count(&pruned.graph));
     let limit = a.budget.limit(cost_model.dense_cost());
+
+    let alloc_started = Instant::now();
+    let pruned = match a.method {
+        Method::Dsa => {
+            let dcfg = DsaConfig {
+                epochs: a.dsa_epochs,
+                ratio_every: a.ratio_every,
+                ratio_lr: a.ratio_lr,
+                rho: a.rho,
+                ..DsaConfig::default()
+            };
+            let val = data
+                .val
+                .as_ref()
+                .context("DSA needs a validation split: use --val-fraction > 0")?
+                .shuffled(cfg.batch_size);
+            let log = a.out.join("dsa_log.jsonl");
+            let _ = std::fs::remove_file(&log);
+            let mut dsa = Dsa::new(
+                &dense,
+                groups.clone(),
+                a.budget
+                    .cost_model(&dense.graph, &groups, profile.as_ref())?,
+                limit,
+                dcfg,
+                val,
+                data.train.num_batches(),
+                &device,
+                cfg.seed,
+                Some(log),
+            )?;
+            let mut alloc_cfg = cfg.clone();
+            alloc_cfg.epochs = a.dsa_epochs;
+            alloc_cfg.lr = a.dsa_lr.unwrap_or(if a.from_scratch { 0.1 } else { a.lr });
+            alloc_cfg.schedule = ScheduleKind::Cosine;
+            alloc_cfg.warmup_epochs = if a.from_scratch { 0.3 } else { 0.0 };
+            let mut trainer = Trainer::new(alloc_cfg, None)?;
+            trainer.progress = !a.quiet;
+            say(format!(
+                "DSA: {} allocation epoch(s), one ratio step every {} weight steps",
+                a.dsa_epochs, a.ratio_every
+            ));
+            let trained = trainer.fit(dense.clone(), &data, &mut dsa)?.model.valid();
+            let selection = harden(
+                &groups,
+                &dsa.importance(),
+                dsa.feasible_ratios(),
+                cost_model.as_ref(),
+                limit,
+            )?;
+            Pruned {
+                model: prune_model(&trained, &groups, &selection, &device)?,
+                allocation: "dsa".into(),
+                ratio_history: dsa
+                    .history()
+                    .iter()
+                    .map(|e| (e.epoch, e.ratios.clone()))
+                    .collect(),
+            }
+        }
+        Method::Iterative => {
+            let icfg = IterativeConfig {
+                criterion: a.criterion,
+                step_share: a.step_share,
+                finetune_batches: a.step_batches,
+                taylor_batches: a.taylor_batches,
+            };
+            let mut ft = cfg.clone();
+            ft.lr = a.lr;
+            let (model, steps) = iterative_prune(
+                dense.clone(),
+                &a.protect,
+                cost_model.as_ref(),
+                limit,
+                &icfg,
+                &ft,
+                &data.train,
+                &device,
+                !a.quiet,
+            )?;
+            say(format!("iterative: {} pruning step(s)", steps.len()));
+            Pruned {
+                model,
+                allocation: format!("iterative ({:?}, {} steps)", a.criterion, steps.len())
+                    .to_lowercase(),
+                ratio_history: vec![],
+            }
+        }
+        m => {
+            let criterion = m.criterion().expect("one-shot methods have a criterion");
+            let scores = channel_scores(
+                criterion,
+                &dense,
+                &groups,
+                Some((&data.train, a.taylor_batches)),
+                &device,
+                cfg.seed,
+            )?;
+            let selection = allocate(
+                &groups,
+                &scores,
+                &a.budget,
+                cost_model.as_ref(),
+                a.allocation,
+                a.round_to,
+            )?;
+            Pruned {
+                model: prune_model(&dense, &groups, &selection, &device)?,
+                allocation: format!("{:?}", a.allocation).to_lowercase(),
+                ratio_history: vec![],
+            }
+        }
+    };
+    let allocation_seconds = alloc_started.elapsed().as_secs_f64();
+
+    // Group ids survive surgery, so the pruned graph's groups line up with the dense ones.
+    let after_groups = channel_groups(&pruned.model.graph, &a.protect)?;
+    let ratios: Vec<f64> = groups
+        .iter()
+        .zip(&after_groups)
+        .map(|(d, p)| p.channels as f64 / d.channels as f64)
+        .collect();
+    let (before, after) = (count(&dense.graph), count(&pruned.model.graph));
     // MACs and parameters are counted on the pruned graph; latency is the profile's prediction.
     let cost = match a.budget.resource {
         Metric::Macs => after.macs as f64,
         Metric::Params => after.params as f64,
-        Metric::Latency => cost_model.cost(&keep_ratios(&groups, &selection)),
+        Metric::Latency => cost_model.cost(&ratios),
     };
-    let top1_pruned = evaluate(&pruned, test, &NoHook, &device)?.top1;
+    let top1_pruned = evaluate(&pruned.model, test, &NoHook, &device)?.top1;
     say(format!(
         "pruned to {} MACs, {} parameters: test top-1 {:.2}% before fine-tuning",
         lopper::count::human(after.macs),
@@ -138,6 +351,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         100.0 * top1_pruned
     ));
 
+    let ft_started = Instant::now();
     let mut ft_cfg = cfg.clone();
     ft_cfg.epochs = a.finetune_epochs.max(1);
     ft_cfg.lr = a.lr;
@@ -146,14 +360,15 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let (final_model, finetuned) = if a.finetune_epochs > 0 {
         let mut trainer = Trainer::new(ft_cfg, Some(out.clone()))?;
         trainer.progress = !a.quiet;
-        let outcome = trainer.fit(pruned, &data, &mut NoTrainHook)?;
+        let outcome = trainer.fit(pruned.model, &data, &mut NoTrainHook)?;
         let t = outcome.history.last().and_then(|r| r.test);
         (outcome.model, t)
     } else {
         out.write_config(&ft_cfg)?;
-        out.write_model_and_metrics(&pruned, &[])?;
-        (pruned, None)
+        out.write_model_and_metrics(&pruned.model, &[])?;
+        (pruned.model, None)
     };
+    let finetune_seconds = ft_started.elapsed().as_secs_f64();
 
     // Latency is measured in inference mode, off the autodiff device.
     let final_model = final_model.valid();
@@ -164,11 +379,12 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let report = PruneReport {
         model: dense.graph.name.clone(),
         method: format!("{:?}", a.method).to_lowercase(),
-        allocation: format!("{:?}", a.allocation).to_lowercase(),
+        allocation: pruned.allocation,
         budget: a.budget.to_string(),
         budget_limit: limit,
         budget_cost: cost,
         budget_met: cost <= limit,
+        from_scratch: a.from_scratch,
         macs: BeforeAfter {
             before: before.macs as f64,
             after: after.macs as f64,
@@ -185,16 +401,20 @@ pub fn run(a: PruneArgs) -> Result<()> {
         latency_ms_batch64: latency(64),
         groups: groups
             .iter()
-            .filter(|g| g.is_prunable())
-            .map(|g| GroupReport {
+            .zip(&after_groups)
+            .filter(|(g, _)| g.is_prunable())
+            .map(|(g, p)| GroupReport {
                 id: g.id,
                 producers: g.label(&dense.graph),
                 before: g.channels,
-                after: selection.kept(&groups, g.id).len(),
+                after: p.channels,
             })
             .collect(),
+        allocation_seconds,
+        finetune_seconds,
         seconds: started.elapsed().as_secs_f64(),
     };
+    write_plots(&a.out, &report, &pruned.ratio_history, &groups, &dense)?;
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(&a.out.join("prune_report.json"), json.as_bytes())?;
     write_atomic(&a.out.join("prune_report.md"), report.markdown().as_bytes())?;
@@ -211,6 +431,84 @@ pub fn run(a: PruneArgs) -> Result<()> {
     }
     if !report.budget_met {
         bail!("internal error: the pruned model misses the budget ({cost} > {limit})");
+    }
+    Ok(())
+}
+
+/// The dense model and the configuration to train with: a trained run's, or a fresh model
+/// for pruning from scratch.
+fn source(a: &PruneArgs) -> Result<(TrainConfig, Model)> {
+    if let Some(run) = &a.run {
+        let src = RunDir::new(run);
+        let cfg = src
+            .read_config()
+            .with_context(|| format!("cannot prune {}", run.display()))?;
+        let device = lopper::device::device(&cfg.device)?;
+        let dense = src
+            .load_model(&device)
+            .with_context(|| format!("cannot load the model of {}", run.display()))?;
+        return Ok((cfg, dense));
+    }
+    let name = a.model.as_deref().context("--from-scratch needs --model")?;
+    let dataset = a
+        .dataset
+        .unwrap_or_else(|| DatasetName::default_for_model(name));
+    let cfg = TrainConfig {
+        model: name.into(),
+        dataset,
+        lr: a.dsa_lr.unwrap_or(0.1),
+        ..TrainConfig::default()
+    };
+    let device = lopper::device::device(&cfg.device)?;
+    let graph = lopper::zoo::build(name, &dataset.input_shape(), dataset.num_classes())?;
+    Ok((cfg.clone(), Model::init(graph, cfg.seed, &device)?))
+}
+
+/// The keep-ratio bar chart, and for DSA the keep ratios over the allocation epochs.
+fn write_plots(
+    out: &std::path::Path,
+    report: &PruneReport,
+    history: &[(usize, Vec<f64>)],
+    groups: &[lopper::prune::ChannelGroup],
+    dense: &Model,
+) -> Result<()> {
+    lopper::plot::RatioBars {
+        title: format!(
+            "{}: kept channels per group ({}, {}, {})",
+            report.model, report.method, report.allocation, report.budget
+        ),
+        x_label: "keep ratio (channels after / before)".into(),
+        items: report
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    format!("g{} {}", g.id, g.producers),
+                    g.after as f64 / g.before as f64,
+                )
+            })
+            .collect(),
+    }
+    .write(&out.join("keep_ratios"))
+    .context("cannot write the keep-ratio plot")?;
+    if !history.is_empty() {
+        lopper::plot::Lines {
+            title: format!("{}: DSA keep ratios ({})", report.model, report.budget),
+            x_label: "allocation epoch".into(),
+            y_label: "keep ratio a = sigmoid(s)".into(),
+            series: groups
+                .iter()
+                .filter(|g| g.is_prunable())
+                .map(|g| {
+                    (
+                        format!("g{} {}", g.id, g.label(&dense.graph)),
+                        history.iter().map(|(e, r)| (*e as f64, r[g.id])).collect(),
+                    )
+                })
+                .collect(),
+        }
+        .write(&out.join("keep_ratio_history"))
+        .context("cannot write the keep-ratio history plot")?;
     }
     Ok(())
 }

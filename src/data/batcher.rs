@@ -77,6 +77,22 @@ impl Batcher {
         }
     }
 
+    /// The same samples in shuffled training batches of `batch_size` (DSA's ratio steps draw
+    /// such batches from the validation split).
+    pub fn shuffled(&self, batch_size: usize) -> Batcher {
+        Batcher::new(self.data.clone(), batch_size, self.preprocess.clone(), true)
+    }
+
+    /// Other samples, prepared the way this batcher prepares its own.
+    pub fn with_dataset(&self, data: Dataset, batch_size: usize) -> Batcher {
+        Batcher::new(
+            Arc::new(data),
+            batch_size,
+            self.preprocess.clone(),
+            self.train,
+        )
+    }
+
     pub fn dataset(&self) -> &Dataset {
         &self.data
     }

@@ -100,6 +100,15 @@ impl Value {
         }
     }
 
+    /// Whether the value lives on an autodiff device (a training forward pass).
+    pub fn is_autodiff(&self) -> bool {
+        match self {
+            Value::Flat(t) => t.is_autodiff(),
+            Value::Seq(t) => t.is_autodiff(),
+            Value::Spatial(t) => t.is_autodiff(),
+        }
+    }
+
     fn spatial(self, node: &Node) -> Result<Tensor<4>> {
         match self {
             Value::Spatial(t) => Ok(t),
@@ -324,8 +333,11 @@ impl Model {
             let args: Vec<Value> = node
                 .inputs
                 .iter()
-                .map(|&j| {
-                    let v = if last_use[j] == i {
+                .enumerate()
+                .map(|(k, &j)| {
+                    // A node may read one value twice (x + x): move it out on the last read.
+                    let last_read = last_use[j] == i && !node.inputs[k + 1..].contains(&j);
+                    let v = if last_read {
                         values[j].take()
                     } else {
                         values[j].clone()

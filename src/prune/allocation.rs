@@ -35,12 +35,17 @@ pub enum Metric {
 /// A cost as a function of the per-group keep ratios.
 pub trait CostModel {
     fn cost(&self, a: &[f64]) -> f64;
+    /// d cost / d a, one entry per group.
+    fn grad(&self, a: &[f64]) -> Vec<f64>;
     fn dense_cost(&self) -> f64;
 }
 
 impl CostModel for ResourceModel {
     fn cost(&self, a: &[f64]) -> f64 {
         self.eval(a)
+    }
+    fn grad(&self, a: &[f64]) -> Vec<f64> {
+        ResourceModel::grad(self, a)
     }
     fn dense_cost(&self) -> f64 {
         self.dense()
@@ -50,6 +55,9 @@ impl CostModel for ResourceModel {
 impl CostModel for LatencyModel {
     fn cost(&self, a: &[f64]) -> f64 {
         self.eval(a)
+    }
+    fn grad(&self, a: &[f64]) -> Vec<f64> {
+        LatencyModel::grad(self, a)
     }
     fn dense_cost(&self) -> f64 {
         self.dense()
@@ -315,4 +323,96 @@ pub fn allocate(
         }
     }
     Ok(select(groups, scores, &counts_at(hi)))
+}
+
+/// Turns continuous keep ratios into a selection that meets `limit` exactly (the last step of
+/// DSA, ALGORITHMS.md step 7): keep `round(ratio * C)` of each group's most important
+/// channels, then repair the rounding greedily. While over the limit, drop the channel that
+/// saves the most cost per unit of (group-normalised) importance; then, while some channel
+/// still fits, take back the one that buys the most importance per unit of cost.
+pub fn harden(
+    groups: &[ChannelGroup],
+    scores: &[Vec<f64>],
+    ratios: &[f64],
+    model: &dyn CostModel,
+    limit: f64,
+) -> Result<Selection> {
+    let mut counts: Vec<usize> = groups
+        .iter()
+        .map(|g| {
+            if g.is_prunable() {
+                count_for(g.channels, ratios[g.id], 1)
+            } else {
+                g.channels
+            }
+        })
+        .collect();
+    // Channels of each group by descending score, and the score scale of the group.
+    let order: Vec<Vec<usize>> = groups
+        .iter()
+        .map(|g| {
+            let s = &scores[g.id];
+            let mut idx: Vec<usize> = (0..s.len()).collect();
+            idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+            idx
+        })
+        .collect();
+    let value = |g: usize, rank: usize| -> f64 {
+        let s = &scores[g];
+        let mean = (s.iter().sum::<f64>() / s.len().max(1) as f64).max(1e-30);
+        s[order[g][rank]] / mean
+    };
+    let cost = |counts: &[usize]| -> f64 {
+        let a: Vec<f64> = groups
+            .iter()
+            .map(|g| counts[g.id] as f64 / g.channels as f64)
+            .collect();
+        model.cost(&a)
+    };
+    let mut current = cost(&counts);
+    while current > limit {
+        let mut best: Option<(f64, usize, f64)> = None;
+        for g in groups.iter().filter(|g| g.is_prunable()) {
+            if counts[g.id] <= 1 {
+                continue;
+            }
+            counts[g.id] -= 1;
+            let c = cost(&counts);
+            counts[g.id] += 1;
+            let saved = current - c;
+            let merit = saved / value(g.id, counts[g.id] - 1).max(1e-12);
+            if saved > 0.0 && best.is_none_or(|(m, _, _)| merit > m) {
+                best = Some((merit, g.id, c));
+            }
+        }
+        let Some((_, g, c)) = best else {
+            return Err(LopperError::Config(format!(
+                "the budget ({limit:.6e}) cannot be met even with one channel per group (cost {current:.6e})"
+            )));
+        };
+        counts[g] -= 1;
+        current = c;
+    }
+    loop {
+        let mut best: Option<(f64, usize, f64)> = None;
+        for g in groups.iter().filter(|g| g.is_prunable()) {
+            if counts[g.id] >= g.channels {
+                continue;
+            }
+            counts[g.id] += 1;
+            let c = cost(&counts);
+            counts[g.id] -= 1;
+            if c > limit {
+                continue;
+            }
+            let merit = value(g.id, counts[g.id]) / (c - current).max(1e-12);
+            if best.is_none_or(|(m, _, _)| merit > m) {
+                best = Some((merit, g.id, c));
+            }
+        }
+        let Some((_, g, c)) = best else { break };
+        counts[g] += 1;
+        current = c;
+    }
+    Ok(select(groups, scores, &counts))
 }

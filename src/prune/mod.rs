@@ -2,16 +2,19 @@
 //! hook, surgery (physical removal), resource and latency models, importance criteria,
 //! budget allocation and reports.
 
+pub mod admm;
 pub mod allocation;
+pub mod dsa;
 pub mod groups;
 pub mod importance;
+pub mod iterative;
 pub mod latency;
 pub mod mask;
 pub mod report;
 pub mod resource;
 pub mod surgery;
 
-pub use allocation::{Allocation, Budget, CostModel, Metric, allocate};
+pub use allocation::{Allocation, Budget, CostModel, Metric, allocate, harden};
 pub use groups::{ChannelGroup, Member, Role, channel_groups};
 pub use importance::{Criterion, channel_scores};
 pub use latency::{LatencyModel, LatencyProfile};

@@ -37,6 +37,8 @@ pub struct PruneReport {
     pub budget_limit: f64,
     pub budget_cost: f64,
     pub budget_met: bool,
+    /// DSA from scratch: "dense" is then the randomly initialised model.
+    pub from_scratch: bool,
     pub macs: BeforeAfter,
     pub params: BeforeAfter,
     /// Test top-1 of the dense model, of the pruned model before fine-tuning, and after.
@@ -48,6 +50,10 @@ pub struct PruneReport {
     pub latency_ms_batch1: BeforeAfter,
     pub latency_ms_batch64: BeforeAfter,
     pub groups: Vec<GroupReport>,
+    /// Wall time of finding the widths (one-shot scoring, DSA's allocation epochs, or the
+    /// iterative loop with its brief fine-tuning), of the final fine-tuning, and in total.
+    pub allocation_seconds: f64,
+    pub finetune_seconds: f64,
     pub seconds: f64,
 }
 
@@ -92,7 +98,11 @@ impl PruneReport {
             self.top1_finetuned.map_or("—".into(), pct),
             self.finetune_epochs
         );
-        s += "## Channels per group\n\n| group | producers | before | after | kept |\n|---|---|---|---|---|\n";
+        s += &format!(
+            "Wall time: {:.1} s finding the widths, {:.1} s fine-tuning, {:.1} s in total.\n\n",
+            self.allocation_seconds, self.finetune_seconds, self.seconds
+        );
+        s += "## Channels per group\n\n![keep ratio per group](keep_ratios.svg)\n\n| group | producers | before | after | kept |\n|---|---|---|---|---|\n";
         for g in &self.groups {
             s += &format!(
                 "| {} | {} | {} | {} | {:.2} |\n",

@@ -1,0 +1,114 @@
+//! ADMM for a resource budget on keep ratios (ALGORITHMS.md, DSA step 5).
+//!
+//! The keep ratios `a` follow the loss; an auxiliary `z` always satisfies `R(z) <= B`; the
+//! scaled dual `u` accumulates the disagreement. The penalty `rho/2 |a - z + u|^2` joins the
+//! loss in the update of `a`, and `rho` grows every epoch so that `a` ends up feasible.
+
+use super::allocation::CostModel;
+
+/// The state of the ADMM iteration over one keep ratio per group.
+#[derive(Debug, Clone)]
+pub struct Admm {
+    pub z: Vec<f64>,
+    pub u: Vec<f64>,
+    pub rho: f64,
+    /// Per-group bounds of z: `[1/C, 1]` for prunable groups, `[1, 1]` for protected ones.
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+    /// The budget in the cost model's units.
+    pub limit: f64,
+}
+
+impl Admm {
+    pub fn new(a: &[f64], lower: Vec<f64>, upper: Vec<f64>, rho: f64, limit: f64) -> Admm {
+        Admm {
+            z: a.to_vec(),
+            u: vec![0.0; a.len()],
+            rho,
+            lower,
+            upper,
+            limit,
+        }
+    }
+
+    /// The z and u updates after an a step.
+    pub fn update(&mut self, a: &[f64], cost: &dyn CostModel) {
+        let v: Vec<f64> = a.iter().zip(&self.u).map(|(a, u)| a + u).collect();
+        self.z = project(&v, &self.lower, &self.upper, cost, self.limit);
+        for ((u, a), z) in self.u.iter_mut().zip(a).zip(&self.z) {
+            *u += a - z;
+        }
+    }
+}
+
+/// `argmin |z - v|^2` subject to `cost(z) <= limit` and `lower <= z <= upper`.
+///
+/// For a multiplier `lambda` the penalised problem `|z - v|^2 / 2 + lambda cost(z) / dense`
+/// is solved by projected gradient descent; `lambda` is then found by bisection as the
+/// smallest value whose solution meets the budget. The cost is normalised by the dense cost
+/// so that one step size suits MACs, parameters and milliseconds alike. If even `lower`
+/// misses the limit, `lower` is returned (the caller checks reachability beforehand).
+pub fn project(
+    v: &[f64],
+    lower: &[f64],
+    upper: &[f64],
+    cost: &dyn CostModel,
+    limit: f64,
+) -> Vec<f64> {
+    let clamp = |z: &mut [f64]| {
+        for ((z, lo), hi) in z.iter_mut().zip(lower).zip(upper) {
+            *z = z.clamp(*lo, *hi);
+        }
+    };
+    let dense = cost.dense_cost().max(1e-30);
+    let solve = |lambda: f64| -> Vec<f64> {
+        let mut z = v.to_vec();
+        clamp(&mut z);
+        // The normalised cost's curvature is at most about 2 (a bilinear form whose
+        // coefficients sum to 1), so this step is stable.
+        let step = 1.0 / (1.0 + 2.0 * lambda);
+        for _ in 0..500 {
+            let g = cost.grad(&z);
+            let mut moved = 0.0f64;
+            for i in 0..z.len() {
+                let new = (z[i] - step * ((z[i] - v[i]) + lambda * g[i] / dense))
+                    .clamp(lower[i], upper[i]);
+                moved = moved.max((new - z[i]).abs());
+                z[i] = new;
+            }
+            if moved < 1e-12 {
+                break;
+            }
+        }
+        z
+    };
+    let fits = |z: &[f64]| cost.cost(z) <= limit;
+    let z0 = solve(0.0);
+    if fits(&z0) {
+        return z0;
+    }
+    let mut hi = 1.0;
+    let mut z_hi = solve(hi);
+    while !fits(&z_hi) {
+        hi *= 2.0;
+        if hi > 1e9 {
+            return lower.to_vec();
+        }
+        z_hi = solve(hi);
+    }
+    let mut lo = 0.0;
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        let z = solve(mid);
+        if fits(&z) {
+            hi = mid;
+            z_hi = z;
+        } else {
+            lo = mid;
+        }
+        if hi - lo < 1e-9 * hi.max(1.0) {
+            break;
+        }
+    }
+    z_hi
+}

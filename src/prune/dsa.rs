@@ -1,0 +1,553 @@
+//! DSA, differentiable sparsity allocation (ALGORITHMS.md "DSA").
+//!
+//! One keep ratio `a_g = sigmoid(s_g)` per channel group is learned by gradient descent on a
+//! held-out validation split while the weights train on the training split, under a resource
+//! budget enforced by ADMM. Channels are kept with probability
+//! `p_i = sigmoid(beta2 (ln I_i - ln beta1))`, `beta1` solved so that `mean p = a_g`. It plugs
+//! into the one training loop as a [`TrainHook`]: masks in every forward pass, a ratio step
+//! every `k` weight steps, a log line and schedule update every epoch.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use super::admm::Admm;
+use super::allocation::CostModel;
+use super::groups::ChannelGroup;
+use super::importance::{Criterion, channel_scores};
+use super::mask::ChannelMasks;
+use crate::data::{BatchIter, Batcher};
+use crate::error::{LopperError, Result};
+use crate::graph::{Graph, Node};
+use crate::model::{Model, NodeHook, Value};
+use crate::train::loss::cross_entropy;
+use crate::train::{EpochRecord, StepInfo, TrainHook};
+
+/// The knobs of DSA; the defaults are the ones marked "design choice" in ALGORITHMS.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DsaConfig {
+    /// Epochs of joint weight and ratio training (the allocation phase).
+    pub epochs: usize,
+    /// One ratio step every `ratio_every` weight steps.
+    pub ratio_every: usize,
+    /// Step size `eta` of the linearised ADMM update of the keep ratios.
+    pub ratio_lr: f64,
+    /// Hardness `beta2`, scheduled linearly from `beta2_start` to `beta2_end` over the epochs.
+    pub beta2_start: f64,
+    pub beta2_end: f64,
+    /// ADMM penalty at the start and its growth factor per epoch.
+    pub rho: f64,
+    pub rho_growth: f64,
+    /// Initial logit of every keep ratio (5: a = 0.9933).
+    pub init_logit: f64,
+    /// Share of the allocation phase over which the budget the projection uses falls
+    /// linearly from the dense cost to the target (design choice): the ratios then approach
+    /// the budget gradually and the loss gradient has time to shape them, instead of the dual
+    /// variable slamming every ratio down in the first few steps.
+    pub budget_ramp: f64,
+}
+
+impl Default for DsaConfig {
+    fn default() -> Self {
+        DsaConfig {
+            epochs: 3,
+            ratio_every: 5,
+            ratio_lr: 0.05,
+            beta2_start: 1.0,
+            beta2_end: 20.0,
+            rho: 1.0,
+            rho_growth: 1.05,
+            init_logit: 5.0,
+            budget_ramp: 0.5,
+        }
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Keep probabilities `p_i = sigmoid(beta2 (ln I_i - x))` with `x = ln beta1` solved by
+/// bisection so that their mean is `a` (to 1e-9). Returns the probabilities and `x`.
+pub fn keep_probabilities(log_importance: &[f64], a: f64, beta2: f64) -> (Vec<f64>, f64) {
+    let n = log_importance.len();
+    let a = a.clamp(1e-9, 1.0 - 1e-9);
+    let probs = |x: f64| -> Vec<f64> {
+        log_importance
+            .iter()
+            .map(|l| sigmoid(beta2 * (l - x)))
+            .collect()
+    };
+    let mean = |x: f64| probs(x).iter().sum::<f64>() / n as f64;
+    let (min, max) = log_importance
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &l| (lo.min(l), hi.max(l)));
+    // The mean falls monotonically in x; widen until the bracket holds a.
+    let mut width = 40.0 / beta2.max(1e-6);
+    let (mut lo, mut hi) = (min - width, max + width);
+    while mean(lo) < a || mean(hi) > a {
+        width *= 2.0;
+        (lo, hi) = (min - width, max + width);
+        if width > 1e12 {
+            break;
+        }
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mean(mid) > a {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo < 1e-13 * (1.0 + mid.abs()) {
+            break;
+        }
+    }
+    let x = 0.5 * (lo + hi);
+    (probs(x), x)
+}
+
+/// dL/da of a group from dL/dp of its channels, through the implicit dependence of `beta1`
+/// on `a` (ALGORITHMS.md step 4): `C * sum_i dL/dp_i f_i / sum_j f_j`, `f = p (1 - p)`.
+pub fn ratio_gradient(dl_dp: &[f64], probs: &[f64]) -> f64 {
+    let f: Vec<f64> = probs.iter().map(|p| p * (1.0 - p)).collect();
+    let total: f64 = f.iter().sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let c = probs.len() as f64;
+    c * dl_dp.iter().zip(&f).map(|(g, f)| g * f).sum::<f64>() / total
+}
+
+/// The deterministic evaluation mask: the `round(a C)` most important channels (at least one).
+pub fn top_k_mask(importance: &[f64], a: f64) -> Vec<f32> {
+    let c = importance.len();
+    let k = ((a * c as f64).round() as usize).clamp(1, c);
+    let mut idx: Vec<usize> = (0..c).collect();
+    idx.sort_by(|&x, &y| importance[y].total_cmp(&importance[x]).then(x.cmp(&y)));
+    let mut m = vec![0.0; c];
+    for &i in &idx[..k] {
+        m[i] = 1.0;
+    }
+    m
+}
+
+/// DSA's importance: |gamma| of the BatchNorms carrying the group (L1 of the filters where
+/// there is none), floored so its logarithm is finite.
+fn log_importance(
+    model: &Model,
+    groups: &[ChannelGroup],
+    device: &Device,
+) -> Result<Vec<Vec<f64>>> {
+    let scores = channel_scores(Criterion::Bn, model, groups, None, device, 0)?;
+    Ok(scores
+        .into_iter()
+        .map(|s| {
+            let max = s.iter().cloned().fold(0.0, f64::max).max(1e-30);
+            s.iter().map(|v| v.max(1e-6 * max).ln()).collect()
+        })
+        .collect())
+}
+
+/// One epoch's line of the allocation log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DsaEpoch {
+    /// 0 for the state before training.
+    pub epoch: usize,
+    pub beta2: f64,
+    pub rho: f64,
+    /// Keep ratios `a` and the feasible ADMM iterate `z`, per group (1 for protected ones).
+    pub ratios: Vec<f64>,
+    pub z: Vec<f64>,
+    /// `R(a) / B - 1`: how far the ratios are over (> 0) or under the budget.
+    pub budget_gap: f64,
+    pub val_loss: Option<f64>,
+    /// Mean dL/da per group over the epoch's ratio steps (the loss's pull on each ratio).
+    pub loss_grad: Vec<f64>,
+    pub test_top1: Option<f64>,
+}
+
+/// Masks for both kinds of forward pass: sampled ones while training (autodiff values), the
+/// deterministic top-k ones in evaluation.
+struct DsaMasks {
+    train: ChannelMasks,
+    eval: ChannelMasks,
+}
+
+impl NodeHook for DsaMasks {
+    fn after_node(&self, index: usize, node: &Node, value: Value) -> Value {
+        if value.is_autodiff() {
+            self.train.after_node(index, node, value)
+        } else {
+            self.eval.after_node(index, node, value)
+        }
+    }
+}
+
+/// The allocation phase as a training hook.
+pub struct Dsa {
+    graph: Graph,
+    groups: Vec<ChannelGroup>,
+    cfg: DsaConfig,
+    cost: Box<dyn CostModel>,
+    limit: f64,
+    /// Ratio logits (per group; protected groups stay at +inf in effect: a = 1).
+    s: Vec<f64>,
+    admm: Admm,
+    beta2: f64,
+    log_imp: Vec<Vec<f64>>,
+    masks: DsaMasks,
+    val: Batcher,
+    val_iter: Option<BatchIter>,
+    val_epoch: usize,
+    val_loss_sum: f64,
+    val_steps: usize,
+    grad_sum: Vec<f64>,
+    train_device: Device,
+    eval_device: Device,
+    rng: StdRng,
+    seed: u64,
+    history: Vec<DsaEpoch>,
+    log_path: Option<PathBuf>,
+    /// Ratio steps taken, and expected over the whole allocation phase (for the ramp).
+    ratio_steps: usize,
+    total_ratio_steps: usize,
+}
+
+impl Dsa {
+    /// Sets up allocation for `model` (on any device). `val` supplies the ratio steps'
+    /// batches; `device` is the plain (non-autodiff) device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &Model,
+        groups: Vec<ChannelGroup>,
+        cost: Box<dyn CostModel>,
+        limit: f64,
+        cfg: DsaConfig,
+        val: Batcher,
+        steps_per_epoch: usize,
+        device: &Device,
+        seed: u64,
+        log_path: Option<PathBuf>,
+    ) -> Result<Dsa> {
+        if cfg.epochs == 0 || cfg.ratio_every == 0 {
+            return Err(LopperError::Config(
+                "DSA needs at least one allocation epoch and ratio_every >= 1".into(),
+            ));
+        }
+        let n = groups.len();
+        let (cfg_epochs, ratio_every) = (cfg.epochs, cfg.ratio_every);
+        let s: Vec<f64> = groups
+            .iter()
+            .map(|g| {
+                if g.is_prunable() {
+                    cfg.init_logit
+                } else {
+                    50.0
+                }
+            })
+            .collect();
+        let a: Vec<f64> = s.iter().map(|&s| sigmoid(s)).collect();
+        let lower: Vec<f64> = groups
+            .iter()
+            .map(|g| {
+                if g.is_prunable() {
+                    1.0 / g.channels as f64
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let floor = cost.cost(&lower);
+        if floor > limit {
+            return Err(LopperError::Config(format!(
+                "the budget ({limit:.6e}) is below the smallest reachable cost ({floor:.6e}, one channel per group)"
+            )));
+        }
+        let admm = Admm::new(&a, lower, vec![1.0; n], cfg.rho, limit);
+        let train_device = device.clone().autodiff();
+        let log_imp = log_importance(model, &groups, device)?;
+        let empty = ChannelMasks::new(&model.graph, &groups, &vec![None; n], device);
+        let empty2 = ChannelMasks::new(&model.graph, &groups, &vec![None; n], device);
+        let mut dsa = Dsa {
+            graph: model.graph.clone(),
+            groups,
+            beta2: cfg.beta2_start,
+            cfg,
+            cost,
+            limit,
+            s,
+            admm,
+            log_imp,
+            masks: DsaMasks {
+                train: empty,
+                eval: empty2,
+            },
+            val,
+            val_iter: None,
+            val_epoch: 0,
+            val_loss_sum: 0.0,
+            val_steps: 0,
+            grad_sum: vec![0.0; n],
+            train_device,
+            eval_device: device.clone(),
+            rng: StdRng::seed_from_u64(crate::data::seed_mix(&[seed, 0xD5A])),
+            seed,
+            history: vec![],
+            log_path,
+            ratio_steps: 0,
+            total_ratio_steps: (cfg_epochs * steps_per_epoch / ratio_every).max(1),
+        };
+        dsa.refresh_eval_masks();
+        dsa.record(0, None)?;
+        Ok(dsa)
+    }
+
+    /// Current keep ratios, one per group.
+    pub fn ratios(&self) -> Vec<f64> {
+        self.s.iter().map(|&s| sigmoid(s)).collect()
+    }
+
+    /// The feasible ADMM iterate: the ratios the final selection is hardened from.
+    pub fn feasible_ratios(&self) -> &[f64] {
+        &self.admm.z
+    }
+
+    pub fn history(&self) -> &[DsaEpoch] {
+        &self.history
+    }
+
+    /// The current importance scores (exp of the log-importance), per group.
+    pub fn importance(&self) -> Vec<Vec<f64>> {
+        self.log_imp
+            .iter()
+            .map(|l| l.iter().map(|v| v.exp()).collect())
+            .collect()
+    }
+
+    fn beta2_at(&self, epoch: usize) -> f64 {
+        let e = self.cfg.epochs.max(2) - 1;
+        let t = (epoch as f64 / e as f64).min(1.0);
+        self.cfg.beta2_start + t * (self.cfg.beta2_end - self.cfg.beta2_start)
+    }
+
+    fn probabilities(&self, g: usize) -> Vec<f64> {
+        keep_probabilities(&self.log_imp[g], sigmoid(self.s[g]), self.beta2).0
+    }
+
+    fn refresh_eval_masks(&mut self) {
+        let masks: Vec<Option<Tensor<1>>> = self
+            .groups
+            .iter()
+            .map(|g| {
+                g.is_prunable().then(|| {
+                    let imp: Vec<f64> = self.log_imp[g.id].clone();
+                    let m = top_k_mask(&imp, sigmoid(self.s[g.id]));
+                    Tensor::from_data(TensorData::new(m, [g.channels]), &self.eval_device)
+                })
+            })
+            .collect();
+        self.masks.eval = ChannelMasks::new(&self.graph, &self.groups, &masks, &self.eval_device);
+    }
+
+    /// Bernoulli samples of the keep probabilities, as host vectors per prunable group.
+    fn sample(&mut self) -> Vec<Option<(Vec<f64>, Vec<f64>)>> {
+        (0..self.groups.len())
+            .map(|g| {
+                self.groups[g].is_prunable().then(|| {
+                    let p = self.probabilities(g);
+                    let m = p
+                        .iter()
+                        .map(|&p| {
+                            if self.rng.random::<f64>() < p {
+                                1.0
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    (p, m)
+                })
+            })
+            .collect()
+    }
+
+    fn next_val_batch(&mut self) -> Result<crate::data::Batch> {
+        for _ in 0..2 {
+            if let Some(b) = self.val_iter.as_mut().and_then(|it| it.next()) {
+                return Ok(b);
+            }
+            self.val_epoch += 1;
+            self.val_iter = Some(self.val.epoch(self.seed ^ 0x5A11, self.val_epoch, 0));
+        }
+        Err(LopperError::Config(
+            "the validation split gives no batches for DSA's ratio steps".into(),
+        ))
+    }
+
+    /// One ratio step on a validation batch: dL/dp by backpropagation through the
+    /// straight-through mask, dL/da by the implicit gradient, the linearised ADMM step on a, and
+    /// the z and u updates.
+    fn ratio_step(&mut self, model: &Model) -> Result<()> {
+        self.log_imp = log_importance(model, &self.groups, &self.eval_device)?;
+        let batch = self.next_val_batch()?;
+        let dev = self.train_device.clone();
+        let (x, _) = batch.to_tensors(&dev);
+        let samples = self.sample();
+        let mut leaves: Vec<Option<Tensor<1>>> = vec![None; self.groups.len()];
+        let masks: Vec<Option<Tensor<1>>> = samples
+            .iter()
+            .enumerate()
+            .map(|(g, s)| {
+                s.as_ref().map(|(p, m)| {
+                    let c = p.len();
+                    let p32: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+                    let shift: Vec<f32> = m.iter().zip(p).map(|(m, p)| (m - p) as f32).collect();
+                    let leaf =
+                        Tensor::<1>::from_data(TensorData::new(p32, [c]), &dev).require_grad();
+                    leaves[g] = Some(leaf.clone());
+                    // Value m, gradient 1 with respect to p: the straight-through rule.
+                    leaf + Tensor::<1>::from_data(TensorData::new(shift, [c]), &dev)
+                })
+            })
+            .collect();
+        let hook = ChannelMasks::new(&self.graph, &self.groups, &masks, &dev);
+        let Value::Flat(logits) = model.forward_hooked(Value::Spatial(x), true, &hook)? else {
+            return Err(LopperError::Graph(
+                "the model's output is not [N, classes]".into(),
+            ));
+        };
+        let loss = cross_entropy(logits, &batch.labels, 0.0, &dev);
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let grads = loss.backward();
+        let a = self.ratios();
+        let mut dl_da = vec![0.0; self.groups.len()];
+        for (g, leaf) in leaves.iter().enumerate() {
+            let (Some(leaf), Some((p, _))) = (leaf, &samples[g]) else {
+                continue;
+            };
+            let dl_dp: Vec<f64> = match leaf.grad(&grads) {
+                Some(t) => t
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| LopperError::Graph(format!("{e:?}")))?
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+                None => vec![0.0; p.len()],
+            };
+            dl_da[g] = ratio_gradient(&dl_dp, p);
+        }
+        // The model's own gradients from this pass are dropped: weights learn on the
+        // training split only.
+        drop(GradientsParams::from_grads(grads, model));
+        // Linearised ADMM step on a: minimise <dL/da, a> + rho/2 |a - z + u|^2 +
+        // |a - a_prev|^2 / (2 eta). The closed form moves a towards z - u against the loss
+        // gradient; it does not wind the dual up the way a plain gradient step with a
+        // normalising optimiser would (u grows by a - z on every step).
+        for (acc, g) in self.grad_sum.iter_mut().zip(&dl_da) {
+            *acc += g;
+        }
+        let eta = self.cfg.ratio_lr;
+        let rho = self.admm.rho;
+        for g in self.groups.iter().filter(|g| g.is_prunable()).map(|g| g.id) {
+            let target = self.admm.z[g] - self.admm.u[g];
+            let next = (a[g] / eta - dl_da[g] + rho * target) / (1.0 / eta + rho);
+            // Keep a within (1/(2C), 1): one channel always survives hardening.
+            let lo = (0.5 / self.groups[g].channels as f64).max(1e-4);
+            let next = next.clamp(lo, 1.0 - 1e-6);
+            self.s[g] = (next / (1.0 - next)).ln();
+        }
+        let a = self.ratios();
+        self.ratio_steps += 1;
+        let ramp = self.cfg.budget_ramp * self.total_ratio_steps as f64;
+        let t = if ramp > 0.0 {
+            (self.ratio_steps as f64 / ramp).min(1.0)
+        } else {
+            1.0
+        };
+        let dense = self.cost.dense_cost();
+        self.admm.limit = dense - t * (dense - self.limit);
+        self.admm.update(&a, self.cost.as_ref());
+        self.val_loss_sum += loss_value;
+        self.val_steps += 1;
+        self.refresh_eval_masks();
+        Ok(())
+    }
+
+    fn record(&mut self, epoch: usize, test_top1: Option<f64>) -> Result<()> {
+        let a = self.ratios();
+        let entry = DsaEpoch {
+            epoch,
+            beta2: self.beta2,
+            rho: self.admm.rho,
+            budget_gap: self.cost.cost(&a) / self.limit - 1.0,
+            ratios: a,
+            z: self.admm.z.clone(),
+            val_loss: (self.val_steps > 0).then(|| self.val_loss_sum / self.val_steps as f64),
+            loss_grad: self
+                .grad_sum
+                .iter()
+                .map(|g| g / self.val_steps.max(1) as f64)
+                .collect(),
+            test_top1,
+        };
+        if let Some(path) = &self.log_path {
+            use std::io::Write;
+            let line = serde_json::to_string(&entry)
+                .map_err(|e| LopperError::Config(format!("cannot write the DSA log: {e}")))?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| LopperError::io(path, e))?;
+            writeln!(f, "{line}").map_err(|e| LopperError::io(path, e))?;
+        }
+        self.history.push(entry);
+        self.val_loss_sum = 0.0;
+        self.val_steps = 0;
+        self.grad_sum.iter_mut().for_each(|g| *g = 0.0);
+        Ok(())
+    }
+}
+
+impl TrainHook for Dsa {
+    fn node_hook(&self) -> Option<&dyn NodeHook> {
+        Some(&self.masks)
+    }
+
+    fn before_step(&mut self, _info: &StepInfo) {
+        let samples = self.sample();
+        let dev = self.train_device.clone();
+        let masks: Vec<Option<Tensor<1>>> = samples
+            .into_iter()
+            .map(|s| {
+                s.map(|(_, m)| {
+                    let c = m.len();
+                    let m: Vec<f32> = m.into_iter().map(|v| v as f32).collect();
+                    Tensor::from_data(TensorData::new(m, [c]), &dev)
+                })
+            })
+            .collect();
+        self.masks.train = ChannelMasks::new(&self.graph, &self.groups, &masks, &dev);
+    }
+
+    fn after_step(&mut self, info: &StepInfo, model: Model) -> Result<Model> {
+        if (info.global_step + 1).is_multiple_of(self.cfg.ratio_every) {
+            self.ratio_step(&model)?;
+        }
+        Ok(model)
+    }
+
+    fn after_epoch(&mut self, record: &EpochRecord, _model: &Model) -> Result<ControlFlow<()>> {
+        self.record(record.epoch, record.test.map(|t| t.top1))?;
+        self.beta2 = self.beta2_at(record.epoch);
+        self.admm.rho *= self.cfg.rho_growth;
+        self.refresh_eval_masks();
+        Ok(ControlFlow::Continue(()))
+    }
+}

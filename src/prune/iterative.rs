@@ -1,0 +1,197 @@
+//! Iterative budgeted pruning, the baseline DSA is measured against (ALGORITHMS.md
+//! "Baselines"): repeat { remove the channels with the smallest importance per unit of
+//! resource, in a step of a share of the remaining gap; fine-tune briefly } until the budget
+//! holds. Every step removes channels physically, so later steps train a smaller network.
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::allocation::CostModel;
+use super::groups::{ChannelGroup, channel_groups};
+use super::importance::{Criterion, channel_scores};
+use super::mask::Selection;
+use super::surgery::prune_model;
+use crate::data::Batcher;
+use crate::error::{LopperError, Result};
+use crate::model::Model;
+use crate::train::{NoTrainHook, TrainConfig, TrainData, Trainer};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IterativeConfig {
+    /// Channel importance (taylor or l1 are the usual choices).
+    pub criterion: Criterion,
+    /// Each step removes this share of the remaining gap `R - B`; once the gap is below one
+    /// share of the initial gap the next step closes it.
+    pub step_share: f64,
+    /// Training batches of brief fine-tuning after each step.
+    pub finetune_batches: usize,
+    /// Batches for the Taylor criterion.
+    pub taylor_batches: usize,
+}
+
+impl Default for IterativeConfig {
+    fn default() -> Self {
+        IterativeConfig {
+            criterion: Criterion::Taylor,
+            step_share: 0.3,
+            finetune_batches: 100,
+            taylor_batches: 16,
+        }
+    }
+}
+
+/// One pruning step of the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IterativeStep {
+    pub step: usize,
+    /// Cost (in the budget's units) after the removal.
+    pub cost: f64,
+    pub channels_removed: usize,
+}
+
+/// Keep ratios of `current` relative to the dense groups (group ids survive surgery).
+fn ratios(dense: &[ChannelGroup], current: &[ChannelGroup]) -> Vec<f64> {
+    dense
+        .iter()
+        .zip(current)
+        .map(|(d, c)| c.channels as f64 / d.channels as f64)
+        .collect()
+}
+
+/// Prunes `model` (on the plain `device`) until `cost <= limit`, fine-tuning
+/// `cfg.finetune_batches` batches of `train` after every step with `ft` (its learning rate is
+/// used constant). Returns the pruned model and the step log.
+#[allow(clippy::too_many_arguments)]
+pub fn iterative_prune(
+    model: Model,
+    protect: &[String],
+    cost: &dyn CostModel,
+    limit: f64,
+    cfg: &IterativeConfig,
+    ft: &TrainConfig,
+    train: &Batcher,
+    device: &Device,
+    progress: bool,
+) -> Result<(Model, Vec<IterativeStep>)> {
+    if !(cfg.step_share > 0.0 && cfg.step_share <= 1.0) {
+        return Err(LopperError::Config(
+            "the iterative step share must be in (0, 1]".into(),
+        ));
+    }
+    let dense_groups = channel_groups(&model.graph, protect)?;
+    let initial_gap = cost.cost(&vec![1.0; dense_groups.len()]) - limit;
+    let mut model = model;
+    let mut log = vec![];
+    for step in 1.. {
+        let groups = channel_groups(&model.graph, protect)?;
+        if groups.len() != dense_groups.len() {
+            return Err(LopperError::Graph(
+                "channel groups changed under surgery".into(),
+            ));
+        }
+        let r = ratios(&dense_groups, &groups);
+        let now = cost.cost(&r);
+        if now <= limit {
+            break;
+        }
+        let gap = now - limit;
+        let target = if gap <= cfg.step_share * initial_gap {
+            limit
+        } else {
+            limit + (1.0 - cfg.step_share) * gap
+        };
+        let scores = channel_scores(
+            cfg.criterion,
+            &model,
+            &groups,
+            Some((train, cfg.taylor_batches)),
+            device,
+            step as u64,
+        )?;
+        // Importance per unit of resource: group-normalised score over the cost of one
+        // channel of the group at the current widths.
+        let grad = cost.grad(&r);
+        let mut order: Vec<(f64, usize, usize)> = vec![];
+        for g in groups.iter().filter(|g| g.is_prunable()) {
+            let s = &scores[g.id];
+            let mean = (s.iter().sum::<f64>() / s.len() as f64).max(1e-30);
+            let per_channel = (grad[g.id] / dense_groups[g.id].channels as f64).max(1e-30);
+            for (i, v) in s.iter().enumerate() {
+                order.push((v / mean / per_channel, g.id, i));
+            }
+        }
+        order.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let mut keep: Vec<Vec<bool>> = groups.iter().map(|g| vec![true; g.channels]).collect();
+        let mut counts: Vec<usize> = groups.iter().map(|g| g.channels).collect();
+        let mut current = now;
+        let mut removed = 0;
+        for &(_, g, i) in &order {
+            if current <= target {
+                break;
+            }
+            if counts[g] <= 1 {
+                continue;
+            }
+            keep[g][i] = false;
+            counts[g] -= 1;
+            removed += 1;
+            let a: Vec<f64> = dense_groups
+                .iter()
+                .map(|d| counts[d.id] as f64 / d.channels as f64)
+                .collect();
+            current = cost.cost(&a);
+        }
+        if removed == 0 {
+            return Err(LopperError::Config(format!(
+                "iterative pruning is stuck at cost {current:.6e} above the budget {limit:.6e}"
+            )));
+        }
+        let selection = Selection {
+            keep: groups
+                .iter()
+                .map(|g| {
+                    let k: Vec<usize> = (0..g.channels).filter(|&i| keep[g.id][i]).collect();
+                    (k.len() < g.channels).then_some(k)
+                })
+                .collect(),
+        };
+        model = prune_model(&model, &groups, &selection, device)?;
+        log.push(IterativeStep {
+            step,
+            cost: current,
+            channels_removed: removed,
+        });
+        if progress {
+            eprintln!(
+                "iterative step {step}: removed {removed} channels, cost {:.4} of the budget",
+                current / limit
+            );
+        }
+        if cfg.finetune_batches > 0 {
+            let n = (cfg.finetune_batches * ft.batch_size).min(train.dataset().len());
+            let fraction = n as f64 / train.dataset().len() as f64;
+            let subset = if fraction < 1.0 {
+                train
+                    .dataset()
+                    .split(fraction, ft.seed.wrapping_add(step as u64))?
+                    .1
+            } else {
+                train.dataset().clone()
+            };
+            let data = TrainData {
+                train: train.with_dataset(subset, ft.batch_size),
+                val: None,
+                test: None,
+            };
+            let mut brief = ft.clone();
+            brief.epochs = 1;
+            brief.schedule = crate::train::ScheduleKind::Constant;
+            brief.warmup_epochs = 0.0;
+            let mut trainer = Trainer::new(brief, None)?;
+            trainer.progress = progress;
+            model = trainer.fit(model, &data, &mut NoTrainHook)?.model.valid();
+        }
+    }
+    Ok((model, log))
+}

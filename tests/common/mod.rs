@@ -1,0 +1,42 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use burn::tensor::{Device, TensorData};
+use lopper::graph::Op;
+use lopper::model::Model;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// The per-sample input shape of a zoo model.
+pub fn shape_for(name: &str) -> [usize; 3] {
+    if matches!(name, "mlp" | "lenet5") {
+        [1, 28, 28]
+    } else {
+        [3, 32, 32]
+    }
+}
+
+/// A zoo model with seeded random weights and random BatchNorm scales, shifts and running
+/// statistics, so that eval-mode BatchNorm is far from the identity.
+pub fn randomised(graph: &lopper::graph::Graph, seed: u64) -> Model {
+    let base = Model::init(graph.clone(), seed, &Device::flex()).unwrap();
+    let tensors = base.named_tensors();
+    let mut rng = StdRng::seed_from_u64(seed);
+    Model::from_tensors(graph.clone(), &Device::flex(), |node, name, _| {
+        let full = format!("{}.{name}", node.name);
+        let d = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
+        if !matches!(node.op, Op::BatchNorm2d { .. }) {
+            return Ok(d);
+        }
+        let n = d.shape()[0];
+        let v: Vec<f32> = (0..n)
+            .map(|_| match name {
+                "weight" => rng.random_range(0.5..1.5),
+                "bias" => rng.random_range(-0.2..0.2),
+                "running_mean" => rng.random_range(-0.1..0.1),
+                _ => rng.random_range(0.5..1.5),
+            })
+            .collect();
+        Ok(TensorData::new(v, [n]))
+    })
+    .unwrap()
+}

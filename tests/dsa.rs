@@ -1,0 +1,262 @@
+//! DSA's pieces: the solved keep probabilities, the implicit keep-ratio gradient against
+//! finite differences, the budget projection, and hardening with rounding repair.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use lopper::graph::{Graph, GraphBuilder, Op};
+use lopper::model::{Model, Value};
+use lopper::prune::admm::project;
+use lopper::prune::dsa::{keep_probabilities, ratio_gradient, top_k_mask};
+use lopper::prune::{
+    ChannelMasks, CostModel, Resource, ResourceModel, channel_groups, harden, keep_ratios,
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+mod common;
+use common::randomised;
+
+#[test]
+fn solved_keep_probabilities_have_the_requested_mean() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for c in [1usize, 3, 16, 64, 257] {
+        let log_imp: Vec<f64> = (0..c).map(|_| rng.random_range(-6.0..1.0)).collect();
+        for a in [0.01, 0.2, 0.5, 0.77, 0.999] {
+            for beta2 in [0.5, 1.0, 5.0, 20.0, 200.0] {
+                let (p, _) = keep_probabilities(&log_imp, a, beta2);
+                let mean = p.iter().sum::<f64>() / c as f64;
+                assert!(
+                    (mean - a).abs() <= 1e-6,
+                    "C={c} a={a} beta2={beta2}: mean {mean}"
+                );
+                // More important channels are more likely kept.
+                for i in 0..c {
+                    for j in 0..c {
+                        if log_imp[i] > log_imp[j] {
+                            assert!(p[i] >= p[j]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn evaluation_mask_keeps_the_most_important_channels() {
+    let m = top_k_mask(&[0.1, 3.0, 0.5, 2.0, 0.0], 0.4);
+    assert_eq!(m, vec![0.0, 1.0, 0.0, 1.0, 0.0]);
+    // At least one channel survives.
+    assert_eq!(top_k_mask(&[1.0, 2.0], 0.01), vec![0.0, 1.0]);
+}
+
+/// conv(3→8)+BN+GELU → conv(8→6)+BN+GELU → GAP → linear(6→4): smooth everywhere, so
+/// finite differences are not thrown off by ReLU kinks.
+fn small_graph() -> Graph {
+    let mut b = GraphBuilder::new("small", &[3, 8, 8]);
+    let x = b.conv_bn_act("c1", 0, 8, 3, 1, 1, Some(Op::Gelu));
+    let y = b.conv_bn_act("c2", x, 6, 3, 1, 1, Some(Op::Gelu));
+    let p = b.op("gap", Op::GlobalAvgPool, y);
+    let fc = b.linear("fc", p, 4, true);
+    b.finish(fc).unwrap()
+}
+
+#[test]
+fn keep_ratio_gradient_matches_finite_differences() {
+    let graph = small_graph();
+    let groups = channel_groups(&graph, &[]).unwrap();
+    let dev = Device::flex();
+    let ad = dev.clone().autodiff();
+    let model = randomised(&graph, 5);
+    let mut rng = StdRng::seed_from_u64(6);
+    let n = 16;
+    let x: Vec<f32> = (0..n * 3 * 64)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let beta2 = 3.0;
+    for g in groups.iter().filter(|g| g.is_prunable()) {
+        let (g, c) = (g.id, g.channels);
+        let log_imp: Vec<f64> = (0..c).map(|_| rng.random_range(-2.0..0.5)).collect();
+
+        // A smooth loss (sum of squared logits) with the soft mask p(a) on group g and
+        // evaluation-mode BN; f32 finite differences need a loss that moves with a.
+        let logits_at = |p: Tensor<1>, device: &Device| -> Tensor<2> {
+            let m = model.clone().fork(device);
+            let mut masks: Vec<Option<Tensor<1>>> = vec![None; groups.len()];
+            masks[g] = Some(p);
+            let hook = ChannelMasks::new(&graph, &groups, &masks, device);
+            let input = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, 3, 8, 8]), device);
+            let Value::Flat(logits) = m
+                .forward_hooked(Value::Spatial(input), false, &hook)
+                .unwrap()
+            else {
+                panic!("flat output expected")
+            };
+            logits
+        };
+        let to_tensor = |p: &[f64], device: &Device| {
+            let v: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+            Tensor::<1>::from_data(TensorData::new(v, [c]), device)
+        };
+
+        for a in [0.3, 0.55, 0.8] {
+            let (p, _) = keep_probabilities(&log_imp, a, beta2);
+            let leaf = to_tensor(&p, &ad).require_grad();
+            let loss = logits_at(leaf.clone(), &ad).powf_scalar(2.0).sum();
+            let grads = loss.backward();
+            let dl_dp: Vec<f64> = leaf
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            let analytic = ratio_gradient(&dl_dp, &p);
+
+            let h = 1e-2;
+            let value = |a: f64| -> f64 {
+                let (p, _) = keep_probabilities(&log_imp, a, beta2);
+                // Summed in f64 so the loss itself adds no rounding.
+                let l = logits_at(to_tensor(&p, &dev), &dev).into_data();
+                let l = l.try_to_vec::<f32>().unwrap();
+                l.iter().map(|&v| (v as f64).powi(2)).sum::<f64>()
+            };
+            // Central differences at h and h/2, Richardson-extrapolated: the O(h^2) error
+            // cancels, and h stays large enough for f32 losses to resolve the change.
+            let central = |h: f64| (value(a + h) - value(a - h)) / (2.0 * h);
+            let numeric = (4.0 * central(h / 2.0) - central(h)) / 3.0;
+            let rel = (analytic - numeric).abs() / numeric.abs().max(1e-3);
+            eprintln!(
+                "group {g} a={a}: implicit {analytic:.6}, numeric {numeric:.6}, rel {rel:.2e}"
+            );
+            assert!(
+                rel <= 1e-3,
+                "a={a}: implicit gradient {analytic}, finite differences {numeric} (rel {rel})"
+            );
+            assert!(numeric.abs() > 1e-2, "a={a}: the loss barely depends on a");
+        }
+    }
+}
+
+#[test]
+fn projection_meets_the_budget_and_is_closest() {
+    let graph = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let groups = channel_groups(&graph, &[]).unwrap();
+    let cost = ResourceModel::new(Resource::Macs, &graph, &groups);
+    let n = groups.len();
+    let lower: Vec<f64> = groups
+        .iter()
+        .map(|g| {
+            if g.is_prunable() {
+                1.0 / g.channels as f64
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let upper = vec![1.0; n];
+    let mut rng = StdRng::seed_from_u64(2);
+    for frac in [0.2, 0.35, 0.5] {
+        let limit = frac * cost.dense_cost();
+        let v: Vec<f64> = groups
+            .iter()
+            .map(|g| {
+                if g.is_prunable() {
+                    rng.random_range(0.5..1.1)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let z = project(&v, &lower, &upper, &cost, limit);
+        let c = cost.cost(&z);
+        assert!(c <= limit, "cost {c} over {limit}");
+        let clamped: Vec<f64> = v.iter().map(|x| x.min(1.0)).collect();
+        assert!(
+            cost.cost(&clamped) > limit,
+            "the test needs an infeasible v"
+        );
+        // The constraint is active: z sits on the budget's boundary.
+        assert!(c >= limit * (1.0 - 1e-4), "cost {c} well under {limit}");
+        for (i, zi) in z.iter().enumerate() {
+            assert!(*zi >= lower[i] - 1e-12 && *zi <= upper[i] + 1e-12);
+        }
+        // No feasible point on random rays towards the lower bound is closer to v.
+        let dist = |w: &[f64]| -> f64 { w.iter().zip(&v).map(|(a, b)| (a - b).powi(2)).sum() };
+        for _ in 0..200 {
+            let dir: Vec<f64> = (0..n).map(|_| rng.random_range(0.0..1.0)).collect();
+            let at = |t: f64| -> Vec<f64> {
+                (0..n)
+                    .map(|i| (v[i].min(1.0) - t * dir[i]).clamp(lower[i], upper[i]))
+                    .collect()
+            };
+            let (mut lo, mut hi) = (0.0, 2.0);
+            for _ in 0..60 {
+                let mid = 0.5 * (lo + hi);
+                if cost.cost(&at(mid)) <= limit {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            let w = at(hi);
+            assert!(dist(&z) <= dist(&w) + 1e-9, "a feasible point is closer");
+        }
+        // A feasible point projects onto itself (after clamping).
+        let inside: Vec<f64> = z.iter().map(|z| (z * 0.9).max(0.0)).collect();
+        let inside: Vec<f64> = inside.iter().zip(&lower).map(|(a, l)| a.max(*l)).collect();
+        let p = project(&inside, &lower, &upper, &cost, limit);
+        for (a, b) in p.iter().zip(&inside) {
+            assert!((a - b).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn hardening_meets_the_budget_exactly_and_uses_it() {
+    let graph = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let groups = channel_groups(&graph, &[]).unwrap();
+    let cost = ResourceModel::new(Resource::Macs, &graph, &groups);
+    let model = Model::init(graph.clone(), 0, &Device::flex()).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let scores: Vec<Vec<f64>> = groups
+        .iter()
+        .map(|g| {
+            (0..g.channels)
+                .map(|_| rng.random_range(0.0..1.0))
+                .collect()
+        })
+        .collect();
+    for frac in [0.3, 0.5, 0.7] {
+        let limit = frac * cost.dense_cost();
+        // Ratios slightly off the budget both ways: rounding repair has work to do.
+        for scale in [0.9, 1.0, 1.1] {
+            let ratios: Vec<f64> = groups
+                .iter()
+                .map(|g| {
+                    if g.is_prunable() {
+                        (frac.sqrt() * scale).min(1.0)
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let sel = harden(&groups, &scores, &ratios, &cost, limit).unwrap();
+            let pruned =
+                lopper::prune::prune_model(&model, &groups, &sel, &Device::flex()).unwrap();
+            let macs = lopper::count::count(&pruned.graph).macs as f64;
+            assert!(macs <= limit, "{macs} > {limit}");
+            assert_eq!(macs, cost.cost(&keep_ratios(&groups, &sel)).round());
+            // No single channel could be added back without breaking the budget.
+            let r = keep_ratios(&groups, &sel);
+            for g in groups.iter().filter(|g| g.is_prunable()) {
+                let mut r2 = r.clone();
+                if sel.kept(&groups, g.id).len() < g.channels {
+                    r2[g.id] += 1.0 / g.channels as f64;
+                    assert!(cost.cost(&r2) > limit, "group {} has room", g.id);
+                }
+            }
+        }
+    }
+}
