@@ -269,7 +269,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     cost_model.as_ref(),
                     lim,
                 )?;
-                Ok(prune_model(&trained, &groups, &selection, &device)?)
+                prune_model(&trained, &groups, &selection, &device)
             })?;
             Pruned {
                 model,
@@ -338,7 +338,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     a.allocation,
                     a.round_to,
                 )?;
-                Ok(prune_model(&dense, &groups, &selection, &device)?)
+                prune_model(&dense, &groups, &selection, &device)
             })?;
             Pruned {
                 model,
