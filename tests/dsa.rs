@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use lopper::graph::{Graph, GraphBuilder, Op};
 use lopper::model::{Model, Value};
-use lopper::prune::admm::project;
+use lopper::prune::admm::{project, ratio_bounds};
 use lopper::prune::dsa::{keep_probabilities, ratio_gradient, top_k_mask};
 use lopper::prune::{
     ChannelMasks, CostModel, Resource, ResourceModel, channel_groups, harden, keep_ratios,
@@ -145,17 +145,7 @@ fn projection_meets_the_budget_and_is_closest() {
     let groups = channel_groups(&graph, &[]).unwrap();
     let cost = ResourceModel::new(Resource::Macs, &graph, &groups);
     let n = groups.len();
-    let lower: Vec<f64> = groups
-        .iter()
-        .map(|g| {
-            if g.is_prunable() {
-                1.0 / g.channels as f64
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    let upper = vec![1.0; n];
+    let (lower, upper) = ratio_bounds(&groups);
     let mut rng = StdRng::seed_from_u64(2);
     for frac in [0.2, 0.35, 0.5] {
         let limit = frac * cost.dense_cost();

@@ -6,13 +6,10 @@ mod protobuf;
 
 pub use onnx::{INPUT_NAME, OPSET, OUTPUT_NAME, to_onnx};
 
-use std::collections::HashMap;
-
-use safetensors::{Dtype, tensor::TensorView};
-
 use crate::error::{LopperError, Result};
 use crate::graph::Op;
 use crate::model::Model;
+use crate::model::safetensors_bytes;
 
 /// An export file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,7 +39,7 @@ pub fn to_torch_safetensors(model: &Model) -> Result<Vec<u8>> {
         .filter(|n| matches!(n.op, Op::Linear { .. }))
         .map(|n| n.name.as_str())
         .collect();
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    let mut tensors = vec![];
     for (name, data) in model.named_tensors() {
         let mut shape = data.shape().to_vec();
         let mut values = data
@@ -59,24 +56,14 @@ pub fn to_torch_safetensors(model: &Model) -> Result<Vec<u8>> {
                 .collect();
             shape = vec![cols, rows];
         }
-        owned.push((
-            name,
-            shape,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ));
+        tensors.push((name, shape, values));
     }
-    let views = owned
-        .iter()
-        .map(|(n, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| LopperError::Export(e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("producer".to_string(), "lopper".to_string()),
-        ("graph".to_string(), model.graph.name.clone()),
-    ]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| LopperError::Export(e.to_string()))
+    safetensors_bytes(
+        &tensors,
+        &[
+            ("format", "pt"),
+            ("producer", "lopper"),
+            ("graph", model.graph.name.as_str()),
+        ],
+    )
 }

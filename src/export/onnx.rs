@@ -99,6 +99,14 @@ fn pads(p: [usize; 2]) -> Vec<i64> {
     vec![p[0] as i64, p[1] as i64, p[0] as i64, p[1] as i64]
 }
 
+fn pool(kernel: &[usize; 2], stride: &[usize; 2], padding: &[usize; 2]) -> Vec<Attr<'static>> {
+    vec![
+        Attr::Ints("kernel_shape", pair(*kernel)),
+        Attr::Ints("strides", pair(*stride)),
+        Attr::Ints("pads", pads(*padding)),
+    ]
+}
+
 /// The model as an ONNX file's bytes.
 pub fn to_onnx(model: &Model) -> Result<Vec<u8>> {
     let graph = &model.graph;
@@ -235,34 +243,17 @@ pub fn to_onnx(model: &Model) -> Result<Vec<u8>> {
                 kernel,
                 stride,
                 padding,
-            } => g.node(
-                "MaxPool",
-                name,
-                &[x],
-                &out,
-                &[
-                    Attr::Ints("kernel_shape", pair(*kernel)),
-                    Attr::Ints("strides", pair(*stride)),
-                    Attr::Ints("pads", pads(*padding)),
-                ],
-            ),
+            } => g.node("MaxPool", name, &[x], &out, &pool(kernel, stride, padding)),
             Op::AvgPool2d {
                 kernel,
                 stride,
                 padding,
-            } => g.node(
+            } => {
                 // Burn's average pooling counts the zero padding, as PyTorch's default does.
-                "AveragePool",
-                name,
-                &[x],
-                &out,
-                &[
-                    Attr::Ints("kernel_shape", pair(*kernel)),
-                    Attr::Ints("strides", pair(*stride)),
-                    Attr::Ints("pads", pads(*padding)),
-                    Attr::Int("count_include_pad", 1),
-                ],
-            ),
+                let mut attrs = pool(kernel, stride, padding);
+                attrs.push(Attr::Int("count_include_pad", 1));
+                g.node("AveragePool", name, &[x], &out, &attrs);
+            }
             Op::GlobalAvgPool => {
                 let pooled = format!("{name}.pool");
                 g.node("GlobalAveragePool", &pooled, &[x], &pooled, &[]);

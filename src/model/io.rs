@@ -69,27 +69,42 @@ pub fn read_architecture(path: &Path) -> Result<Graph> {
 
 /// Serialises the model's weights as safetensors bytes.
 pub fn weights_bytes(model: &Model) -> Result<Vec<u8>> {
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    let mut tensors = vec![];
     for (name, data) in model.named_tensors() {
         let shape = data.shape().to_vec();
         let values = data
             .try_to_vec_as::<f32>()
             .map_err(|e| LopperError::Graph(format!("{e:?}")))?;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        owned.push((name, shape, bytes));
+        tensors.push((name, shape, values));
     }
-    let views = owned
+    safetensors_bytes(
+        &tensors,
+        &[("format", "lopper"), ("graph", model.graph.name.as_str())],
+    )
+}
+
+/// Named f32 tensors `(name, shape, values)` and metadata as safetensors bytes.
+pub fn safetensors_bytes(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    meta: &[(&str, &str)],
+) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|(n, s, b)| {
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
             TensorView::new(Dtype::F32, s.clone(), b)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| LopperError::Graph(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([
-        ("format".to_string(), "lopper".to_string()),
-        ("graph".to_string(), model.graph.name.clone()),
-    ]);
+    let meta: HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     safetensors::serialize(views, Some(meta)).map_err(|e| LopperError::Graph(e.to_string()))
 }
 

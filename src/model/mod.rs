@@ -9,8 +9,8 @@ mod init;
 mod io;
 
 pub use io::{
-    ARCH_FORMAT_VERSION, load_model, load_weights, read_architecture, save_model, weights_bytes,
-    write_architecture,
+    ARCH_FORMAT_VERSION, load_model, load_weights, read_architecture, safetensors_bytes,
+    save_model, weights_bytes, write_architecture,
 };
 
 use std::collections::HashMap;

@@ -5,6 +5,23 @@
 //! loss in the update of `a`, and `rho` grows every epoch so that `a` ends up feasible.
 
 use super::allocation::CostModel;
+use super::groups::ChannelGroup;
+
+/// Bounds of the keep ratios: `[1/C, 1]` for prunable groups (one channel always stays),
+/// `[1, 1]` for protected ones.
+pub fn ratio_bounds(groups: &[ChannelGroup]) -> (Vec<f64>, Vec<f64>) {
+    let lower = groups
+        .iter()
+        .map(|g| {
+            if g.is_prunable() {
+                1.0 / g.channels as f64
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    (lower, vec![1.0; groups.len()])
+}
 
 /// The state of the ADMM iteration over one keep ratio per group.
 #[derive(Debug, Clone)]

@@ -206,6 +206,15 @@ fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
     keep
 }
 
+/// The cost of keeping `counts[g]` channels of each group.
+fn counts_cost(groups: &[ChannelGroup], model: &dyn CostModel, counts: &[usize]) -> f64 {
+    let a: Vec<f64> = groups
+        .iter()
+        .map(|g| counts[g.id] as f64 / g.channels as f64)
+        .collect();
+    model.cost(&a)
+}
+
 /// Selection keeping `counts[g]` channels of each prunable group.
 fn select(groups: &[ChannelGroup], scores: &[Vec<f64>], counts: &[usize]) -> Selection {
     let mut sel = Selection::all(groups);
@@ -229,13 +238,7 @@ pub fn allocate(
 ) -> Result<Selection> {
     let dense = model.dense_cost();
     let limit = budget.limit(dense);
-    let cost = |counts: &[usize]| -> f64 {
-        let a: Vec<f64> = groups
-            .iter()
-            .map(|g| counts[g.id] as f64 / g.channels as f64)
-            .collect();
-        model.cost(&a)
-    };
+    let cost = |counts: &[usize]| counts_cost(groups, model, counts);
     let prunable: Vec<&ChannelGroup> = groups.iter().filter(|g| g.is_prunable()).collect();
     let min_counts: Vec<usize> = groups
         .iter()
@@ -362,13 +365,7 @@ pub fn harden(
         let mean = (s.iter().sum::<f64>() / s.len().max(1) as f64).max(1e-30);
         s[order[g][rank]] / mean
     };
-    let cost = |counts: &[usize]| -> f64 {
-        let a: Vec<f64> = groups
-            .iter()
-            .map(|g| counts[g.id] as f64 / g.channels as f64)
-            .collect();
-        model.cost(&a)
-    };
+    let cost = |counts: &[usize]| counts_cost(groups, model, counts);
     let mut current = cost(&counts);
     while current > limit {
         let mut best: Option<(f64, usize, f64)> = None;

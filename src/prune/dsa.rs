@@ -15,7 +15,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use super::admm::Admm;
+use super::admm::{Admm, ratio_bounds};
 use super::allocation::CostModel;
 use super::groups::ChannelGroup;
 use super::importance::{Criterion, channel_scores};
@@ -252,23 +252,14 @@ impl Dsa {
             })
             .collect();
         let a: Vec<f64> = s.iter().map(|&s| sigmoid(s)).collect();
-        let lower: Vec<f64> = groups
-            .iter()
-            .map(|g| {
-                if g.is_prunable() {
-                    1.0 / g.channels as f64
-                } else {
-                    1.0
-                }
-            })
-            .collect();
+        let (lower, upper) = ratio_bounds(&groups);
         let floor = cost.cost(&lower);
         if floor > limit {
             return Err(LopperError::Config(format!(
                 "the budget ({limit:.6e}) is below the smallest reachable cost ({floor:.6e}, one channel per group)"
             )));
         }
-        let admm = Admm::new(&a, lower, vec![1.0; n], cfg.rho, limit);
+        let admm = Admm::new(&a, lower, upper, cfg.rho, limit);
         let train_device = device.clone().autodiff();
         let log_imp = log_importance(model, &groups, device)?;
         let empty = ChannelMasks::new(&model.graph, &groups, &vec![None; n], device);
