@@ -13,7 +13,7 @@ use lopper::model::Model;
 use lopper::model::NoHook;
 use lopper::prune::allocation::Amount;
 use lopper::prune::dsa::{Dsa, DsaConfig};
-use lopper::prune::iterative::{IterativeConfig, iterative_prune};
+use lopper::prune::iterative::{IterativeConfig, iterative_prune, width_ratios};
 use lopper::prune::latency::{LatencyProfile, model_latency_ms};
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
 use lopper::prune::{
@@ -350,13 +350,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     };
     let allocation_seconds = alloc_started.elapsed().as_secs_f64();
 
-    // Group ids survive surgery, so the pruned graph's groups line up with the dense ones.
     let after_groups = channel_groups(&pruned.model.graph, &a.protect)?;
-    let ratios: Vec<f64> = groups
-        .iter()
-        .zip(&after_groups)
-        .map(|(d, p)| p.channels as f64 / d.channels as f64)
-        .collect();
+    let ratios = width_ratios(&groups, &after_groups);
     let (before, after) = (count(&dense.graph), count(&pruned.model.graph));
     // MACs and parameters are counted on the pruned graph; latency is measured (or, where no
     // measurement was taken, the profile's prediction).

@@ -207,7 +207,7 @@ fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
 }
 
 /// The cost of keeping `counts[g]` channels of each group.
-fn counts_cost(groups: &[ChannelGroup], model: &dyn CostModel, counts: &[usize]) -> f64 {
+pub fn counts_cost(groups: &[ChannelGroup], model: &dyn CostModel, counts: &[usize]) -> f64 {
     let a: Vec<f64> = groups
         .iter()
         .map(|g| counts[g.id] as f64 / g.channels as f64)

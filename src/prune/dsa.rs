@@ -10,7 +10,6 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -200,6 +199,8 @@ pub struct Dsa {
     admm: Admm,
     beta2: f64,
     log_imp: Vec<Vec<f64>>,
+    /// Keep probabilities per group (empty for protected groups).
+    probs: Vec<Vec<f64>>,
     masks: DsaMasks,
     val: Batcher,
     val_iter: Option<BatchIter>,
@@ -274,6 +275,7 @@ impl Dsa {
             s,
             admm,
             log_imp,
+            probs: vec![],
             masks: DsaMasks {
                 train: empty,
                 eval: empty2,
@@ -293,7 +295,7 @@ impl Dsa {
             ratio_steps: 0,
             total_ratio_steps: (cfg_epochs * steps_per_epoch / ratio_every).max(1),
         };
-        dsa.refresh_eval_masks();
+        dsa.refresh();
         dsa.record(0, None)?;
         Ok(dsa)
     }
@@ -326,8 +328,26 @@ impl Dsa {
         self.cfg.beta2_start + t * (self.cfg.beta2_end - self.cfg.beta2_start)
     }
 
-    fn probabilities(&self, g: usize) -> Vec<f64> {
-        keep_probabilities(&self.log_imp[g], sigmoid(self.s[g]), self.beta2).0
+    /// Re-solves the keep probabilities; they change only with the importance, the ratios
+    /// and beta2, so every training step between ratio steps samples the cached ones.
+    fn refresh_probabilities(&mut self) {
+        self.probs = self
+            .groups
+            .iter()
+            .map(|g| {
+                if g.is_prunable() {
+                    keep_probabilities(&self.log_imp[g.id], sigmoid(self.s[g.id]), self.beta2).0
+                } else {
+                    vec![]
+                }
+            })
+            .collect();
+    }
+
+    /// Probabilities and evaluation masks after the ratios, importance or beta2 changed.
+    fn refresh(&mut self) {
+        self.refresh_probabilities();
+        self.refresh_eval_masks();
     }
 
     fn refresh_eval_masks(&mut self) {
@@ -336,8 +356,7 @@ impl Dsa {
             .iter()
             .map(|g| {
                 g.is_prunable().then(|| {
-                    let imp: Vec<f64> = self.log_imp[g.id].clone();
-                    let m = top_k_mask(&imp, sigmoid(self.s[g.id]));
+                    let m = top_k_mask(&self.log_imp[g.id], sigmoid(self.s[g.id]));
                     Tensor::from_data(TensorData::new(m, [g.channels]), &self.eval_device)
                 })
             })
@@ -350,7 +369,7 @@ impl Dsa {
         (0..self.groups.len())
             .map(|g| {
                 self.groups[g].is_prunable().then(|| {
-                    let p = self.probabilities(g);
+                    let p = self.probs[g].clone();
                     let m = p
                         .iter()
                         .map(|&p| {
@@ -385,6 +404,7 @@ impl Dsa {
     /// the z and u updates.
     fn ratio_step(&mut self, model: &Model) -> Result<()> {
         self.log_imp = log_importance(model, &self.groups, &self.eval_device)?;
+        self.refresh_probabilities();
         let batch = self.next_val_batch()?;
         let dev = self.train_device.clone();
         let (x, _) = batch.to_tensors(&dev);
@@ -433,9 +453,9 @@ impl Dsa {
             };
             dl_da[g] = ratio_gradient(&dl_dp, p);
         }
-        // The model's own gradients from this pass are dropped: weights learn on the
-        // training split only.
-        drop(GradientsParams::from_grads(grads, model));
+        // The model's own gradients from this pass are dropped with `grads`: weights learn
+        // on the training split only.
+        drop(grads);
         // Linearised ADMM step on a: minimise <dL/da, a> + rho/2 |a - z + u|^2 +
         // |a - a_prev|^2 / (2 eta). The closed form moves a towards z - u against the loss
         // gradient; it does not wind the dual up the way a plain gradient step with a
@@ -466,7 +486,7 @@ impl Dsa {
         self.admm.update(&a, self.cost.as_ref());
         self.val_loss_sum += loss_value;
         self.val_steps += 1;
-        self.refresh_eval_masks();
+        self.refresh();
         Ok(())
     }
 
@@ -538,7 +558,7 @@ impl TrainHook for Dsa {
         self.record(record.epoch, record.test.map(|t| t.top1))?;
         self.beta2 = self.beta2_at(record.epoch);
         self.admm.rho *= self.cfg.rho_growth;
-        self.refresh_eval_masks();
+        self.refresh();
         Ok(ControlFlow::Continue(()))
     }
 }

@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::allocation::CostModel;
+use super::allocation::{CostModel, counts_cost};
 use super::groups::{ChannelGroup, channel_groups};
 use super::importance::{Criterion, channel_scores};
 use super::mask::Selection;
@@ -50,8 +50,9 @@ pub struct IterativeStep {
     pub channels_removed: usize,
 }
 
-/// Keep ratios of `current` relative to the dense groups (group ids survive surgery).
-fn ratios(dense: &[ChannelGroup], current: &[ChannelGroup]) -> Vec<f64> {
+/// Keep ratios of `current` relative to the dense groups (group ids survive surgery, so the
+/// groups of a pruned graph line up with those of its dense one).
+pub fn width_ratios(dense: &[ChannelGroup], current: &[ChannelGroup]) -> Vec<f64> {
     dense
         .iter()
         .zip(current)
@@ -90,7 +91,7 @@ pub fn iterative_prune(
                 "channel groups changed under surgery".into(),
             ));
         }
-        let r = ratios(&dense_groups, &groups);
+        let r = width_ratios(&dense_groups, &groups);
         let now = cost.cost(&r);
         if now <= limit {
             break;
@@ -136,11 +137,7 @@ pub fn iterative_prune(
             keep[g][i] = false;
             counts[g] -= 1;
             removed += 1;
-            let a: Vec<f64> = dense_groups
-                .iter()
-                .map(|d| counts[d.id] as f64 / d.channels as f64)
-                .collect();
-            current = cost.cost(&a);
+            current = counts_cost(&dense_groups, cost, &counts);
         }
         if removed == 0 {
             return Err(LopperError::Config(format!(
