@@ -9,6 +9,10 @@
 #                             # (needs bench/runs/resnet20-cifar10 from `resnet20`)
 #   bench/run.sh dsa-lenet5   # DSA vs iterative vs one-shot taylor/global on lenet5, macs=0.5
 #                             # and 0.3, and DSA from scratch vs dense training + DSA
+#   bench/run.sh dsa-resnet20 # the same on resnet20/CIFAR-10 (hours on a CPU; no scratch row
+#                             # unless SCRATCH=1). Knobs: FT_EPOCHS, DSA_EPOCHS, ITER_LONG,
+#                             # BUDGETS ("0.5 0.3"), ROWS ("taylor iterative iterative-300 dsa"),
+#                             # LOPPER (the binary)
 #   bench/run.sh all          # a, b, c and latency
 #
 # Data from LOPPER_DATA_DIR (default ../shared/data). PyTorch comes from bench/.venv
@@ -21,7 +25,7 @@ what="${1:-all}"
 threads="${BENCH_THREADS:-2}"
 mkdir -p bench/runs
 cargo build --release --quiet --bin lopper --example bench_step --example latency_fit --example speedup
-lopper=target/release/lopper
+lopper="${LOPPER:-target/release/lopper}"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; date: $(date -u +%F)"
 
 throughput() {
@@ -111,31 +115,41 @@ PY
 
 # lenet5 on MNIST from the dense run of `lenet5` (bench b): every pipeline gets FT_EPOCHS of
 # final fine-tuning; DSA allocates for DSA_EPOCHS.
-dsa_lenet5() {
-  local dense=bench/runs/lenet5-mnist ft="${FT_EPOCHS:-2}" de="${DSA_EPOCHS:-2}"
-  [ -f "$dense/model.safetensors" ] || "$0" lenet5 > /dev/null
+# DSA vs iterative vs one-shot taylor/global from one dense run, at macs=0.5 and 0.3, each
+# with the same final fine-tune. The iterative baseline runs twice: with its default brief
+# steps and with ITER_LONG step batches (the "equal accuracy" comparison), both timed.
+# dsa_compare NAME DENSE_RUN SCRATCH_MODEL
+dsa_compare() {
+  local tag=$1 dense=$2 model=$3 ft="${FT_EPOCHS:-2}" de="${DSA_EPOCHS:-2}" long="${ITER_LONG:-300}"
+  [ -f "$dense/model.safetensors" ] || { echo "no $dense: train the dense run first" >&2; exit 1; }
   local rows=()
-  for budget in 0.5 0.3; do
-    for m in "taylor --allocation global" "iterative" "dsa --dsa-epochs $de"; do
-      local name="lenet5-$budget-${m%% *}"
+  for budget in ${BUDGETS:-0.5 0.3}; do
+    for m in "taylor:--method taylor --allocation global" "iterative:--method iterative" \
+             "iterative-$long:--method iterative --step-batches $long" "dsa:--method dsa --dsa-epochs $de"; do
+      local name="$tag-$budget-${m%%:*}"
+      case " ${ROWS:-taylor iterative iterative-$long dsa} " in *" ${m%%:*} "*) ;; *) continue ;; esac
       rm -rf "bench/runs/$name"
-      RAYON_NUM_THREADS=$threads "$lopper" prune --run "$dense" --method $m --budget "macs=$budget" \
+      RAYON_NUM_THREADS=$threads "$lopper" prune --run "$dense" ${m#*:} --budget "macs=$budget" \
         --finetune-epochs "$ft" --lr 0.01 --out "bench/runs/$name" --quiet
       rows+=("$name")
     done
   done
-  # From scratch, at the dense pipeline's total epochs: dense training (2) + DSA + fine-tune.
-  local name="lenet5-0.3-dsa-scratch"
-  rm -rf "bench/runs/$name"
-  RAYON_NUM_THREADS=$threads "$lopper" prune --from-scratch --model lenet5 --method dsa --budget macs=0.3 \
-    --dsa-epochs "$((de + 2))" --dsa-lr 0.05 --finetune-epochs "$ft" --lr 0.01 --out "bench/runs/$name" --quiet
-  rows+=("$name")
+  if [ "${SCRATCH:-1}" = 1 ]; then
+    # From scratch, at the dense pipeline's total epochs: dense training + DSA + fine-tune.
+    local dense_epochs; dense_epochs=$(wc -l < "$dense/metrics.jsonl")
+    local name="$tag-0.3-dsa-scratch"
+    rm -rf "bench/runs/$name"
+    RAYON_NUM_THREADS=$threads "$lopper" prune --from-scratch --model "$model" --method dsa --budget macs=0.3 \
+      --dsa-epochs "$((de + dense_epochs))" --dsa-lr "${SCRATCH_LR:-0.05}" --finetune-epochs "$ft" --lr 0.01 \
+      --out "bench/runs/$name" --quiet
+    rows+=("$name")
+  fi
   python3 - "$dense" "${rows[@]}" <<'PY'
 import json, sys
 dense = sys.argv[1]
 m = [json.loads(l) for l in open(f"{dense}/metrics.jsonl")]
 dense_secs = sum(e["seconds"] for e in m)
-print(f"dense lenet5: {len(m)} epochs, {dense_secs:.0f} s of training (added to every pipeline below except the one from scratch)\n")
+print(f"dense {dense}: {len(m)} epochs, {dense_secs:.0f} s of training (added to every pipeline below except the one from scratch)\n")
 print("| pipeline | budget | MACs after/before (pruned graph) | top-1 pruned | top-1 fine-tuned | widths s | fine-tune s | total s (incl. dense) |")
 print("|---|---|---|---|---|---|---|---|")
 for run in sys.argv[2:]:
@@ -143,6 +157,8 @@ for run in sys.argv[2:]:
     scratch = r.get("from_scratch", False)
     total = r["seconds"] + (0 if scratch else dense_secs)
     label = r["method"] + (" (from scratch)" if scratch else "") + (f" / {r['allocation']}" if r["method"] != "dsa" else "")
+    if run.split("-")[-1].isdigit():
+        label += f", {run.split('-')[-1]} batches per step"
     print(f"| {label} | {r['budget']} | {r['macs']['after']/r['macs']['before']:.3f} (met: {r['budget_met']}) "
           f"| {100*r['top1_pruned']:.2f}% | {100*r['top1_finetuned']:.2f}% | {r['allocation_seconds']:.0f} | {r['finetune_seconds']:.0f} | {total:.0f} |")
 PY
@@ -156,9 +172,13 @@ case "$what" in
     for b in 1 64; do RAYON_NUM_THREADS=$threads target/release/examples/latency_fit --model resnet20 --batch $b --variants 10 --reps "${REPS:-15}"; echo; done ;;
   prune) echo "## d. resnet20 pruned to macs=0.5, ${FT_EPOCHS:-2} fine-tune epochs"
     prune_lopper; if [ -x bench/.venv/bin/python ]; then prune_torch; fi; prune_table ;;
-  dsa-lenet5) echo "## e. DSA vs iterative vs one-shot, lenet5 on MNIST"; dsa_lenet5 ;;
+  dsa-lenet5) echo "## e. DSA vs iterative vs one-shot, lenet5 on MNIST"
+    [ -f bench/runs/lenet5-mnist/model.safetensors ] || "$0" lenet5 > /dev/null
+    dsa_compare lenet5 bench/runs/lenet5-mnist lenet5 ;;
+  dsa-resnet20) echo "## e. DSA vs iterative vs one-shot, resnet20 on CIFAR-10"
+    SCRATCH="${SCRATCH:-0}" dsa_compare resnet20 bench/runs/resnet20-cifar10 resnet20 ;;
   prune-lopper) prune_lopper; prune_table ;;
   prune-torch) prune_torch; prune_table ;;
   all) "$0" throughput; "$0" lenet5; "$0" resnet20; "$0" latency; "$0" prune; "$0" dsa-lenet5 ;;
-  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|latency|prune|dsa-lenet5|all" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|latency|prune|dsa-lenet5|dsa-resnet20|all" >&2; exit 2 ;;
 esac

@@ -291,6 +291,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
             };
             let mut ft = cfg.clone();
             ft.lr = a.lr;
+            let measure_latency = |m: &Model| match &profile {
+                Some(p) => model_latency_ms(m, p.batch, 30, &device),
+                None => f64::NAN,
+            };
+            let latency_budget = profile.is_some() && a.budget.resource == Metric::Latency;
             let (model, steps) = iterative_prune(
                 dense.clone(),
                 &a.protect,
@@ -300,13 +305,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 &ft,
                 &data.train,
                 &device,
+                latency_budget.then_some(&measure_latency as _),
                 !a.quiet,
             )?;
             say(format!("iterative: {} pruning step(s)", steps.len()));
-            let measured = match (&profile, a.budget.resource) {
-                (Some(p), Metric::Latency) => Some(model_latency_ms(&model, p.batch, 30, &device)),
-                _ => None,
-            };
+            let measured = latency_budget.then(|| measure_latency(&model));
             Pruned {
                 model,
                 measured_ms: measured,

@@ -35,7 +35,10 @@ pub struct DsaConfig {
     pub ratio_every: usize,
     /// Step size `eta` of the linearised ADMM update of the keep ratios.
     pub ratio_lr: f64,
-    /// Hardness `beta2`, scheduled linearly from `beta2_start` to `beta2_end` over the epochs.
+    /// Hardness `beta2`, scheduled linearly from `beta2_start` to `beta2_end` over the ratio
+    /// steps of the allocation phase (per step, not per epoch: with one allocation epoch a
+    /// per-epoch schedule never leaves `beta2_start`, the sampled masks stay nearly uniform
+    /// and the weights never train under the hard masks evaluation and hardening use).
     pub beta2_start: f64,
     pub beta2_end: f64,
     /// ADMM penalty at the start and its growth factor per epoch.
@@ -322,9 +325,9 @@ impl Dsa {
             .collect()
     }
 
-    fn beta2_at(&self, epoch: usize) -> f64 {
-        let e = self.cfg.epochs.max(2) - 1;
-        let t = (epoch as f64 / e as f64).min(1.0);
+    /// `beta2` after `steps` of the allocation phase's ratio steps.
+    fn beta2_after(&self, steps: usize) -> f64 {
+        let t = (steps as f64 / self.total_ratio_steps as f64).min(1.0);
         self.cfg.beta2_start + t * (self.cfg.beta2_end - self.cfg.beta2_start)
     }
 
@@ -484,6 +487,7 @@ impl Dsa {
         let dense = self.cost.dense_cost();
         self.admm.limit = dense - t * (dense - self.limit);
         self.admm.update(&a, self.cost.as_ref());
+        self.beta2 = self.beta2_after(self.ratio_steps);
         self.val_loss_sum += loss_value;
         self.val_steps += 1;
         self.refresh();
@@ -556,7 +560,6 @@ impl TrainHook for Dsa {
 
     fn after_epoch(&mut self, record: &EpochRecord, _model: &Model) -> Result<ControlFlow<()>> {
         self.record(record.epoch, record.test.map(|t| t.top1))?;
-        self.beta2 = self.beta2_at(record.epoch);
         self.admm.rho *= self.cfg.rho_growth;
         self.refresh();
         Ok(ControlFlow::Continue(()))

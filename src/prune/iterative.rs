@@ -45,7 +45,8 @@ impl Default for IterativeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IterativeStep {
     pub step: usize,
-    /// Cost (in the budget's units) after the removal.
+    /// Cost (in the budget's units) after the removal; for measured budgets, the prediction
+    /// rescaled by the last measurement.
     pub cost: f64,
     pub channels_removed: usize,
 }
@@ -60,9 +61,18 @@ pub fn width_ratios(dense: &[ChannelGroup], current: &[ChannelGroup]) -> Vec<f64
         .collect()
 }
 
+/// Measures a model in the budget's units (latency budgets: milliseconds at the profile's
+/// batch).
+pub type Measure<'a> = &'a dyn Fn(&Model) -> f64;
+
 /// Prunes `model` (on the plain `device`) until `cost <= limit`, fine-tuning
 /// `cfg.finetune_batches` batches of `train` after every step with `ft` (its learning rate is
 /// used constant). Returns the pruned model and the step log.
+///
+/// With `measure` (latency budgets) the loop stops on the measured cost, not the predicted
+/// one, and every step's target is rescaled by measured/predicted at the current widths: the
+/// cost model only predicts latency, and without the correction its error decides where the
+/// loop stops (a profile that overestimates the saving stops it far under the budget).
 #[allow(clippy::too_many_arguments)]
 pub fn iterative_prune(
     model: Model,
@@ -73,6 +83,7 @@ pub fn iterative_prune(
     ft: &TrainConfig,
     train: &Batcher,
     device: &Device,
+    measure: Option<Measure>,
     progress: bool,
 ) -> Result<(Model, Vec<IterativeStep>)> {
     if !(cfg.step_share > 0.0 && cfg.step_share <= 1.0) {
@@ -81,7 +92,7 @@ pub fn iterative_prune(
         ));
     }
     let dense_groups = channel_groups(&model.graph, protect)?;
-    let initial_gap = cost.cost(&vec![1.0; dense_groups.len()]) - limit;
+    let mut initial_gap = None;
     let mut model = model;
     let mut log = vec![];
     for step in 1.. {
@@ -92,16 +103,25 @@ pub fn iterative_prune(
             ));
         }
         let r = width_ratios(&dense_groups, &groups);
-        let now = cost.cost(&r);
+        let predicted = cost.cost(&r);
+        // `scale` converts the cost model's units into measured ones at the current widths.
+        let (now, scale) = match measure {
+            Some(m) => {
+                let t = m(&model);
+                (t, t / predicted.max(f64::MIN_POSITIVE))
+            }
+            None => (predicted, 1.0),
+        };
         if now <= limit {
             break;
         }
         let gap = now - limit;
+        let initial_gap = *initial_gap.get_or_insert(gap);
         let target = if gap <= cfg.step_share * initial_gap {
             limit
         } else {
             limit + (1.0 - cfg.step_share) * gap
-        };
+        } / scale;
         let scores = channel_scores(
             cfg.criterion,
             &model,
@@ -125,8 +145,8 @@ pub fn iterative_prune(
         order.sort_by(|x, y| x.0.total_cmp(&y.0));
         let mut keep: Vec<Vec<bool>> = groups.iter().map(|g| vec![true; g.channels]).collect();
         let mut counts: Vec<usize> = groups.iter().map(|g| g.channels).collect();
-        let mut current = now;
-        let mut removed = 0;
+        let mut current = predicted;
+        let mut removed = vec![];
         for &(_, g, i) in &order {
             if current <= target {
                 break;
@@ -136,9 +156,25 @@ pub fn iterative_prune(
             }
             keep[g][i] = false;
             counts[g] -= 1;
-            removed += 1;
+            removed.push((g, i));
             current = counts_cost(&dense_groups, cost, &counts);
         }
+        // The last removal can overshoot the target by a whole channel of an expensive group
+        // (one of lenet5's six conv1 channels is several percent of its MACs): take back the
+        // removed channels, most important first, that still fit under the target.
+        let mut taken_back = 0;
+        for &(g, i) in removed.iter().rev() {
+            counts[g] += 1;
+            let c = counts_cost(&dense_groups, cost, &counts);
+            if c <= target {
+                keep[g][i] = true;
+                current = c;
+                taken_back += 1;
+            } else {
+                counts[g] -= 1;
+            }
+        }
+        let removed = removed.len() - taken_back;
         if removed == 0 {
             return Err(LopperError::Config(format!(
                 "iterative pruning is stuck at cost {current:.6e} above the budget {limit:.6e}"
@@ -156,13 +192,18 @@ pub fn iterative_prune(
         model = prune_model(&model, &groups, &selection, device)?;
         log.push(IterativeStep {
             step,
-            cost: current,
+            cost: current * scale,
             channels_removed: removed,
         });
         if progress {
             eprintln!(
-                "iterative step {step}: removed {removed} channels, cost {:.4} of the budget",
-                current / limit
+                "iterative step {step}: removed {removed} channels, cost {:.4} of the budget{}",
+                current * scale / limit,
+                if measure.is_some() {
+                    " (predicted)"
+                } else {
+                    ""
+                }
             );
         }
         if cfg.finetune_batches > 0 {
