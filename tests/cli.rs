@@ -342,6 +342,32 @@ fn train_eval_resume_on_mnist() {
             assert!(target.join("keep_ratio_history.svg").exists());
             assert!(target.join("keep_ratio_history.png").exists());
         }
+        if name == "dsa" && extra[0] == "--run" {
+            let t = target.to_str().unwrap();
+            // A second prune into the same folder is refused and points at --resume.
+            let mut again = args.clone();
+            again.retain(|x| *x != "--quiet");
+            let o = lopper(&again);
+            assert!(!o.status.success() && stderr(&o).contains("--resume"));
+            // Interrupted after the last allocation checkpoint: the pruned model, the
+            // fine-tuning and the report are gone. Resuming redoes only what is missing and
+            // finds the same widths.
+            std::fs::remove_dir_all(target.join("pruned")).unwrap();
+            std::fs::remove_dir_all(target.join("checkpoint")).unwrap();
+            std::fs::remove_file(target.join("prune_report.json")).unwrap();
+            let o = lopper(&["prune", "--resume", "--out", t, "--json", "--quiet"]);
+            assert!(o.status.success(), "resume: {}", stderr(&o));
+            let resumed: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+            assert_eq!(resumed["resumed"], true);
+            assert_eq!(resumed["budget_met"], true);
+            assert_eq!(resumed["groups"], r["groups"]);
+            assert_eq!(resumed["macs"], r["macs"]);
+            let log = std::fs::read_to_string(target.join("dsa_log.jsonl")).unwrap();
+            assert_eq!(log.lines().count(), 3, "{log}");
+            // Resuming takes the saved flags, not new ones.
+            let o = lopper(&["prune", "--resume", "--out", t, "--method", "l1"]);
+            assert!(!o.status.success() && stderr(&o).contains("--resume continues"));
+        }
     }
     // An unreachable budget is one clear line.
     let o = lopper(&[

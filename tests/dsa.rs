@@ -1,19 +1,25 @@
 //! DSA's pieces: the solved keep probabilities, the implicit keep-ratio gradient against
-//! finite differences, the budget projection, and hardening with rounding repair.
+//! finite differences, the budget projection, hardening with rounding repair, and resuming an
+//! interrupted allocation.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
+use lopper::data::{Batcher, DatasetName};
 use lopper::graph::{Graph, GraphBuilder, Op};
 use lopper::model::{Model, Value};
 use lopper::prune::admm::{project, ratio_bounds};
-use lopper::prune::dsa::{keep_probabilities, ratio_gradient, top_k_mask};
+use lopper::prune::dsa::{Dsa, DsaConfig, keep_probabilities, ratio_gradient, top_k_mask};
 use lopper::prune::{
     ChannelMasks, CostModel, Resource, ResourceModel, channel_groups, harden, keep_ratios,
 };
+use lopper::train::{EpochRecord, RunDir, StepInfo, TrainConfig, TrainData, TrainHook, Trainer};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 mod common;
-use common::randomised;
+use common::{randomised, synthetic_mnist};
 
 #[test]
 fn solved_keep_probabilities_have_the_requested_mean() {
@@ -249,4 +255,154 @@ fn hardening_meets_the_budget_exactly_and_uses_it() {
             }
         }
     }
+}
+
+/// Forwards to DSA and stops after `after` epochs, as a kill after that epoch's checkpoint
+/// would.
+struct Interrupt<'a> {
+    inner: &'a mut Dsa,
+    after: usize,
+}
+impl TrainHook for Interrupt<'_> {
+    fn node_hook(&self) -> Option<&dyn lopper::model::NodeHook> {
+        self.inner.node_hook()
+    }
+    fn before_step(&mut self, info: &StepInfo) {
+        self.inner.before_step(info)
+    }
+    fn after_step(&mut self, info: &StepInfo, model: Model) -> lopper::Result<Model> {
+        self.inner.after_step(info, model)
+    }
+    fn after_epoch(&mut self, r: &EpochRecord, m: &Model) -> lopper::Result<ControlFlow<()>> {
+        let _ = self.inner.after_epoch(r, m)?;
+        Ok(if r.epoch >= self.after {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
+    fn state(&self) -> lopper::Result<Option<serde_json::Value>> {
+        self.inner.state()
+    }
+}
+
+#[test]
+fn interrupted_allocation_resumes_where_it_stopped() {
+    let pre = DatasetName::Mnist.preprocess();
+    let data = TrainData {
+        train: Batcher::new(Arc::new(synthetic_mnist(96, 1)), 16, pre.clone(), true),
+        val: None,
+        test: None,
+    };
+    let val = Batcher::new(Arc::new(synthetic_mnist(48, 3)), 16, pre, true);
+    let cfg = TrainConfig {
+        model: "lenet5".into(),
+        dataset: DatasetName::Mnist,
+        epochs: 3,
+        batch_size: 16,
+        lr: 0.05,
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    let dense = Model::init(
+        lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap(),
+        5,
+        &Device::flex(),
+    )
+    .unwrap();
+    let make = |log: Option<std::path::PathBuf>| {
+        let groups = channel_groups(&dense.graph, &[]).unwrap();
+        let cost = ResourceModel::new(Resource::Macs, &dense.graph, &groups);
+        let limit = 0.5 * cost.dense_cost();
+        let dcfg = DsaConfig {
+            epochs: 3,
+            ratio_every: 2,
+            ..DsaConfig::default()
+        };
+        Dsa::new(
+            &dense,
+            groups,
+            Box::new(cost),
+            limit,
+            dcfg,
+            val.clone(),
+            data.train.num_batches(),
+            &Device::flex(),
+            11,
+            log,
+        )
+        .unwrap()
+    };
+    let trainer = |dir: &std::path::Path| {
+        let mut t = Trainer::new(cfg.clone(), Some(RunDir::new(dir))).unwrap();
+        t.progress = false;
+        t
+    };
+
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full_dsa = make(None);
+    let full = trainer(full_dir.path())
+        .fit(dense.clone(), &data, &mut full_dsa)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("dsa_log.jsonl");
+    let mut first = make(Some(log.clone()));
+    let part = trainer(dir.path())
+        .fit(
+            dense.clone(),
+            &data,
+            &mut Interrupt {
+                inner: &mut first,
+                after: 1,
+            },
+        )
+        .unwrap();
+    assert!(part.stopped_early);
+    let after_one = first.ratios();
+    // A new process: DSA set up afresh from the dense model, then the checkpoint resumed.
+    let mut resumed_dsa = make(Some(log.clone()));
+    let resumed = trainer(dir.path()).resume(&data, &mut resumed_dsa).unwrap();
+
+    assert_eq!(resumed.history.len(), 3);
+    let (a, b) = (full_dsa.ratios(), resumed_dsa.ratios());
+    assert_ne!(after_one, a, "the ratios moved in epochs 2 and 3");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-9, "ratios {a:?} vs resumed {b:?}");
+    }
+    for (x, y) in full_dsa
+        .feasible_ratios()
+        .iter()
+        .zip(resumed_dsa.feasible_ratios())
+    {
+        assert!((x - y).abs() <= 1e-9);
+    }
+    for ((n, x), (_, y)) in full
+        .model
+        .named_tensors()
+        .iter()
+        .zip(resumed.model.named_tensors().iter())
+    {
+        let (x, y) = (
+            x.try_to_vec::<f32>().unwrap(),
+            y.try_to_vec::<f32>().unwrap(),
+        );
+        let max = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(max <= 1e-6, "{n} differs after resume by {max}");
+    }
+    // The log holds epochs 0..=3 once each.
+    let epochs: Vec<usize> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap() as usize
+        })
+        .collect();
+    assert_eq!(epochs, vec![0, 1, 2, 3]);
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use lopper::data::{Batcher, Dataset, DatasetName};
+use lopper::data::{Batcher, DatasetName};
 use lopper::model::{Layer, Model};
 use lopper::train::schedule::learning_rate;
 use lopper::train::{
@@ -14,43 +14,20 @@ use lopper::train::{
     Trainer, prepare_data,
 };
 
-/// MNIST-shaped synthetic data with a learnable rule: the label is the brightest of ten
-/// horizontal bands.
-fn synthetic(n: usize, seed: u64) -> Dataset {
-    let mut images = Vec::with_capacity(n * 784);
-    let mut labels = Vec::with_capacity(n);
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    let mut next = || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) as u32
-    };
-    for _ in 0..n {
-        let label = (next() % 10) as usize;
-        for y in 0..28 {
-            for _ in 0..28 {
-                let band = (y * 10 / 28).min(9);
-                let base = if band == label { 180 } else { 40 };
-                images.push((base + next() % 60) as u8);
-            }
-        }
-        labels.push(label as u8);
-    }
-    Dataset {
-        images,
-        labels,
-        shape: [1, 28, 28],
-        classes: (0..10).map(|i| i.to_string()).collect(),
-    }
-}
+mod common;
+use common::synthetic_mnist;
 
 fn synthetic_data(batch: usize) -> TrainData {
     let pre = DatasetName::Mnist.preprocess();
     TrainData {
-        train: Batcher::new(Arc::new(synthetic(96, 1)), batch, pre.clone(), true),
+        train: Batcher::new(Arc::new(synthetic_mnist(96, 1)), batch, pre.clone(), true),
         val: None,
-        test: Some(Batcher::new(Arc::new(synthetic(64, 2)), 64, pre, false)),
+        test: Some(Batcher::new(
+            Arc::new(synthetic_mnist(64, 2)),
+            64,
+            pre,
+            false,
+        )),
     }
 }
 

@@ -61,10 +61,14 @@ pub struct PruneArgs {
     /// The trained (dense) run to prune.
     #[arg(
         long,
-        required_unless_present = "from_scratch",
+        required_unless_present_any = ["from_scratch", "resume"],
         conflicts_with = "from_scratch"
     )]
     pub run: Option<PathBuf>,
+    /// Continue an interrupted prune in --out with the flags it was started with (DSA goes on
+    /// from its last allocation epoch, fine-tuning from its last epoch).
+    #[arg(long)]
+    pub resume: bool,
     /// DSA only: learn the widths while training a new model from random weights.
     #[arg(long, requires = "model")]
     pub from_scratch: bool,
@@ -75,15 +79,15 @@ pub struct PruneArgs {
     #[arg(long)]
     pub dataset: Option<DatasetName>,
     /// How the pruned widths are found.
-    #[arg(long, value_enum)]
-    pub method: Method,
+    #[arg(long, value_enum, required_unless_present = "resume")]
+    pub method: Option<Method>,
     /// One-shot methods: how channels are shared out between groups.
     #[arg(long, value_enum, default_value = "uniform")]
     pub allocation: Allocation,
     /// Resource budget: macs=0.5 (fraction of the dense model), macs=20M, params=0.3,
     /// params=100K, latency=2.5ms or latency=0.6 (with --profile).
-    #[arg(long)]
-    pub budget: Budget,
+    #[arg(long, required_unless_present = "resume")]
+    pub budget: Option<Budget>,
     /// Latency profile from `lopper profile`, for latency budgets.
     #[arg(long)]
     pub profile: Option<PathBuf>,
@@ -160,16 +164,87 @@ struct Pruned {
     ratio_history: Vec<(usize, Vec<f64>)>,
 }
 
-pub fn run(a: PruneArgs) -> Result<()> {
-    let started = Instant::now();
-    let out = RunDir::new(&a.out);
-    if out.config_path().exists() {
+/// The argument list a prune started with, kept in its folder for `--resume`.
+const COMMAND_FILE: &str = "prune_command.json";
+/// The pruned model before fine-tuning, and how it was found (`allocation.json`).
+const PRUNED_DIR: &str = "pruned";
+/// DSA's allocation phase: its own run folder with per-epoch checkpoints.
+const ALLOCATION_DIR: &str = "allocation";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedCommand {
+    cwd: PathBuf,
+    args: Vec<String>,
+}
+
+/// What the allocation phase found, saved with the pruned model so a resumed run skips it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AllocationRecord {
+    allocation: String,
+    measured_ms: Option<f64>,
+    ratio_history: Vec<(usize, Vec<f64>)>,
+    seconds: f64,
+}
+
+/// A fresh prune's arguments as given (its folder must be new), or for `--resume` the ones
+/// saved in the folder, with the output options of this invocation.
+fn resolve(a: PruneArgs) -> Result<PruneArgs> {
+    let saved = a.out.join(COMMAND_FILE);
+    if !a.resume {
+        if RunDir::new(&a.out).config_path().exists() || saved.exists() {
+            bail!(
+                "{} already holds a prune run; pass --resume to continue it, or choose another --out",
+                a.out.display()
+            );
+        }
+        return Ok(a);
+    }
+    if a.run.is_some() || a.method.is_some() || a.budget.is_some() || a.from_scratch {
         bail!(
-            "{} already holds a run; choose another --out",
-            a.out.display()
+            "--resume continues with the flags saved in {}: give only --out (and --data-dir, --quiet, --json)",
+            saved.display()
         );
     }
-    if a.from_scratch && a.method != Method::Dsa {
+    let text = std::fs::read_to_string(&saved).with_context(|| {
+        format!(
+            "cannot resume {}: {} is missing (not a folder `lopper prune` started)",
+            a.out.display(),
+            saved.display()
+        )
+    })?;
+    let cmd: SavedCommand = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a saved prune command", saved.display()))?;
+    let parsed = <super::Cli as clap::Parser>::try_parse_from(&cmd.args)
+        .with_context(|| format!("the command saved in {} no longer parses", saved.display()))?;
+    let super::Command::Prune(mut p) = parsed.command else {
+        bail!("{} holds no prune command", saved.display());
+    };
+    // Relative paths were relative to where the prune started.
+    let abs = |p: &mut Option<PathBuf>| {
+        if let Some(x) = p.as_mut().filter(|x| x.is_relative()) {
+            *x = cmd.cwd.join(&*x);
+        }
+    };
+    abs(&mut p.run);
+    abs(&mut p.profile);
+    abs(&mut p.data_dir);
+    p.resume = true;
+    p.out = a.out;
+    p.quiet = a.quiet;
+    p.json = a.json;
+    if a.data_dir.is_some() {
+        p.data_dir = a.data_dir;
+    }
+    Ok(*p)
+}
+
+pub fn run(a: PruneArgs) -> Result<()> {
+    let started = Instant::now();
+    let a = resolve(a)?;
+    let out = RunDir::new(&a.out);
+    let method = a.method.context("--method is required")?;
+    let budget = a.budget.context("--budget is required")?;
+    if a.from_scratch && method != Method::Dsa {
         bail!("--from-scratch works with --method dsa only");
     }
     let (mut cfg, dense) = source(&a)?;
@@ -182,7 +257,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     if a.test_limit.is_some() {
         cfg.test_limit = a.test_limit;
     }
-    if a.method == Method::Dsa {
+    if method == Method::Dsa {
         // The keep ratios learn on data the weights do not see.
         cfg.val_fraction = a.val_fraction;
     }
@@ -201,6 +276,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
+    if !a.resume {
+        let cmd = SavedCommand {
+            cwd: std::env::current_dir().context("cannot read the current directory")?,
+            args: std::env::args().collect(),
+        };
+        write_atomic(&a.out.join(COMMAND_FILE), &serde_json::to_vec_pretty(&cmd)?)?;
+    }
 
     let top1_dense = evaluate(&dense, test, &NoHook, &device)?.top1;
     say(format!(
@@ -213,152 +295,207 @@ pub fn run(a: PruneArgs) -> Result<()> {
         Some(p) => Some(LatencyProfile::load(p)?),
         None => None,
     };
-    let cost_model = a
-        .budget
-        .cost_model(&dense.graph, &groups, profile.as_ref())?;
-    let limit = a.budget.limit(cost_model.dense_cost());
+    let cost_model = budget.cost_model(&dense.graph, &groups, profile.as_ref())?;
+    let limit = budget.limit(cost_model.dense_cost());
 
-    let alloc_started = Instant::now();
-    let pruned = match a.method {
-        Method::Dsa => {
-            let dcfg = DsaConfig {
-                epochs: a.dsa_epochs,
-                ratio_every: a.ratio_every,
-                ratio_lr: a.ratio_lr,
-                rho: a.rho,
-                ..DsaConfig::default()
-            };
-            let val = data
-                .val
-                .as_ref()
-                .context("DSA needs a validation split: use --val-fraction > 0")?
-                .shuffled(cfg.batch_size);
-            let log = a.out.join("dsa_log.jsonl");
-            let _ = std::fs::remove_file(&log);
-            let mut dsa = Dsa::new(
-                &dense,
-                groups.clone(),
-                a.budget
-                    .cost_model(&dense.graph, &groups, profile.as_ref())?,
-                limit,
-                dcfg,
-                val,
-                data.train.num_batches(),
-                &device,
-                cfg.seed,
-                Some(log),
-            )?;
-            let mut alloc_cfg = cfg.clone();
-            alloc_cfg.epochs = a.dsa_epochs;
-            alloc_cfg.lr = a.dsa_lr.unwrap_or(if a.from_scratch { 0.1 } else { a.lr });
-            alloc_cfg.schedule = ScheduleKind::Cosine;
-            alloc_cfg.warmup_epochs = if a.from_scratch { 0.3 } else { 0.0 };
-            let mut trainer = Trainer::new(alloc_cfg, None)?;
-            trainer.progress = !a.quiet;
-            say(format!(
-                "DSA: {} allocation epoch(s), one ratio step every {} weight steps",
-                a.dsa_epochs, a.ratio_every
-            ));
-            let trained = trainer.fit(dense.clone(), &data, &mut dsa)?.model.valid();
-            let importance = dsa.importance();
-            let (model, measured) = calibrated(&a, limit, profile.as_ref(), &device, |lim| {
-                let selection = harden(
-                    &groups,
-                    &importance,
-                    dsa.feasible_ratios(),
-                    cost_model.as_ref(),
-                    lim,
-                )?;
-                prune_model(&trained, &groups, &selection, &device)
-            })?;
-            Pruned {
-                model,
-                measured_ms: measured,
-                allocation: "dsa".into(),
-                ratio_history: dsa
-                    .history()
-                    .iter()
-                    .map(|e| (e.epoch, e.ratios.clone()))
-                    .collect(),
-            }
-        }
-        Method::Iterative => {
-            let icfg = IterativeConfig {
-                criterion: a.criterion,
-                step_share: a.step_share,
-                finetune_batches: a.step_batches,
-                taylor_batches: a.taylor_batches,
-            };
-            let mut ft = cfg.clone();
-            ft.lr = a.lr;
-            let measure_latency = |m: &Model| match &profile {
-                Some(p) => model_latency_ms(m, p.batch, 30, &device),
-                None => f64::NAN,
-            };
-            let latency_budget = profile.is_some() && a.budget.resource == Metric::Latency;
-            let (model, steps) = iterative_prune(
-                dense.clone(),
-                &a.protect,
-                cost_model.as_ref(),
-                limit,
-                &icfg,
-                &ft,
-                &data.train,
-                &device,
-                latency_budget.then_some(&measure_latency as _),
-                !a.quiet,
-            )?;
-            say(format!("iterative: {} pruning step(s)", steps.len()));
-            let measured = latency_budget.then(|| measure_latency(&model));
-            Pruned {
-                model,
-                measured_ms: measured,
-                allocation: format!("iterative ({:?}, {} steps)", a.criterion, steps.len())
-                    .to_lowercase(),
-                ratio_history: vec![],
-            }
-        }
-        m => {
-            let criterion = m.criterion().expect("one-shot methods have a criterion");
-            let scores = channel_scores(
-                criterion,
-                &dense,
-                &groups,
-                Some((&data.train, a.taylor_batches)),
-                &device,
-                cfg.seed,
-            )?;
-            let (model, measured) = calibrated(&a, limit, profile.as_ref(), &device, |lim| {
-                let budget = Budget {
-                    resource: a.budget.resource,
-                    amount: Amount::Absolute(lim),
+    let pruned_dir = RunDir::new(a.out.join(PRUNED_DIR));
+    let record_path = pruned_dir.root.join("allocation.json");
+    let (pruned, allocation_seconds) = if a.resume && record_path.exists() {
+        let rec: AllocationRecord = serde_json::from_slice(&lopper::fsutil::read(&record_path)?)
+            .with_context(|| format!("{} is unreadable", record_path.display()))?;
+        let model = pruned_dir
+            .load_model(&device)
+            .context("cannot load the pruned model to resume")?;
+        say(format!(
+            "resuming: the widths were found before ({}), fine-tuning goes on",
+            rec.allocation
+        ));
+        let pruned = Pruned {
+            model,
+            measured_ms: rec.measured_ms,
+            allocation: rec.allocation,
+            ratio_history: rec.ratio_history,
+        };
+        (pruned, rec.seconds)
+    } else {
+        let alloc_started = Instant::now();
+        let pruned = match method {
+            Method::Dsa => {
+                let dcfg = DsaConfig {
+                    epochs: a.dsa_epochs,
+                    ratio_every: a.ratio_every,
+                    ratio_lr: a.ratio_lr,
+                    rho: a.rho,
+                    ..DsaConfig::default()
                 };
-                let selection = allocate(
-                    &groups,
-                    &scores,
-                    &budget,
-                    cost_model.as_ref(),
-                    a.allocation,
-                    a.round_to,
+                let val = data
+                    .val
+                    .as_ref()
+                    .context("DSA needs a validation split: use --val-fraction > 0")?
+                    .shuffled(cfg.batch_size);
+                let log = a.out.join("dsa_log.jsonl");
+                let _ = std::fs::remove_file(&log);
+                let mut dsa = Dsa::new(
+                    &dense,
+                    groups.clone(),
+                    budget.cost_model(&dense.graph, &groups, profile.as_ref())?,
+                    limit,
+                    dcfg,
+                    val,
+                    data.train.num_batches(),
+                    &device,
+                    cfg.seed,
+                    Some(log),
                 )?;
-                prune_model(&dense, &groups, &selection, &device)
-            })?;
-            Pruned {
-                model,
-                measured_ms: measured,
-                allocation: format!("{:?}", a.allocation).to_lowercase(),
-                ratio_history: vec![],
+                let mut alloc_cfg = cfg.clone();
+                alloc_cfg.epochs = a.dsa_epochs;
+                alloc_cfg.lr = a.dsa_lr.unwrap_or(if a.from_scratch { 0.1 } else { a.lr });
+                alloc_cfg.schedule = ScheduleKind::Cosine;
+                alloc_cfg.warmup_epochs = if a.from_scratch { 0.3 } else { 0.0 };
+                let alloc_run = RunDir::new(a.out.join(ALLOCATION_DIR));
+                let resume_alloc = a.resume && alloc_run.has_checkpoint();
+                let mut trainer = Trainer::new(alloc_cfg, Some(alloc_run))?;
+                trainer.progress = !a.quiet;
+                say(format!(
+                    "DSA: {} allocation epoch(s), one ratio step every {} weight steps{}",
+                    a.dsa_epochs,
+                    a.ratio_every,
+                    if resume_alloc {
+                        " (resuming from the last completed epoch)"
+                    } else {
+                        ""
+                    }
+                ));
+                let outcome = if resume_alloc {
+                    trainer.resume(&data, &mut dsa)?
+                } else {
+                    trainer.fit(dense.clone(), &data, &mut dsa)?
+                };
+                let trained = outcome.model.valid();
+                let importance = dsa.importance();
+                let (model, measured) = calibrated(
+                    budget.resource,
+                    a.quiet,
+                    limit,
+                    profile.as_ref(),
+                    &device,
+                    |lim| {
+                        let selection = harden(
+                            &groups,
+                            &importance,
+                            dsa.feasible_ratios(),
+                            cost_model.as_ref(),
+                            lim,
+                        )?;
+                        prune_model(&trained, &groups, &selection, &device)
+                    },
+                )?;
+                Pruned {
+                    model,
+                    measured_ms: measured,
+                    allocation: "dsa".into(),
+                    ratio_history: dsa
+                        .history()
+                        .iter()
+                        .map(|e| (e.epoch, e.ratios.clone()))
+                        .collect(),
+                }
             }
-        }
+            Method::Iterative => {
+                let icfg = IterativeConfig {
+                    criterion: a.criterion,
+                    step_share: a.step_share,
+                    finetune_batches: a.step_batches,
+                    taylor_batches: a.taylor_batches,
+                };
+                let mut ft = cfg.clone();
+                ft.lr = a.lr;
+                let measure_latency = |m: &Model| match &profile {
+                    Some(p) => model_latency_ms(m, p.batch, 30, &device),
+                    None => f64::NAN,
+                };
+                let latency_budget = profile.is_some() && budget.resource == Metric::Latency;
+                let (model, steps) = iterative_prune(
+                    dense.clone(),
+                    &a.protect,
+                    cost_model.as_ref(),
+                    limit,
+                    &icfg,
+                    &ft,
+                    &data.train,
+                    &device,
+                    latency_budget.then_some(&measure_latency as _),
+                    !a.quiet,
+                )?;
+                say(format!("iterative: {} pruning step(s)", steps.len()));
+                let measured = latency_budget.then(|| measure_latency(&model));
+                Pruned {
+                    model,
+                    measured_ms: measured,
+                    allocation: format!("iterative ({:?}, {} steps)", a.criterion, steps.len())
+                        .to_lowercase(),
+                    ratio_history: vec![],
+                }
+            }
+            m => {
+                let criterion = m.criterion().expect("one-shot methods have a criterion");
+                let scores = channel_scores(
+                    criterion,
+                    &dense,
+                    &groups,
+                    Some((&data.train, a.taylor_batches)),
+                    &device,
+                    cfg.seed,
+                )?;
+                let (model, measured) = calibrated(
+                    budget.resource,
+                    a.quiet,
+                    limit,
+                    profile.as_ref(),
+                    &device,
+                    |lim| {
+                        let budget = Budget {
+                            resource: budget.resource,
+                            amount: Amount::Absolute(lim),
+                        };
+                        let selection = allocate(
+                            &groups,
+                            &scores,
+                            &budget,
+                            cost_model.as_ref(),
+                            a.allocation,
+                            a.round_to,
+                        )?;
+                        prune_model(&dense, &groups, &selection, &device)
+                    },
+                )?;
+                Pruned {
+                    model,
+                    measured_ms: measured,
+                    allocation: format!("{:?}", a.allocation).to_lowercase(),
+                    ratio_history: vec![],
+                }
+            }
+        };
+        let seconds = alloc_started.elapsed().as_secs_f64();
+        // The pruned model first, then the record that marks the phase complete.
+        pruned_dir.write_model_and_metrics(&pruned.model, &[])?;
+        let rec = AllocationRecord {
+            allocation: pruned.allocation.clone(),
+            measured_ms: pruned.measured_ms,
+            ratio_history: pruned.ratio_history.clone(),
+            seconds,
+        };
+        write_atomic(&record_path, &serde_json::to_vec_pretty(&rec)?)?;
+        (pruned, seconds)
     };
-    let allocation_seconds = alloc_started.elapsed().as_secs_f64();
 
     let after_groups = channel_groups(&pruned.model.graph, &a.protect)?;
     let ratios = width_ratios(&groups, &after_groups);
     let (before, after) = (count(&dense.graph), count(&pruned.model.graph));
     // MACs and parameters are counted on the pruned graph; latency is measured (or, where no
     // measurement was taken, the profile's prediction).
-    let cost = match a.budget.resource {
+    let cost = match budget.resource {
         Metric::Macs => after.macs as f64,
         Metric::Params => after.params as f64,
         Metric::Latency => pruned
@@ -382,7 +519,12 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let (final_model, finetuned) = if a.finetune_epochs > 0 {
         let mut trainer = Trainer::new(ft_cfg, Some(out.clone()))?;
         trainer.progress = !a.quiet;
-        let outcome = trainer.fit(pruned.model, &data, &mut NoTrainHook)?;
+        let outcome = if a.resume && out.has_checkpoint() {
+            say("fine-tuning resumes from its last completed epoch".into());
+            trainer.resume(&data, &mut NoTrainHook)?
+        } else {
+            trainer.fit(pruned.model, &data, &mut NoTrainHook)?
+        };
         let t = outcome.history.last().and_then(|r| r.test);
         (outcome.model, t)
     } else {
@@ -400,13 +542,14 @@ pub fn run(a: PruneArgs) -> Result<()> {
     };
     let report = PruneReport {
         model: dense.graph.name.clone(),
-        method: format!("{:?}", a.method).to_lowercase(),
+        method: format!("{:?}", method).to_lowercase(),
         allocation: pruned.allocation,
-        budget: a.budget.to_string(),
+        budget: budget.to_string(),
         budget_limit: limit,
         budget_cost: cost,
         budget_met: cost <= limit,
         from_scratch: a.from_scratch,
+        resumed: a.resume,
         macs: BeforeAfter {
             before: before.macs as f64,
             after: after.macs as f64,
@@ -452,7 +595,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         print!("{}", report.markdown());
     }
     if !report.budget_met {
-        if a.budget.resource == Metric::Latency {
+        if budget.resource == Metric::Latency {
             eprintln!(
                 "warning: the measured latency {cost:.3} ms is over the budget {limit:.3} ms (latency measurements vary run to run; see BENCHMARKS.md)"
             );
@@ -470,13 +613,14 @@ pub fn run(a: PruneArgs) -> Result<()> {
 /// [0.9, 1.0] of the budget. The best measured build under the budget is kept (the fastest
 /// one if none is under).
 fn calibrated(
-    a: &PruneArgs,
+    resource: Metric,
+    quiet: bool,
     limit: f64,
     profile: Option<&LatencyProfile>,
     device: &burn::tensor::Device,
     build: impl Fn(f64) -> lopper::Result<Model>,
 ) -> Result<(Model, Option<f64>)> {
-    let (Metric::Latency, Some(profile)) = (a.budget.resource, profile) else {
+    let (Metric::Latency, Some(profile)) = (resource, profile) else {
         return Ok((build(limit)?, None));
     };
     let mut model_limit = limit;
@@ -485,7 +629,7 @@ fn calibrated(
         let model = match build(model_limit) {
             Ok(m) => m,
             Err(e) if best.is_some() => {
-                if !a.quiet {
+                if !quiet {
                     eprintln!("latency calibration stops: {e}");
                 }
                 break;
@@ -493,7 +637,7 @@ fn calibrated(
             Err(e) => return Err(e.into()),
         };
         let measured = model_latency_ms(&model, profile.batch, 30, device);
-        if !a.quiet {
+        if !quiet {
             eprintln!(
                 "latency calibration round {round}: predicted limit {model_limit:.3} ms, measured {measured:.3} ms (budget {limit:.3} ms)"
             );

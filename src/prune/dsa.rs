@@ -173,6 +173,21 @@ pub struct DsaEpoch {
     pub test_top1: Option<f64>,
 }
 
+/// What a checkpoint keeps of the allocation phase (between epochs), so that a resumed run
+/// continues exactly where the interrupted one was.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DsaState {
+    s: Vec<f64>,
+    z: Vec<f64>,
+    u: Vec<f64>,
+    rho: f64,
+    limit: f64,
+    beta2: f64,
+    ratio_steps: usize,
+    log_imp: Vec<Vec<f64>>,
+    history: Vec<DsaEpoch>,
+}
+
 /// Masks for both kinds of forward pass: sampled ones while training (autodiff values), the
 /// deterministic top-k ones in evaluation.
 struct DsaMasks {
@@ -207,7 +222,11 @@ pub struct Dsa {
     masks: DsaMasks,
     val: Batcher,
     val_iter: Option<BatchIter>,
+    /// Passes over the validation split within the current training epoch; the validation
+    /// order and the mask samples restart from seeds of the training epoch, so a resumed run
+    /// draws what an uninterrupted one draws.
     val_epoch: usize,
+    train_epoch: usize,
     val_loss_sum: f64,
     val_steps: usize,
     grad_sum: Vec<f64>,
@@ -286,6 +305,7 @@ impl Dsa {
             val,
             val_iter: None,
             val_epoch: 0,
+            train_epoch: 0,
             val_loss_sum: 0.0,
             val_steps: 0,
             grad_sum: vec![0.0; n],
@@ -395,7 +415,8 @@ impl Dsa {
                 return Ok(b);
             }
             self.val_epoch += 1;
-            self.val_iter = Some(self.val.epoch(self.seed ^ 0x5A11, self.val_epoch, 0));
+            let seed = crate::data::seed_mix(&[self.seed, 0x5A11, self.train_epoch as u64]);
+            self.val_iter = Some(self.val.epoch(seed, self.val_epoch, 0));
         }
         Err(LopperError::Config(
             "the validation split gives no batches for DSA's ratio steps".into(),
@@ -535,7 +556,17 @@ impl TrainHook for Dsa {
         Some(&self.masks)
     }
 
-    fn before_step(&mut self, _info: &StepInfo) {
+    fn before_step(&mut self, info: &StepInfo) {
+        if info.step_in_epoch == 0 {
+            self.train_epoch = info.epoch;
+            self.val_epoch = 0;
+            self.val_iter = None;
+            self.rng = StdRng::seed_from_u64(crate::data::seed_mix(&[
+                self.seed,
+                0xD5A,
+                info.epoch as u64,
+            ]));
+        }
         let samples = self.sample();
         let dev = self.train_device.clone();
         let masks: Vec<Option<Tensor<1>>> = samples
@@ -563,5 +594,57 @@ impl TrainHook for Dsa {
         self.admm.rho *= self.cfg.rho_growth;
         self.refresh();
         Ok(ControlFlow::Continue(()))
+    }
+
+    fn state(&self) -> Result<Option<serde_json::Value>> {
+        let state = DsaState {
+            s: self.s.clone(),
+            z: self.admm.z.clone(),
+            u: self.admm.u.clone(),
+            rho: self.admm.rho,
+            limit: self.admm.limit,
+            beta2: self.beta2,
+            ratio_steps: self.ratio_steps,
+            log_imp: self.log_imp.clone(),
+            history: self.history.clone(),
+        };
+        serde_json::to_value(state)
+            .map(Some)
+            .map_err(|e| LopperError::Config(format!("cannot save the DSA state: {e}")))
+    }
+
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        let st: DsaState = serde_json::from_value(state).map_err(|e| {
+            LopperError::Config(format!("the checkpoint's DSA state is unreadable: {e}"))
+        })?;
+        let n = self.groups.len();
+        if st.s.len() != n || st.z.len() != n || st.u.len() != n || st.log_imp.len() != n {
+            return Err(LopperError::Config(format!(
+                "the checkpoint's DSA state is for {} channel groups, the model has {n}",
+                st.s.len()
+            )));
+        }
+        self.s = st.s;
+        self.admm.z = st.z;
+        self.admm.u = st.u;
+        self.admm.rho = st.rho;
+        self.admm.limit = st.limit;
+        self.beta2 = st.beta2;
+        self.ratio_steps = st.ratio_steps;
+        self.log_imp = st.log_imp;
+        self.history = st.history;
+        // The log holds what the interrupted run wrote, perhaps an epoch past the checkpoint:
+        // rewrite it from the restored history.
+        if let Some(path) = &self.log_path {
+            let mut text = String::new();
+            for e in &self.history {
+                text += &serde_json::to_string(e)
+                    .map_err(|e| LopperError::Config(format!("cannot write the DSA log: {e}")))?;
+                text.push('\n');
+            }
+            crate::fsutil::write_atomic(path, text.as_bytes())?;
+        }
+        self.refresh();
+        Ok(())
     }
 }

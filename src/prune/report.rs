@@ -39,6 +39,10 @@ pub struct PruneReport {
     pub budget_met: bool,
     /// DSA from scratch: "dense" is then the randomly initialised model.
     pub from_scratch: bool,
+    /// Continued with `--resume`: the wall times then cover the resumed process only (the
+    /// allocation time is the one recorded when it finished).
+    #[serde(default)]
+    pub resumed: bool,
     pub macs: BeforeAfter,
     pub params: BeforeAfter,
     /// Test top-1 of the dense model, of the pruned model before fine-tuning, and after.

@@ -43,6 +43,9 @@ pub struct CheckpointState {
     /// Optimiser steps taken so far.
     pub steps_done: usize,
     pub history: Vec<EpochRecord>,
+    /// The training hook's state (DSA's keep ratios and ADMM variables, say).
+    #[serde(default)]
+    pub hook: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +85,11 @@ impl RunDir {
     }
     fn checkpoint_optim(&self, epoch: usize) -> PathBuf {
         self.checkpoint_dir().join(format!("epoch-{epoch}.optim"))
+    }
+
+    /// Whether a checkpoint (at least one completed epoch) is there to resume from.
+    pub fn has_checkpoint(&self) -> bool {
+        self.state_path().exists()
     }
 
     /// Whether the folder holds a lopper run (a model and its configuration).

@@ -54,9 +54,19 @@ pub trait TrainHook {
     fn after_step(&mut self, _info: &StepInfo, model: Model) -> Result<Model> {
         Ok(model)
     }
-    /// After each epoch's evaluation and checkpoint. `Break` ends training early.
+    /// After each epoch's evaluation, before its checkpoint. `Break` ends training early
+    /// (the checkpoint is still written).
     fn after_epoch(&mut self, _record: &EpochRecord, _model: &Model) -> Result<ControlFlow<()>> {
         Ok(ControlFlow::Continue(()))
+    }
+    /// The hook's own state, saved in every checkpoint (after `after_epoch`) so that a resumed
+    /// run continues it. `None`: stateless.
+    fn state(&self) -> Result<Option<serde_json::Value>> {
+        Ok(None)
+    }
+    /// Restores what [`TrainHook::state`] saved, before a resumed run continues.
+    fn restore(&mut self, _state: serde_json::Value) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -131,6 +141,9 @@ impl Trainer {
             .map_err(|e| {
                 LopperError::Config(format!("cannot read the optimiser checkpoint: {e:?}"))
             })?;
+        if let Some(h) = state.hook.clone() {
+            hook.restore(h)?;
+        }
         if state.epochs_done >= self.cfg.epochs {
             return Ok(TrainOutcome {
                 model,
@@ -259,6 +272,7 @@ impl Trainer {
                 eprintln!("{}", describe(&record, cfg.epochs));
             }
             history.push(record.clone());
+            let flow = hook.after_epoch(&record, &model)?;
             if let Some(run) = &self.run {
                 let optim_bytes = optim.into_bytes().map_err(|e| {
                     LopperError::Config(format!("cannot serialise the optimiser: {e:?}"))
@@ -270,11 +284,12 @@ impl Trainer {
                         epochs_done: epoch + 1,
                         steps_done: global_step,
                         history: history.clone(),
+                        hook: hook.state()?,
                     },
                 )?;
                 run.write_model_and_metrics(&model, &history)?;
             }
-            if hook.after_epoch(&record, &model)?.is_break() {
+            if flow.is_break() {
                 return Ok(TrainOutcome {
                     model,
                     history,

@@ -40,3 +40,34 @@ pub fn randomised(graph: &lopper::graph::Graph, seed: u64) -> Model {
     })
     .unwrap()
 }
+
+/// MNIST-shaped synthetic data with a learnable rule: the label is the brightest of ten
+/// horizontal bands.
+pub fn synthetic_mnist(n: usize, seed: u64) -> lopper::data::Dataset {
+    let mut images = Vec::with_capacity(n * 784);
+    let mut labels = Vec::with_capacity(n);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 33) as u32
+    };
+    for _ in 0..n {
+        let label = (next() % 10) as usize;
+        for y in 0..28 {
+            for _ in 0..28 {
+                let band = (y * 10 / 28).min(9);
+                let base = if band == label { 180 } else { 40 };
+                images.push((base + next() % 60) as u8);
+            }
+        }
+        labels.push(label as u8);
+    }
+    lopper::data::Dataset {
+        images,
+        labels,
+        shape: [1, 28, 28],
+        classes: (0..10).map(|i| i.to_string()).collect(),
+    }
+}
