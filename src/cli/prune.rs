@@ -21,7 +21,7 @@ use lopper::prune::{
     prune_model,
 };
 use lopper::train::{
-    NoTrainHook, RunDir, ScheduleKind, TrainConfig, Trainer, evaluate, prepare_data,
+    NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, evaluate, prepare_data,
 };
 
 /// How the pruned widths are found.
@@ -257,6 +257,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     if a.test_limit.is_some() {
         cfg.test_limit = a.test_limit;
     }
+    let source_val_fraction = cfg.val_fraction;
     if method == Method::Dsa {
         // The keep ratios learn on data the weights do not see.
         cfg.val_fraction = a.val_fraction;
@@ -352,6 +353,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 alloc_cfg.lr = a.dsa_lr.unwrap_or(if a.from_scratch { 0.1 } else { a.lr });
                 alloc_cfg.schedule = ScheduleKind::Cosine;
                 alloc_cfg.warmup_epochs = if a.from_scratch { 0.3 } else { 0.0 };
+                // No evaluation passes between allocation epochs: the ratio steps already report
+                // the validation loss, and a test pass per epoch would only add time.
+                let alloc_data = TrainData {
+                    train: data.train.clone(),
+                    val: None,
+                    test: None,
+                };
                 let alloc_run = RunDir::new(a.out.join(ALLOCATION_DIR));
                 let resume_alloc = a.resume && alloc_run.has_checkpoint();
                 let mut trainer = Trainer::new(alloc_cfg, Some(alloc_run))?;
@@ -367,9 +375,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     }
                 ));
                 let outcome = if resume_alloc {
-                    trainer.resume(&data, &mut dsa)?
+                    trainer.resume(&alloc_data, &mut dsa)?
                 } else {
-                    trainer.fit(dense.clone(), &data, &mut dsa)?
+                    trainer.fit(dense.clone(), &alloc_data, &mut dsa)?
                 };
                 let trained = outcome.model.valid();
                 let importance = dsa.importance();
@@ -516,14 +524,24 @@ pub fn run(a: PruneArgs) -> Result<()> {
     ft_cfg.lr = a.lr;
     ft_cfg.schedule = ScheduleKind::Cosine;
     ft_cfg.warmup_epochs = 0.0;
+    // DSA held a validation split out for its keep ratios; fine-tuning gets the whole training
+    // set back, as the other methods have it.
+    ft_cfg.val_fraction = source_val_fraction;
+    let full_data;
+    let ft_data = if ft_cfg.val_fraction != cfg.val_fraction && a.finetune_epochs > 0 {
+        full_data = prepare_data(&ft_cfg).context("cannot load the data set")?;
+        &full_data
+    } else {
+        &data
+    };
     let (final_model, finetuned) = if a.finetune_epochs > 0 {
         let mut trainer = Trainer::new(ft_cfg, Some(out.clone()))?;
         trainer.progress = !a.quiet;
         let outcome = if a.resume && out.has_checkpoint() {
             say("fine-tuning resumes from its last completed epoch".into());
-            trainer.resume(&data, &mut NoTrainHook)?
+            trainer.resume(ft_data, &mut NoTrainHook)?
         } else {
-            trainer.fit(pruned.model, &data, &mut NoTrainHook)?
+            trainer.fit(pruned.model, ft_data, &mut NoTrainHook)?
         };
         let t = outcome.history.last().and_then(|r| r.test);
         (outcome.model, t)
