@@ -33,40 +33,48 @@ fn setup() -> (Model, Batcher, TrainConfig) {
     (model, train, ft)
 }
 
-fn config() -> IterativeConfig {
-    IterativeConfig {
+/// Prunes resnet20 to `fraction` of its dense MACs (in measured units when `measure` is
+/// given: `limit = fraction * measure(dense)`). Returns the dense MACs, the limit, the pruned
+/// model and the number of steps.
+fn prune_to(fraction: f64, measure: Option<&dyn Fn(&Model) -> f64>) -> (f64, f64, Model, usize) {
+    let (model, train, ft) = setup();
+    let groups = channel_groups(&model.graph, &[]).unwrap();
+    let cost = "macs=1"
+        .parse::<Budget>()
+        .unwrap()
+        .cost_model(&model.graph, &groups, None)
+        .unwrap();
+    let dense = count(&model.graph).macs as f64;
+    let limit = fraction * measure.map_or(dense, |m| m(&model));
+    let cfg = IterativeConfig {
         criterion: Criterion::L1,
         step_share: 0.3,
         finetune_batches: 1,
         taylor_batches: 1,
-    }
-}
-
-#[test]
-fn stops_once_the_budget_holds() {
-    let (model, train, ft) = setup();
-    let groups = channel_groups(&model.graph, &[]).unwrap();
-    let budget: Budget = "macs=0.4".parse().unwrap();
-    let cost = budget.cost_model(&model.graph, &groups, None).unwrap();
-    let dense = count(&model.graph).macs as f64;
-    let limit = 0.4 * dense;
+    };
     let (pruned, steps) = iterative_prune(
         model,
         &[],
         cost.as_ref(),
         limit,
-        &config(),
+        &cfg,
         &ft,
         &train,
         &Device::flex(),
-        None,
+        measure,
         false,
     )
     .unwrap();
+    (dense, limit, pruned, steps.len())
+}
+
+#[test]
+fn stops_once_the_budget_holds() {
+    let (_, limit, pruned, steps) = prune_to(0.4, None);
     let macs = count(&pruned.graph).macs as f64;
     assert!(macs <= limit, "{macs} > {limit}");
     // Closing the gap in shares of 0.3 takes several steps, and the last one lands close.
-    assert!(steps.len() >= 3, "{} steps", steps.len());
+    assert!(steps >= 3, "{steps} steps");
     assert!(macs >= 0.9 * limit, "overshot: {macs} vs {limit}");
 }
 
@@ -75,32 +83,16 @@ fn stops_once_the_budget_holds() {
 /// 0.76 of dense, over a budget of 0.6; stopping on the measurement lands at the budget.
 #[test]
 fn a_measured_budget_is_met_on_the_measurement() {
-    let (model, train, ft) = setup();
-    let groups = channel_groups(&model.graph, &[]).unwrap();
-    let budget: Budget = "macs=0.6".parse().unwrap();
-    let cost = budget.cost_model(&model.graph, &groups, None).unwrap();
-    let dense = count(&model.graph).macs as f64;
-    let measure = |m: &Model| 0.4 * dense + 0.6 * count(&m.graph).macs as f64;
-    let limit = 0.6 * dense;
-    let (pruned, steps) = iterative_prune(
-        model,
-        &[],
-        cost.as_ref(),
-        limit,
-        &config(),
-        &ft,
-        &train,
-        &Device::flex(),
-        Some(&measure),
-        false,
-    )
-    .unwrap();
+    let measure = |m: &Model| {
+        let d = count(&lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap()).macs as f64;
+        0.4 * d + 0.6 * count(&m.graph).macs as f64
+    };
+    let (dense, limit, pruned, steps) = prune_to(0.6, Some(&measure));
     let measured = measure(&pruned);
     assert!(measured <= limit, "{measured} > {limit}");
     assert!(
         measured >= 0.9 * limit,
-        "stopped far under the budget: {measured} vs {limit} after {} steps",
-        steps.len()
+        "stopped far under the budget: {measured} vs {limit} after {steps} steps"
     );
     // The loop went on past the uncorrected prediction's stop (MACs at 0.6 of dense) to
     // about a third.
