@@ -103,8 +103,15 @@ impl PruneReport {
             self.finetune_epochs
         );
         s += &format!(
-            "Wall time: {:.1} s finding the widths, {:.1} s fine-tuning, {:.1} s in total.\n\n",
-            self.allocation_seconds, self.finetune_seconds, self.seconds
+            "Wall time: {:.1} s finding the widths, {:.1} s fine-tuning, {:.1} s in total{}.\n\n",
+            self.allocation_seconds,
+            self.finetune_seconds,
+            self.seconds,
+            if self.resumed {
+                " (resumed with --resume: fine-tuning and the total cover the last process only)"
+            } else {
+                ""
+            }
         );
         s += "## Channels per group\n\n![keep ratio per group](keep_ratios.svg)\n\n| group | producers | before | after | kept |\n|---|---|---|---|---|\n";
         for g in &self.groups {
