@@ -285,7 +285,7 @@ fn train_eval_resume_on_mnist() {
     // DSA from the trained run, the iterative baseline, and DSA from scratch: each meets the
     // budget on the pruned graph and learns something.
     for (name, extra) in [
-        ("dsa", vec!["--run", out_s, "--dsa-epochs", "2"]),
+        ("dsa", vec!["--run", out_s, "--dsa-epochs", "1.5"]),
         ("iterative", vec!["--run", out_s, "--step-batches", "4"]),
         (
             "dsa",

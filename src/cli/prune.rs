@@ -112,9 +112,10 @@ pub struct PruneArgs {
     /// Batches of training data for the Taylor criterion.
     #[arg(long, default_value_t = 16)]
     pub taylor_batches: usize,
-    /// DSA: epochs of joint weight and keep-ratio training.
-    #[arg(long, default_value_t = 3)]
-    pub dsa_epochs: usize,
+    /// DSA: epochs of joint weight and keep-ratio training; a fraction (0.5, 1.5) runs
+    /// ceil(x) passes over a random x/ceil(x) share of the training split.
+    #[arg(long, default_value_t = 3.0)]
+    pub dsa_epochs: f64,
     /// DSA: weight learning rate during allocation (cosine); default --lr from a trained run,
     /// 0.1 from scratch.
     #[arg(long)]
@@ -322,8 +323,26 @@ pub fn run(a: PruneArgs) -> Result<()> {
         let alloc_started = Instant::now();
         let pruned = match method {
             Method::Dsa => {
+                if !(a.dsa_epochs > 0.0 && a.dsa_epochs.is_finite()) {
+                    bail!("--dsa-epochs must be positive");
+                }
+                let passes = a.dsa_epochs.ceil() as usize;
+                let share = a.dsa_epochs / passes as f64;
+                let alloc_train = if share < 0.999 {
+                    let subset = data.train.dataset().split(share, cfg.seed ^ 0xA110C)?.1;
+                    data.train.with_dataset(subset, cfg.batch_size)
+                } else {
+                    data.train.clone()
+                };
+                // No evaluation passes between allocation epochs: the ratio steps already report
+                // the validation loss, and a test pass per epoch would only add time.
+                let alloc_data = TrainData {
+                    train: alloc_train,
+                    val: None,
+                    test: None,
+                };
                 let dcfg = DsaConfig {
-                    epochs: a.dsa_epochs,
+                    epochs: passes,
                     ratio_every: a.ratio_every,
                     ratio_lr: a.ratio_lr,
                     rho: a.rho,
@@ -343,30 +362,24 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     limit,
                     dcfg,
                     val,
-                    data.train.num_batches(),
+                    alloc_data.train.num_batches(),
                     &device,
                     cfg.seed,
                     Some(log),
                 )?;
                 let mut alloc_cfg = cfg.clone();
-                alloc_cfg.epochs = a.dsa_epochs;
+                alloc_cfg.epochs = passes;
                 alloc_cfg.lr = a.dsa_lr.unwrap_or(if a.from_scratch { 0.1 } else { a.lr });
                 alloc_cfg.schedule = ScheduleKind::Cosine;
                 alloc_cfg.warmup_epochs = if a.from_scratch { 0.3 } else { 0.0 };
-                // No evaluation passes between allocation epochs: the ratio steps already report
-                // the validation loss, and a test pass per epoch would only add time.
-                let alloc_data = TrainData {
-                    train: data.train.clone(),
-                    val: None,
-                    test: None,
-                };
                 let alloc_run = RunDir::new(a.out.join(ALLOCATION_DIR));
                 let resume_alloc = a.resume && alloc_run.has_checkpoint();
                 let mut trainer = Trainer::new(alloc_cfg, Some(alloc_run))?;
                 trainer.progress = !a.quiet;
                 say(format!(
-                    "DSA: {} allocation epoch(s), one ratio step every {} weight steps{}",
-                    a.dsa_epochs,
+                    "DSA: {} allocation pass(es) over {:.0}% of the training split, one ratio step every {} weight steps{}",
+                    passes,
+                    100.0 * share,
                     a.ratio_every,
                     if resume_alloc {
                         " (resuming from the last completed epoch)"
