@@ -13,6 +13,7 @@
 #                             # unless SCRATCH=1). Knobs: FT_EPOCHS, DSA_EPOCHS, ITER_LONG,
 #                             # BUDGETS ("0.5 0.3"), ROWS ("taylor iterative iterative-300 dsa"),
 #                             # LOPPER (the binary)
+#   bench/run.sh latency-budgets # latency=... budgets end to end: measured result vs budget
 #   bench/run.sh all          # a, b, c and latency
 #
 # Data from LOPPER_DATA_DIR (default ../shared/data). PyTorch comes from bench/.venv
@@ -115,19 +116,23 @@ PY
 
 # lenet5 on MNIST from the dense run of `lenet5` (bench b): every pipeline gets FT_EPOCHS of
 # final fine-tuning; DSA allocates for DSA_EPOCHS.
-# DSA vs iterative vs one-shot taylor/global from one dense run, at macs=0.5 and 0.3, each
-# with the same final fine-tune. The iterative baseline runs twice: with its default brief
-# steps and with ITER_LONG step batches (the "equal accuracy" comparison), both timed.
-# dsa_compare NAME DENSE_RUN SCRATCH_MODEL
+# DSA vs iterative vs one-shot taylor/global from one dense run, at each of BUDGETS (MACs
+# fractions), each with the same final fine-tune. The iterative baseline runs with its default
+# brief steps and with ITER_LONG step batches; DSA once per entry of DSA_EPOCHS. ROWS picks
+# rows by name (taylor, iterative, iterative-300, dsa-2, ...; default all).
+# dsa_compare TAG DENSE_RUN SCRATCH_MODEL
 dsa_compare() {
-  local tag=$1 dense=$2 model=$3 ft="${FT_EPOCHS:-2}" de="${DSA_EPOCHS:-2}" long="${ITER_LONG:-300}"
+  local tag=$1 dense=$2 model=$3 ft="${FT_EPOCHS:-2}" long="${ITER_LONG:-300}"
   [ -f "$dense/model.safetensors" ] || { echo "no $dense: train the dense run first" >&2; exit 1; }
-  local rows=()
+  local specs=("taylor:--method taylor --allocation global" "iterative:--method iterative"
+               "iterative-$long:--method iterative --step-batches $long")
+  local de
+  for de in ${DSA_EPOCHS:-2}; do specs+=("dsa-$de:--method dsa --dsa-epochs $de"); done
+  local rows=() budget m
   for budget in ${BUDGETS:-0.5 0.3}; do
-    for m in "taylor:--method taylor --allocation global" "iterative:--method iterative" \
-             "iterative-$long:--method iterative --step-batches $long" "dsa:--method dsa --dsa-epochs $de"; do
+    for m in "${specs[@]}"; do
+      case " ${ROWS:-all} " in " all "|*" ${m%%:*} "*) ;; *) continue ;; esac
       local name="$tag-$budget-${m%%:*}"
-      case " ${ROWS:-taylor iterative iterative-$long dsa} " in *" ${m%%:*} "*) ;; *) continue ;; esac
       rm -rf "bench/runs/$name"
       RAYON_NUM_THREADS=$threads "$lopper" prune --run "$dense" ${m#*:} --budget "macs=$budget" \
         --finetune-epochs "$ft" --lr 0.01 --out "bench/runs/$name" --quiet
@@ -137,30 +142,49 @@ dsa_compare() {
   if [ "${SCRATCH:-1}" = 1 ]; then
     # From scratch, at the dense pipeline's total epochs: dense training + DSA + fine-tune.
     local dense_epochs; dense_epochs=$(wc -l < "$dense/metrics.jsonl")
+    local de0="${DSA_EPOCHS:-2}"; de0="${de0%% *}"
     local name="$tag-0.3-dsa-scratch"
     rm -rf "bench/runs/$name"
     RAYON_NUM_THREADS=$threads "$lopper" prune --from-scratch --model "$model" --method dsa --budget macs=0.3 \
-      --dsa-epochs "$((de + dense_epochs))" --dsa-lr "${SCRATCH_LR:-0.05}" --finetune-epochs "$ft" --lr 0.01 \
-      --out "bench/runs/$name" --quiet
+      --dsa-epochs "$(python3 -c "print($de0 + $dense_epochs)")" --dsa-lr "${SCRATCH_LR:-0.05}" \
+      --finetune-epochs "$ft" --lr 0.01 --out "bench/runs/$name" --quiet
     rows+=("$name")
   fi
-  python3 - "$dense" "${rows[@]}" <<'PY'
+  python3 bench/dsa_table.py "$dense" "${rows[@]}"
+}
+
+# Latency budgets end to end: each method prunes to a latency budget with a profile from
+# `lopper profile`, without fine-tuning; the table compares the measured latency of the result
+# (as `lopper prune` measured it, and again in its report) with the budget.
+latency_budgets() {
+  local r20=bench/runs/resnet20-cifar10 l5=bench/runs/lenet5-mnist rows=()
+  [ -f bench/runs/resnet20-b1.profile.json ] || RAYON_NUM_THREADS=$threads "$lopper" profile --run $r20 --batch 1 --out bench/runs/resnet20-b1.profile.json
+  [ -f bench/runs/lenet5-b64.profile.json ] || RAYON_NUM_THREADS=$threads "$lopper" profile --run $l5 --batch 64 --out bench/runs/lenet5-b64.profile.json
+  local spec
+  for spec in "resnet20-b1:$r20:0.6:--method l1 --allocation global" "resnet20-b1:$r20:0.4:--method l1 --allocation global" \
+              "resnet20-b1:$r20:0.6:--method iterative --criterion l1 --step-batches 20" \
+              "lenet5-b64:$l5:0.5:--method taylor --allocation global" "lenet5-b64:$l5:0.5:--method iterative" \
+              "lenet5-b64:$l5:0.5:--method dsa --dsa-epochs 1"; do
+    IFS=: read -r prof run frac args <<< "$spec"
+    local name; name="lat-$prof-$frac-$(echo "$args" | awk '{print $2}')"
+    rm -rf "bench/runs/$name"
+    RAYON_NUM_THREADS=$threads "$lopper" prune --run "$run" $args --budget "latency=$frac" \
+      --profile "bench/runs/$prof.profile.json" --out "bench/runs/$name" --quiet 2> "bench/runs/$name.log" || true
+    rows+=("$name")
+  done
+  python3 - "${rows[@]}" <<'PY'
 import json, sys
-dense = sys.argv[1]
-m = [json.loads(l) for l in open(f"{dense}/metrics.jsonl")]
-dense_secs = sum(e["seconds"] for e in m)
-print(f"dense {dense}: {len(m)} epochs, {dense_secs:.0f} s of training (added to every pipeline below except the one from scratch)\n")
-print("| pipeline | budget | MACs after/before (pruned graph) | top-1 pruned | top-1 fine-tuned | widths s | fine-tune s | total s (incl. dense) |")
-print("|---|---|---|---|---|---|---|---|")
-for run in sys.argv[2:]:
-    r = json.load(open(f"bench/runs/{run}/prune_report.json"))
-    scratch = r.get("from_scratch", False)
-    total = r["seconds"] + (0 if scratch else dense_secs)
-    label = r["method"] + (" (from scratch)" if scratch else "") + (f" / {r['allocation']}" if r["method"] != "dsa" else "")
-    if run.split("-")[-1].isdigit():
-        label += f", {run.split('-')[-1]} batches per step"
-    print(f"| {label} | {r['budget']} | {r['macs']['after']/r['macs']['before']:.3f} (met: {r['budget_met']}) "
-          f"| {100*r['top1_pruned']:.2f}% | {100*r['top1_finetuned']:.2f}% | {r['allocation_seconds']:.0f} | {r['finetune_seconds']:.0f} | {total:.0f} |")
+print("| run | method | budget | limit (ms) | measured by prune (ms) | measured / budget | report's re-measurement (ms) |")
+print("|---|---|---|---|---|---|---|")
+for run in sys.argv[1:]:
+    try:
+        r = json.load(open(f"bench/runs/{run}/prune_report.json"))
+    except OSError:
+        print(f"| {run} | failed: see bench/runs/{run}.log | | | | | |"); continue
+    batch = 1 if "-b1-" in run else 64
+    again = r[f"latency_ms_batch{batch}"]["after"]
+    print(f"| {run} | {r['method']} / {r['allocation']} | {r['budget']} | {r['budget_limit']:.3f} | {r['budget_cost']:.3f} "
+          f"| {r['budget_cost']/r['budget_limit']:.2f} | {again:.3f} ({again/r['budget_limit']:.2f}) |")
 PY
 }
 
@@ -177,8 +201,9 @@ case "$what" in
     dsa_compare lenet5 bench/runs/lenet5-mnist lenet5 ;;
   dsa-resnet20) echo "## e. DSA vs iterative vs one-shot, resnet20 on CIFAR-10"
     SCRATCH="${SCRATCH:-0}" dsa_compare resnet20 bench/runs/resnet20-cifar10 resnet20 ;;
+  latency-budgets) echo "## f. latency budgets end to end"; latency_budgets ;;
   prune-lopper) prune_lopper; prune_table ;;
   prune-torch) prune_torch; prune_table ;;
   all) "$0" throughput; "$0" lenet5; "$0" resnet20; "$0" latency; "$0" prune; "$0" dsa-lenet5 ;;
-  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|latency|prune|dsa-lenet5|dsa-resnet20|all" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|latency|prune|dsa-lenet5|dsa-resnet20|latency-budgets|all" >&2; exit 2 ;;
 esac

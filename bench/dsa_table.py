@@ -1,0 +1,32 @@
+"""The DSA comparison table (bench/run.sh dsa-lenet5 | dsa-resnet20) from the runs' reports.
+
+usage: python3 bench/dsa_table.py DENSE_RUN RUN...   (RUN: a folder name under bench/runs)
+"""
+import json
+import sys
+
+dense = sys.argv[1]
+m = [json.loads(l) for l in open(f"{dense}/metrics.jsonl")]
+dense_secs = sum(e["seconds"] for e in m)
+print(f"dense {dense}: {len(m)} epochs, {dense_secs:.0f} s of training (in the last column of "
+      "every pipeline except the one from scratch)\n")
+print("| pipeline | budget | MACs after/before (pruned graph) | top-1 pruned | top-1 fine-tuned "
+      "| widths s | fine-tune s | prune total s | total s incl. dense |")
+print("|---|---|---|---|---|---|---|---|---|")
+for run in sys.argv[2:]:
+    r = json.load(open(f"bench/runs/{run}/prune_report.json"))
+    scratch = r.get("from_scratch", False)
+    kind = run.split("-", 2)[2]  # TAG-BUDGET-KIND
+    if r["method"] == "dsa":
+        passes = sum(1 for _ in open(f"bench/runs/{run}/dsa_log.jsonl")) - 1
+        x = kind.split("-", 1)[1] if kind.count("-") else str(passes)
+        label = f"DSA{' from scratch' if scratch else ''}, {x if not scratch else passes} allocation epochs"
+    elif r["method"] == "iterative":
+        batches = kind.split("-")[1] if "-" in kind else "100"
+        label = f"{r['allocation']}, {batches} batches per step"
+    else:
+        label = f"{r['method']} / {r['allocation']}"
+    total = r["seconds"] + (0 if scratch else dense_secs)
+    print(f"| {label} | {r['budget']} | {r['macs']['after'] / r['macs']['before']:.3f} "
+          f"(met: {r['budget_met']}) | {100 * r['top1_pruned']:.2f}% | {100 * r['top1_finetuned']:.2f}% "
+          f"| {r['allocation_seconds']:.0f} | {r['finetune_seconds']:.0f} | {r['seconds']:.0f} | {total:.0f} |")
