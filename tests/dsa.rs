@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use lopper::data::{Batcher, DatasetName};
 use lopper::graph::{Graph, GraphBuilder, Op};
 use lopper::model::{Model, Value};
-use lopper::prune::admm::{project, ratio_bounds};
+use lopper::prune::admm::{AdmmMetric, metric_weights, project_weighted, ratio_bounds};
 use lopper::prune::dsa::{Dsa, DsaConfig, keep_probabilities, ratio_gradient, top_k_mask};
 use lopper::prune::{
     ChannelMasks, CostModel, Resource, ResourceModel, channel_groups, harden, keep_ratios,
@@ -153,7 +153,18 @@ fn projection_meets_the_budget_and_is_closest() {
     let n = groups.len();
     let (lower, upper) = ratio_bounds(&groups);
     let mut rng = StdRng::seed_from_u64(2);
-    for frac in [0.2, 0.35, 0.5] {
+    // Both metrics: Euclidean (w = 1) and weighted by each group's cost share.
+    let euclid = metric_weights(AdmmMetric::Euclidean, &groups, &cost);
+    let share = metric_weights(AdmmMetric::CostShare, &groups, &cost);
+    assert!(euclid.iter().all(|w| *w == 1.0));
+    assert!(share.iter().any(|w| (w - 1.0).abs() > 0.5), "{share:?}");
+    for (frac, wt) in [
+        (0.2, &euclid),
+        (0.35, &euclid),
+        (0.5, &euclid),
+        (0.2, &share),
+        (0.5, &share),
+    ] {
         let limit = frac * cost.dense_cost();
         let v: Vec<f64> = groups
             .iter()
@@ -165,7 +176,7 @@ fn projection_meets_the_budget_and_is_closest() {
                 }
             })
             .collect();
-        let z = project(&v, &lower, &upper, &cost, limit);
+        let z = project_weighted(&v, wt, &lower, &upper, &cost, limit);
         let c = cost.cost(&z);
         assert!(c <= limit, "cost {c} over {limit}");
         let clamped: Vec<f64> = v.iter().map(|x| x.min(1.0)).collect();
@@ -179,7 +190,13 @@ fn projection_meets_the_budget_and_is_closest() {
             assert!(*zi >= lower[i] - 1e-12 && *zi <= upper[i] + 1e-12);
         }
         // No feasible point on random rays towards the lower bound is closer to v.
-        let dist = |w: &[f64]| -> f64 { w.iter().zip(&v).map(|(a, b)| (a - b).powi(2)).sum() };
+        let dist = |p: &[f64]| -> f64 {
+            p.iter()
+                .zip(&v)
+                .zip(wt.iter())
+                .map(|((a, b), w)| w * (a - b).powi(2))
+                .sum()
+        };
         for _ in 0..200 {
             let dir: Vec<f64> = (0..n).map(|_| rng.random_range(0.0..1.0)).collect();
             let at = |t: f64| -> Vec<f64> {
@@ -202,7 +219,7 @@ fn projection_meets_the_budget_and_is_closest() {
         // A feasible point projects onto itself (after clamping).
         let inside: Vec<f64> = z.iter().map(|z| (z * 0.9).max(0.0)).collect();
         let inside: Vec<f64> = inside.iter().zip(&lower).map(|(a, l)| a.max(*l)).collect();
-        let p = project(&inside, &lower, &upper, &cost, limit);
+        let p = project_weighted(&inside, wt, &lower, &upper, &cost, limit);
         for (a, b) in p.iter().zip(&inside) {
             assert!((a - b).abs() < 1e-12);
         }

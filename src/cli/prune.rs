@@ -11,6 +11,7 @@ use lopper::data::DatasetName;
 use lopper::fsutil::write_atomic;
 use lopper::model::Model;
 use lopper::model::NoHook;
+use lopper::prune::admm::AdmmMetric;
 use lopper::prune::allocation::Amount;
 use lopper::prune::dsa::{Dsa, DsaConfig};
 use lopper::prune::iterative::{IterativeConfig, iterative_prune, width_ratios};
@@ -129,6 +130,10 @@ pub struct PruneArgs {
     /// DSA: initial ADMM penalty (it grows ×1.05 per epoch).
     #[arg(long, default_value_t = 1.0)]
     pub rho: f64,
+    /// DSA: metric of the ADMM penalty and budget projection: euclidean (ALGORITHMS.md) or
+    /// cost-share (each group weighted by its share of the cost: a uniform prior).
+    #[arg(long, value_enum, default_value = "euclidean")]
+    pub admm_metric: AdmmMetric,
     /// DSA: share of the training data held out for the keep-ratio steps.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -346,6 +351,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     ratio_every: a.ratio_every,
                     ratio_lr: a.ratio_lr,
                     rho: a.rho,
+                    metric: a.admm_metric,
                     ..DsaConfig::default()
                 };
                 let val = data

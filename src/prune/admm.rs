@@ -34,6 +34,56 @@ pub struct Admm {
     pub upper: Vec<f64>,
     /// The budget in the cost model's units.
     pub limit: f64,
+    /// Per-group weights of the ADMM metric `sum_g w_g (z_g - v_g)^2` (all 1: Euclidean).
+    pub weights: Vec<f64>,
+}
+
+/// The metric of the ADMM penalty and projection.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+pub enum AdmmMetric {
+    /// `|z - v|^2`, as ALGORITHMS.md states it. A group whose ratio carries much cost per
+    /// unit (lenet5's conv1, whose width scales conv1 and conv2) is where the projection
+    /// cuts first.
+    #[default]
+    Euclidean,
+    /// `sum_g w_g (z_g - v_g)^2` with `w_g` the group's share of the dense cost's gradient
+    /// (mean 1 over prunable groups): from a dense start the projection lowers every ratio
+    /// by about the same amount (a uniform prior), and the loss decides the differences.
+    CostShare,
+}
+
+/// The weights of `metric` for `groups` under `cost` (1 for protected groups).
+pub fn metric_weights(
+    metric: AdmmMetric,
+    groups: &[ChannelGroup],
+    cost: &dyn CostModel,
+) -> Vec<f64> {
+    let n = groups.len();
+    if metric == AdmmMetric::Euclidean {
+        return vec![1.0; n];
+    }
+    let g = cost.grad(&vec![1.0; n]);
+    let prunable: Vec<usize> = (0..n).filter(|&i| groups[i].is_prunable()).collect();
+    let mean = prunable.iter().map(|&i| g[i].max(0.0)).sum::<f64>() / prunable.len().max(1) as f64;
+    (0..n)
+        .map(|i| {
+            if groups[i].is_prunable() && mean > 0.0 {
+                (g[i].max(0.0) / mean).max(1e-3)
+            } else {
+                1.0
+            }
+        })
+        .collect()
 }
 
 impl Admm {
@@ -45,13 +95,21 @@ impl Admm {
             lower,
             upper,
             limit,
+            weights: vec![1.0; a.len()],
         }
     }
 
     /// The z and u updates after an a step.
     pub fn update(&mut self, a: &[f64], cost: &dyn CostModel) {
         let v: Vec<f64> = a.iter().zip(&self.u).map(|(a, u)| a + u).collect();
-        self.z = project(&v, &self.lower, &self.upper, cost, self.limit);
+        self.z = project_weighted(
+            &v,
+            &self.weights,
+            &self.lower,
+            &self.upper,
+            cost,
+            self.limit,
+        );
         for ((u, a), z) in self.u.iter_mut().zip(a).zip(&self.z) {
             *u += a - z;
         }
@@ -72,6 +130,19 @@ pub fn project(
     cost: &dyn CostModel,
     limit: f64,
 ) -> Vec<f64> {
+    project_weighted(v, &vec![1.0; v.len()], lower, upper, cost, limit)
+}
+
+/// `argmin sum_i w_i (z_i - v_i)^2` subject to `cost(z) <= limit` and `lower <= z <= upper`
+/// (`w > 0`); [`project`] is the case `w = 1`.
+pub fn project_weighted(
+    v: &[f64],
+    w: &[f64],
+    lower: &[f64],
+    upper: &[f64],
+    cost: &dyn CostModel,
+    limit: f64,
+) -> Vec<f64> {
     let clamp = |z: &mut [f64]| {
         for ((z, lo), hi) in z.iter_mut().zip(lower).zip(upper) {
             *z = z.clamp(*lo, *hi);
@@ -82,13 +153,13 @@ pub fn project(
         let mut z = v.to_vec();
         clamp(&mut z);
         // The normalised cost's curvature is at most about 2 (a bilinear form whose
-        // coefficients sum to 1), so this step is stable.
-        let step = 1.0 / (1.0 + 2.0 * lambda);
+        // coefficients sum to 1), so this (diagonally scaled) step is stable.
         for _ in 0..500 {
             let g = cost.grad(&z);
             let mut moved = 0.0f64;
             for i in 0..z.len() {
-                let new = (z[i] - step * ((z[i] - v[i]) + lambda * g[i] / dense))
+                let step = 1.0 / (w[i] + 2.0 * lambda);
+                let new = (z[i] - step * (w[i] * (z[i] - v[i]) + lambda * g[i] / dense))
                     .clamp(lower[i], upper[i]);
                 moved = moved.max((new - z[i]).abs());
                 z[i] = new;

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use super::admm::{Admm, ratio_bounds};
+use super::admm::{Admm, AdmmMetric, metric_weights, ratio_bounds};
 use super::allocation::CostModel;
 use super::groups::ChannelGroup;
 use super::importance::{Criterion, channel_scores};
@@ -51,6 +51,10 @@ pub struct DsaConfig {
     /// the budget gradually and the loss gradient has time to shape them, instead of the dual
     /// variable slamming every ratio down in the first few steps.
     pub budget_ramp: f64,
+    /// The metric of the ADMM penalty and projection (Euclidean as in ALGORITHMS.md, or
+    /// weighted by each group's share of the cost).
+    #[serde(default)]
+    pub metric: AdmmMetric,
 }
 
 impl Default for DsaConfig {
@@ -65,6 +69,7 @@ impl Default for DsaConfig {
             rho_growth: 1.05,
             init_logit: 5.0,
             budget_ramp: 0.5,
+            metric: AdmmMetric::Euclidean,
         }
     }
 }
@@ -282,7 +287,8 @@ impl Dsa {
                 "the budget ({limit:.6e}) is below the smallest reachable cost ({floor:.6e}, one channel per group)"
             )));
         }
-        let admm = Admm::new(&a, lower, upper, cfg.rho, limit);
+        let mut admm = Admm::new(&a, lower, upper, cfg.rho, limit);
+        admm.weights = metric_weights(cfg.metric, &groups, cost.as_ref());
         let train_device = device.clone().autodiff();
         let log_imp = log_importance(model, &groups, device)?;
         let empty = ChannelMasks::new(&model.graph, &groups, &vec![None; n], device);
@@ -488,9 +494,9 @@ impl Dsa {
             *acc += g;
         }
         let eta = self.cfg.ratio_lr;
-        let rho = self.admm.rho;
         for g in self.groups.iter().filter(|g| g.is_prunable()).map(|g| g.id) {
             let target = self.admm.z[g] - self.admm.u[g];
+            let rho = self.admm.rho * self.admm.weights[g];
             let next = (a[g] / eta - dl_da[g] + rho * target) / (1.0 / eta + rho);
             // Keep a within (1/(2C), 1): one channel always survives hardening.
             let lo = (0.5 / self.groups[g].channels as f64).max(1e-4);
