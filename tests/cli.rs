@@ -386,4 +386,18 @@ fn train_eval_resume_on_mnist() {
         !o.status.success() && e.contains("smallest reachable"),
         "{e}"
     );
+    // That folder holds no progress, so a corrected command may use it.
+    let o = lopper(&[
+        "prune",
+        "--run",
+        out_s,
+        "--method",
+        "l1",
+        "--budget",
+        "macs=0.5",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

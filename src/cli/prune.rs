@@ -197,7 +197,12 @@ struct AllocationRecord {
 fn resolve(a: PruneArgs) -> Result<PruneArgs> {
     let saved = a.out.join(COMMAND_FILE);
     if !a.resume {
-        if RunDir::new(&a.out).config_path().exists() || saved.exists() {
+        // A folder with only the saved command made no progress worth keeping (the prune
+        // stopped on an error before any phase finished): it may be reused.
+        let progress = [ALLOCATION_DIR, PRUNED_DIR, "config.toml"]
+            .iter()
+            .any(|p| a.out.join(p).exists());
+        if progress {
             bail!(
                 "{} already holds a prune run; pass --resume to continue it, or choose another --out",
                 a.out.display()
