@@ -206,3 +206,22 @@ fn taylor_scores_from_data() {
         );
     }
 }
+
+#[test]
+fn taylor_scores_compare_across_groups_only_where_every_group_has_batchnorm() {
+    use lopper::prune::importance::comparable_across_groups;
+    let r20 = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let lenet = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let (r20m, lenetm) = (
+        Model::init(r20.clone(), 0, &Device::flex()).unwrap(),
+        Model::init(lenet.clone(), 0, &Device::flex()).unwrap(),
+    );
+    let (g20, gl) = (
+        channel_groups(&r20, &[]).unwrap(),
+        channel_groups(&lenet, &[]).unwrap(),
+    );
+    assert!(comparable_across_groups(Criterion::Taylor, &r20m, &g20));
+    assert!(!comparable_across_groups(Criterion::L1, &r20m, &g20));
+    // LeNet-5 has no BatchNorm: its "taylor" scores are filter norms.
+    assert!(!comparable_across_groups(Criterion::Taylor, &lenetm, &gl));
+}

@@ -93,6 +93,22 @@ fn norm_scores(model: &Model, g: &ChannelGroup, l2: bool) -> Result<Vec<f64>> {
     Ok(s)
 }
 
+/// Whether `criterion`'s scores on `model` compare across groups as they are: Taylor scores
+/// estimate the loss change of removing a channel (Molchanov et al. 2019 rank them globally),
+/// provided every prunable group has a BatchNorm to take them from (otherwise some groups fall
+/// back to filter norms, which do not compare with them).
+pub fn comparable_across_groups(
+    criterion: Criterion,
+    model: &Model,
+    groups: &[ChannelGroup],
+) -> bool {
+    criterion == Criterion::Taylor
+        && groups
+            .iter()
+            .filter(|g| g.is_prunable())
+            .all(|g| !bn_members(model, g).is_empty())
+}
+
 /// Scores of every prunable group (empty vectors for protected ones), on the model's weights.
 /// `data` is used by the Taylor criterion only (`batches` batches of it, on `device`).
 pub fn channel_scores(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::allocation::{CostModel, counts_cost};
 use super::groups::{ChannelGroup, channel_groups};
-use super::importance::{Criterion, channel_scores};
+use super::importance::{Criterion, channel_scores, comparable_across_groups};
 use super::mask::Selection;
 use super::surgery::prune_model;
 use crate::data::Batcher;
@@ -130,13 +130,21 @@ pub fn iterative_prune(
             device,
             step as u64,
         )?;
-        // Importance per unit of resource: group-normalised score over the cost of one
-        // channel of the group at the current widths.
+        // Importance per unit of resource: score over the cost of one channel of the group
+        // at the current widths. Taylor scores (loss-change estimates) compare across groups
+        // as they are; magnitudes are normalised by their group's mean. Normalising Taylor
+        // too would leave the cost per channel alone to pick the group to cut: on resnet20
+        // that took the stage-1 residual group from 16 channels to 1.
+        let raw = comparable_across_groups(cfg.criterion, &model, &groups);
         let grad = cost.grad(&r);
         let mut order: Vec<(f64, usize, usize)> = vec![];
         for g in groups.iter().filter(|g| g.is_prunable()) {
             let s = &scores[g.id];
-            let mean = (s.iter().sum::<f64>() / s.len() as f64).max(1e-30);
+            let mean = if raw {
+                1.0
+            } else {
+                (s.iter().sum::<f64>() / s.len() as f64).max(1e-30)
+            };
             let per_channel = (grad[g.id] / dense_groups[g.id].channels as f64).max(1e-30);
             for (i, v) in s.iter().enumerate() {
                 order.push((v / mean / per_channel, g.id, i));
