@@ -169,7 +169,7 @@ latency_budgets() {
     local name; name="lat-$prof-$frac-$(echo "$args" | awk '{print $2}')"
     rm -rf "bench/runs/$name"
     RAYON_NUM_THREADS=$threads "$lopper" prune --run "$run" $args --budget "latency=$frac" \
-      --profile "bench/runs/$prof.profile.json" --out "bench/runs/$name" --quiet 2> "bench/runs/$name.log" || true
+      --profile "bench/runs/$prof.profile.json" --out "bench/runs/$name" > /dev/null 2> "bench/runs/$name.log" || true
     rows+=("$name")
   done
   python3 - "${rows[@]}" <<'PY'
