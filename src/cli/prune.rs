@@ -365,7 +365,6 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     .context("DSA needs a validation split: use --val-fraction > 0")?
                     .shuffled(cfg.batch_size);
                 let log = a.out.join("dsa_log.jsonl");
-                let _ = std::fs::remove_file(&log);
                 let mut dsa = Dsa::new(
                     &dense,
                     groups.clone(),

@@ -521,6 +521,21 @@ impl Dsa {
         Ok(())
     }
 
+    /// Rewrites the log from the history (a line per epoch, a few in all), atomically, so it
+    /// never holds a partial line or an epoch past the state it belongs to.
+    fn write_log(&self) -> Result<()> {
+        let Some(path) = &self.log_path else {
+            return Ok(());
+        };
+        let mut text = String::new();
+        for e in &self.history {
+            text += &serde_json::to_string(e)
+                .map_err(|e| LopperError::Config(format!("cannot write the DSA log: {e}")))?;
+            text.push('\n');
+        }
+        crate::fsutil::write_atomic(path, text.as_bytes())
+    }
+
     fn record(&mut self, epoch: usize, test_top1: Option<f64>) -> Result<()> {
         let a = self.ratios();
         let entry = DsaEpoch {
@@ -538,18 +553,8 @@ impl Dsa {
                 .collect(),
             test_top1,
         };
-        if let Some(path) = &self.log_path {
-            use std::io::Write;
-            let line = serde_json::to_string(&entry)
-                .map_err(|e| LopperError::Config(format!("cannot write the DSA log: {e}")))?;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| LopperError::io(path, e))?;
-            writeln!(f, "{line}").map_err(|e| LopperError::io(path, e))?;
-        }
         self.history.push(entry);
+        self.write_log()?;
         self.val_loss_sum = 0.0;
         self.val_steps = 0;
         self.grad_sum.iter_mut().for_each(|g| *g = 0.0);
@@ -639,17 +644,8 @@ impl TrainHook for Dsa {
         self.ratio_steps = st.ratio_steps;
         self.log_imp = st.log_imp;
         self.history = st.history;
-        // The log holds what the interrupted run wrote, perhaps an epoch past the checkpoint:
-        // rewrite it from the restored history.
-        if let Some(path) = &self.log_path {
-            let mut text = String::new();
-            for e in &self.history {
-                text += &serde_json::to_string(e)
-                    .map_err(|e| LopperError::Config(format!("cannot write the DSA log: {e}")))?;
-                text.push('\n');
-            }
-            crate::fsutil::write_atomic(path, text.as_bytes())?;
-        }
+        // The log holds what the interrupted run wrote, perhaps an epoch past the checkpoint.
+        self.write_log()?;
         self.refresh();
         Ok(())
     }
