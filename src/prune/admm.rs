@@ -60,6 +60,16 @@ pub enum AdmmMetric {
     /// (mean 1 over prunable groups): from a dense start the projection lowers every ratio
     /// by about the same amount (a uniform prior), and the loss decides the differences.
     CostShare,
+    /// `w_g` the empirical Fisher information of the keep ratio, the running mean of
+    /// `(dL/da_g)^2` over the ratio steps (normalised to mean 1 over prunable groups, floored
+    /// at 1e-2; Euclidean until the first ratio step). Penalty and projection then form a
+    /// second-order model of the validation loss: the projection cuts group g by about
+    /// `lambda (dR/da_g) / F_g`, so the budget is taken where the loss is least sensitive
+    /// per unit of cost, the trade Taylor-per-cost makes for the iterative method. The
+    /// per-batch gradient of a trained model is mostly noise around zero (its BatchNorm
+    /// scales sit at a minimum), so its mean alone hardly moves the ratios; its spread does
+    /// measure sensitivity.
+    Fisher,
 }
 
 /// The weights of `metric` for `groups` under `cost` (1 for protected groups).
@@ -69,16 +79,25 @@ pub fn metric_weights(
     cost: &dyn CostModel,
 ) -> Vec<f64> {
     let n = groups.len();
-    if metric == AdmmMetric::Euclidean {
-        return vec![1.0; n];
+    match metric {
+        // The Fisher weights come from the ratio steps; before the first, Euclidean.
+        AdmmMetric::Euclidean | AdmmMetric::Fisher => vec![1.0; n],
+        AdmmMetric::CostShare => normalised_weights(groups, &cost.grad(&vec![1.0; n]), 1e-3),
     }
-    let g = cost.grad(&vec![1.0; n]);
-    let prunable: Vec<usize> = (0..n).filter(|&i| groups[i].is_prunable()).collect();
-    let mean = prunable.iter().map(|&i| g[i].max(0.0)).sum::<f64>() / prunable.len().max(1) as f64;
-    (0..n)
+}
+
+/// Per-group weights proportional to `raw` with mean 1 over the prunable groups, at least
+/// `floor`; 1 for protected groups (and for all when `raw` is zero on every prunable group).
+pub fn normalised_weights(groups: &[ChannelGroup], raw: &[f64], floor: f64) -> Vec<f64> {
+    let prunable: Vec<usize> = (0..groups.len())
+        .filter(|&i| groups[i].is_prunable())
+        .collect();
+    let mean =
+        prunable.iter().map(|&i| raw[i].max(0.0)).sum::<f64>() / prunable.len().max(1) as f64;
+    (0..groups.len())
         .map(|i| {
             if groups[i].is_prunable() && mean > 0.0 {
-                (g[i].max(0.0) / mean).max(1e-3)
+                (raw[i].max(0.0) / mean).max(floor)
             } else {
                 1.0
             }

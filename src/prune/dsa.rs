@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use super::admm::{Admm, AdmmMetric, metric_weights, ratio_bounds};
+use super::admm::{Admm, AdmmMetric, metric_weights, normalised_weights, ratio_bounds};
 use super::allocation::CostModel;
 use super::groups::ChannelGroup;
 use super::importance::{Criterion, channel_scores};
@@ -175,6 +175,9 @@ pub struct DsaEpoch {
     pub val_loss: Option<f64>,
     /// Mean dL/da per group over the epoch's ratio steps (the loss's pull on each ratio).
     pub loss_grad: Vec<f64>,
+    /// Weights of the ADMM metric per group (all 1 for Euclidean).
+    #[serde(default)]
+    pub metric_weights: Vec<f64>,
     pub test_top1: Option<f64>,
 }
 
@@ -191,6 +194,10 @@ struct DsaState {
     ratio_steps: usize,
     log_imp: Vec<Vec<f64>>,
     history: Vec<DsaEpoch>,
+    #[serde(default)]
+    grad_sq_sum: Vec<f64>,
+    #[serde(default)]
+    weights: Vec<f64>,
 }
 
 /// Masks for both kinds of forward pass: sampled ones while training (autodiff values), the
@@ -235,6 +242,9 @@ pub struct Dsa {
     val_loss_sum: f64,
     val_steps: usize,
     grad_sum: Vec<f64>,
+    /// Sum of `(dL/da)^2` per group over the whole allocation phase (the Fisher metric's
+    /// estimate, up to the step count its normalisation removes).
+    grad_sq_sum: Vec<f64>,
     train_device: Device,
     eval_device: Device,
     rng: StdRng,
@@ -315,6 +325,7 @@ impl Dsa {
             val_loss_sum: 0.0,
             val_steps: 0,
             grad_sum: vec![0.0; n],
+            grad_sq_sum: vec![0.0; n],
             train_device,
             eval_device: device.clone(),
             rng: StdRng::seed_from_u64(crate::data::seed_mix(&[seed, 0xD5A])),
@@ -493,6 +504,12 @@ impl Dsa {
         for (acc, g) in self.grad_sum.iter_mut().zip(&dl_da) {
             *acc += g;
         }
+        for (acc, g) in self.grad_sq_sum.iter_mut().zip(&dl_da) {
+            *acc += g * g;
+        }
+        if self.cfg.metric == AdmmMetric::Fisher {
+            self.admm.weights = normalised_weights(&self.groups, &self.grad_sq_sum, 1e-2);
+        }
         let eta = self.cfg.ratio_lr;
         for g in self.groups.iter().filter(|g| g.is_prunable()).map(|g| g.id) {
             let target = self.admm.z[g] - self.admm.u[g];
@@ -551,6 +568,7 @@ impl Dsa {
                 .iter()
                 .map(|g| g / self.val_steps.max(1) as f64)
                 .collect(),
+            metric_weights: self.admm.weights.clone(),
             test_top1,
         };
         self.history.push(entry);
@@ -618,6 +636,8 @@ impl TrainHook for Dsa {
             ratio_steps: self.ratio_steps,
             log_imp: self.log_imp.clone(),
             history: self.history.clone(),
+            grad_sq_sum: self.grad_sq_sum.clone(),
+            weights: self.admm.weights.clone(),
         };
         serde_json::to_value(state)
             .map(Some)
@@ -644,6 +664,10 @@ impl TrainHook for Dsa {
         self.ratio_steps = st.ratio_steps;
         self.log_imp = st.log_imp;
         self.history = st.history;
+        if st.grad_sq_sum.len() == n && st.weights.len() == n {
+            self.grad_sq_sum = st.grad_sq_sum;
+            self.admm.weights = st.weights;
+        }
         // The log holds what the interrupted run wrote, perhaps an epoch past the checkpoint.
         self.write_log()?;
         self.refresh();
