@@ -72,3 +72,64 @@ fn latency_model_matches_profile_and_has_gradients() {
     let ms: Budget = "latency=2.5ms".parse().unwrap();
     assert_eq!(ms.to_string(), "latency=2.5ms");
 }
+
+/// The build-and-measure search lands in [0.9, 1] of the budget on a "device" whose latency
+/// is not what the cost model predicts (here: a fixed 30% plus a curve of the predicted
+/// cost), keeps the best candidate, and returns the fastest one when nothing fits.
+#[test]
+fn calibration_lands_in_the_window_of_the_measurement() {
+    use lopper::prune::latency::calibrate;
+    let device = |predicted: &f64| 0.3 + 0.7 * predicted.max(0.0).powf(0.6);
+    let mut rounds = vec![];
+    let (built, measured) = calibrate(
+        0.5,
+        0.5,
+        5,
+        |lim| Ok(lim),
+        device,
+        |r, lim, ms| rounds.push((r, lim, ms)),
+    )
+    .unwrap();
+    assert!(
+        (0.45..=0.5).contains(&measured),
+        "measured {measured} after {rounds:?}"
+    );
+    assert_eq!(measured, device(&built));
+    // The first round (the prediction taken at its word) misses: 0.3 + 0.7 * 0.5^0.6 > 0.5.
+    assert!(rounds[0].2 > 0.5 && rounds.len() > 1, "{rounds:?}");
+    // Nothing reaches the budget: the fastest build is returned.
+    let (built, measured) = calibrate(0.1, 0.1, 3, |lim| Ok(lim), device, |_, _, _| {}).unwrap();
+    assert!(measured > 0.1);
+    let fastest = device(&built);
+    assert!(fastest <= device(&0.1) + 1e-12);
+    // A failing first build is an error; a failing later one ends the search.
+    assert!(
+        calibrate(
+            0.5,
+            0.5,
+            3,
+            |_| Err::<f64, _>(lopper::LopperError::Config("x".into())),
+            device,
+            |_, _, _| {}
+        )
+        .is_err()
+    );
+    let mut n = 0;
+    let (built, _) = calibrate(
+        0.5,
+        0.5,
+        5,
+        |lim| {
+            n += 1;
+            if n == 1 {
+                Ok(lim)
+            } else {
+                Err(lopper::LopperError::Config("out of reach".into()))
+            }
+        },
+        device,
+        |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(built, 0.5);
+}

@@ -15,7 +15,7 @@ use lopper::prune::admm::AdmmMetric;
 use lopper::prune::allocation::Amount;
 use lopper::prune::dsa::{Dsa, DsaConfig};
 use lopper::prune::iterative::{IterativeConfig, iterative_prune, width_ratios};
-use lopper::prune::latency::{LatencyProfile, model_latency_ms};
+use lopper::prune::latency::{LatencyProfile, MODEL_REPS, calibrate, model_latency_ms};
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
 use lopper::prune::{
     Allocation, Budget, Criterion, Metric, allocate, channel_groups, channel_scores, harden,
@@ -131,7 +131,8 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 1.0)]
     pub rho: f64,
     /// DSA: metric of the ADMM penalty and budget projection: euclidean (ALGORITHMS.md) or
-    /// cost-share (each group weighted by its share of the cost: a uniform prior).
+    /// cost-share (each group weighted by its share of the cost: a uniform prior) or fisher
+    /// (weighted by the mean squared loss gradient of its ratio: a second-order model).
     #[arg(long, value_enum, default_value = "euclidean")]
     pub admm_metric: AdmmMetric,
     /// DSA: share of the training data held out for the keep-ratio steps.
@@ -442,7 +443,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 let mut ft = cfg.clone();
                 ft.lr = a.lr;
                 let measure_latency = |m: &Model| match &profile {
-                    Some(p) => model_latency_ms(m, p.batch, 30, &device),
+                    Some(p) => model_latency_ms(m, p.batch, MODEL_REPS, &device),
                     None => f64::NAN,
                 };
                 let latency_budget = profile.is_some() && budget.resource == Metric::Latency;
@@ -578,8 +579,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     // Latency is measured in inference mode, off the autodiff device.
     let final_model = final_model.valid();
     let latency = |batch: usize| BeforeAfter {
-        before: model_latency_ms(&dense, batch, 10, &device),
-        after: model_latency_ms(&final_model, batch, 10, &device),
+        before: model_latency_ms(&dense, batch, MODEL_REPS, &device),
+        after: model_latency_ms(&final_model, batch, MODEL_REPS, &device),
     };
     let report = PruneReport {
         model: dense.graph.name.clone(),
@@ -664,40 +665,20 @@ fn calibrated(
     let (Metric::Latency, Some(profile)) = (resource, profile) else {
         return Ok((build(limit)?, None));
     };
-    let mut model_limit = limit;
-    let mut best: Option<(Model, f64)> = None;
-    for round in 1..=5 {
-        let model = match build(model_limit) {
-            Ok(m) => m,
-            Err(e) if best.is_some() => {
-                if !quiet {
-                    eprintln!("latency calibration stops: {e}");
-                }
-                break;
+    let (model, measured) = calibrate(
+        limit,
+        limit,
+        5,
+        build,
+        |m| model_latency_ms(m, profile.batch, MODEL_REPS, device),
+        |round, model_limit, measured| {
+            if !quiet {
+                eprintln!(
+                    "latency calibration round {round}: predicted limit {model_limit:.3} ms, measured {measured:.3} ms (budget {limit:.3} ms)"
+                );
             }
-            Err(e) => return Err(e.into()),
-        };
-        let measured = model_latency_ms(&model, profile.batch, 30, device);
-        if !quiet {
-            eprintln!(
-                "latency calibration round {round}: predicted limit {model_limit:.3} ms, measured {measured:.3} ms (budget {limit:.3} ms)"
-            );
-        }
-        let better = match &best {
-            None => true,
-            Some((_, b)) if *b > limit => measured < *b,
-            Some((_, b)) => measured <= limit && measured > *b,
-        };
-        if better {
-            best = Some((model, measured));
-        }
-        if measured <= limit && measured >= 0.9 * limit {
-            break;
-        }
-        // Aim at the middle of the window.
-        model_limit *= 0.95 * limit / measured;
-    }
-    let (model, measured) = best.expect("at least one round ran");
+        },
+    )?;
     Ok((model, Some(measured)))
 }
 

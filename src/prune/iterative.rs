@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::allocation::{CostModel, counts_cost};
 use super::groups::{ChannelGroup, channel_groups};
 use super::importance::{Criterion, channel_scores, comparable_across_groups};
+use super::latency::calibrate;
 use super::mask::Selection;
 use super::surgery::prune_model;
 use crate::data::Batcher;
@@ -117,7 +118,8 @@ pub fn iterative_prune(
         }
         let gap = now - limit;
         let initial_gap = *initial_gap.get_or_insert(gap);
-        let target = if gap <= cfg.step_share * initial_gap {
+        let last = gap <= cfg.step_share * initial_gap;
+        let target = if last {
             limit
         } else {
             limit + (1.0 - cfg.step_share) * gap
@@ -151,53 +153,91 @@ pub fn iterative_prune(
             }
         }
         order.sort_by(|x, y| x.0.total_cmp(&y.0));
-        let mut keep: Vec<Vec<bool>> = groups.iter().map(|g| vec![true; g.channels]).collect();
-        let mut counts: Vec<usize> = groups.iter().map(|g| g.channels).collect();
-        let mut current = predicted;
-        let mut removed = vec![];
-        for &(_, g, i) in &order {
-            if current <= target {
-                break;
-            }
-            if counts[g] <= 1 {
-                continue;
-            }
-            keep[g][i] = false;
-            counts[g] -= 1;
-            removed.push((g, i));
-            current = counts_cost(&dense_groups, cost, &counts);
-        }
-        // The last removal can overshoot the target by a whole channel of an expensive group
-        // (one of lenet5's six conv1 channels is several percent of its MACs): take back the
-        // removed channels, most important first, that still fit under the target.
-        let mut taken_back = 0;
-        for &(g, i) in removed.iter().rev() {
-            counts[g] += 1;
-            let c = counts_cost(&dense_groups, cost, &counts);
-            if c <= target {
-                keep[g][i] = true;
-                current = c;
-                taken_back += 1;
-            } else {
+        // The channels to keep for a target in the cost model's units: the least important
+        // per unit of resource go first until the predicted cost is under the target.
+        let select = |target: f64| -> Result<(Selection, f64, usize)> {
+            let mut keep: Vec<Vec<bool>> = groups.iter().map(|g| vec![true; g.channels]).collect();
+            let mut counts: Vec<usize> = groups.iter().map(|g| g.channels).collect();
+            let mut current = predicted;
+            let mut removed = vec![];
+            for &(_, g, i) in &order {
+                if current <= target {
+                    break;
+                }
+                if counts[g] <= 1 {
+                    continue;
+                }
+                keep[g][i] = false;
                 counts[g] -= 1;
+                removed.push((g, i));
+                current = counts_cost(&dense_groups, cost, &counts);
             }
-        }
-        let removed = removed.len() - taken_back;
-        if removed == 0 {
-            return Err(LopperError::Config(format!(
-                "iterative pruning is stuck at cost {current:.6e} above the budget {limit:.6e}"
-            )));
-        }
-        let selection = Selection {
-            keep: groups
-                .iter()
-                .map(|g| {
-                    let k: Vec<usize> = (0..g.channels).filter(|&i| keep[g.id][i]).collect();
-                    (k.len() < g.channels).then_some(k)
-                })
-                .collect(),
+            // The last removal can overshoot the target by a whole channel of an expensive
+            // group (one of lenet5's six conv1 channels is several percent of its MACs): take
+            // back the removed channels, most important first, that still fit under the
+            // target.
+            let mut taken_back = 0;
+            for &(g, i) in removed.iter().rev() {
+                counts[g] += 1;
+                let c = counts_cost(&dense_groups, cost, &counts);
+                if c <= target {
+                    keep[g][i] = true;
+                    current = c;
+                    taken_back += 1;
+                } else {
+                    counts[g] -= 1;
+                }
+            }
+            let removed = removed.len() - taken_back;
+            if removed == 0 {
+                return Err(LopperError::Config(format!(
+                    "iterative pruning is stuck at cost {current:.6e} above the budget {limit:.6e}"
+                )));
+            }
+            let selection = Selection {
+                keep: groups
+                    .iter()
+                    .map(|g| {
+                        let k: Vec<usize> = (0..g.channels).filter(|&i| keep[g.id][i]).collect();
+                        (k.len() < g.channels).then_some(k)
+                    })
+                    .collect(),
+            };
+            Ok((selection, current, removed))
         };
-        model = prune_model(&model, &groups, &selection, device)?;
+        let build = |target: f64| -> Result<(Model, f64, usize)> {
+            let (selection, current, removed) = select(target)?;
+            Ok((
+                prune_model(&model, &groups, &selection, device)?,
+                current,
+                removed,
+            ))
+        };
+        // The last step of a measured budget is a build-and-measure search (as the one-shot
+        // methods do): the measured/predicted scale of the current widths drifts as the
+        // widths shrink, so one rescaled target can land well under the budget.
+        let (next, current, removed) = match measure {
+            Some(m) if last => {
+                calibrate(
+                    limit,
+                    target,
+                    5,
+                    build,
+                    |(pruned, _, _)| m(pruned),
+                    |round, model_limit, measured| {
+                        if progress {
+                            eprintln!(
+                                "iterative step {step}, latency round {round}: predicted limit {model_limit:.4}, measured {:.4} of the budget",
+                                measured / limit
+                            );
+                        }
+                    },
+                )?
+                .0
+            }
+            _ => build(target)?,
+        };
+        model = next;
         log.push(IterativeStep {
             step,
             cost: current * scale,

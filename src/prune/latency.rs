@@ -121,17 +121,37 @@ fn single_op(graph: &Graph, node: &Node, fin: f64, fout: f64) -> Result<Graph> {
     b.finish(y)
 }
 
+/// Repetitions of a whole-model measurement (`model_latency_ms`); every caller (the profile's
+/// dense time, the calibration, the iterative method's stop, the report) uses the same count,
+/// so they all report the same statistic.
+pub const MODEL_REPS: usize = 30;
+
+/// The timing statistic: after a warm-up (at least two calls and 20 ms), `reps` timed calls
+/// in three blocks; the result is the smallest of the blocks' medians. A median alone still
+/// moved by tens of percent between two measurements of the same model on a shared machine
+/// (another process, a frequency change, an allocator warming up during one block); the
+/// minimum over blocks keeps the quiet block, which is the model's own cost.
 fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps.max(1))
+    let warm = Instant::now();
+    let mut calls = 0;
+    while calls < 2 || warm.elapsed().as_secs_f64() < 0.02 {
+        f();
+        calls += 1;
+    }
+    let per_block = reps.max(3).div_ceil(3);
+    (0..3)
         .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
+            let mut t: Vec<f64> = (0..per_block)
+                .map(|_| {
+                    let s = Instant::now();
+                    f();
+                    s.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
         })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn input_value(graph: &Graph, batch: usize, device: &Device) -> Value {
@@ -158,7 +178,8 @@ fn sync_value(v: Value) {
     };
 }
 
-/// Median forward latency in ms of a whole model at `batch` (eval mode).
+/// Forward latency in ms of a whole model at `batch` (eval mode), by the one timing
+/// statistic (see `time_ms`) over `reps` calls ([`MODEL_REPS`] in the product).
 pub fn model_latency_ms(model: &Model, batch: usize, reps: usize, device: &Device) -> f64 {
     let x = input_value(&model.graph, batch, device);
     time_ms(reps, || {
@@ -209,7 +230,7 @@ pub fn profile(
         });
     }
     let dense = Model::init(graph.clone(), 0, device)?;
-    let dense_ms = model_latency_ms(&dense, batch, reps, device);
+    let dense_ms = model_latency_ms(&dense, batch, MODEL_REPS, device);
     Ok(LatencyProfile {
         format_version: PROFILE_FORMAT_VERSION,
         model: graph.name.clone(),
@@ -348,4 +369,82 @@ impl LatencyModel {
     pub fn dense(&self) -> f64 {
         self.eval(&vec![1.0; self.groups])
     }
+}
+
+/// Builds and measures until the measured latency lands in `[0.9 limit, limit]`: the
+/// profile only predicts latency (per-layer times do not add up exactly, and a pruned width
+/// can run faster or slower than the grid around it suggests), so the limit the build is
+/// given (starting at `start`, in the cost model's units) is corrected after each round,
+/// aiming at 0.95 of the budget: by budget/measured after the first round, then along the
+/// line through two measured rounds (the ones that bracket the budget once there are such),
+/// because a fixed cost the profile misses makes the proportional correction crawl. Returns the best model found in
+/// `rounds` rounds (within the budget and closest to it; or, if none fits, the fastest) and
+/// its measured latency. `log` sees each round's model limit and measurement. A build that
+/// fails after the first round (the budget is out of reach at the rescaled limit) ends the
+/// search with what was found.
+pub fn calibrate<T>(
+    limit: f64,
+    start: f64,
+    rounds: usize,
+    mut build: impl FnMut(f64) -> Result<T>,
+    measure: impl Fn(&T) -> f64,
+    mut log: impl FnMut(usize, f64, f64),
+) -> Result<(T, f64)> {
+    let mut model_limit = start;
+    let mut best: Option<(T, f64)> = None;
+    let mut points: Vec<(f64, f64)> = vec![];
+    for round in 1..=rounds.max(1) {
+        let candidate = match build(model_limit) {
+            Ok(m) => m,
+            Err(_) if best.is_some() => break,
+            Err(e) => return Err(e),
+        };
+        let measured = measure(&candidate);
+        log(round, model_limit, measured);
+        let better = match &best {
+            None => true,
+            Some((_, b)) if *b > limit => measured < *b,
+            Some((_, b)) => measured <= limit && measured > *b,
+        };
+        let done = measured <= limit && measured >= 0.9 * limit;
+        if better {
+            best = Some((candidate, measured));
+        }
+        if done {
+            break;
+        }
+        points.push((model_limit, measured));
+        model_limit = next_limit(&points, 0.95 * limit);
+    }
+    Ok(best.expect("at least one round ran"))
+}
+
+/// The next model limit of the calibration, aiming the measurement at `aim`, from the
+/// (model limit, measured) pairs so far.
+fn next_limit(points: &[(f64, f64)], aim: f64) -> f64 {
+    let &(x, y) = points.last().expect("one round measured");
+    let proportional = x * aim / y.max(f64::MIN_POSITIVE);
+    // The two points to interpolate between: the closest ones on each side of `aim` if the
+    // rounds bracket it, the last two otherwise.
+    let under = points
+        .iter()
+        .filter(|p| p.1 <= aim)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let over = points
+        .iter()
+        .filter(|p| p.1 > aim)
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let (p, q) = match (under, over) {
+        (Some(u), Some(o)) => (*u, *o),
+        _ if points.len() >= 2 => (points[points.len() - 2], (x, y)),
+        _ => return proportional,
+    };
+    let slope = (q.1 - p.1) / (q.0 - p.0);
+    if !(slope.is_finite() && slope > 0.0) {
+        // Noise or a flat stretch: the line says nothing.
+        return proportional;
+    }
+    let next = p.0 + (aim - p.1) / slope;
+    // An extrapolated line is trusted at most a factor 4 away from the last limit.
+    next.clamp(0.25 * x, 4.0 * x)
 }
