@@ -331,9 +331,11 @@ fn interrupted_allocation_resumes_where_it_stopped() {
         let groups = channel_groups(&dense.graph, &[]).unwrap();
         let cost = ResourceModel::new(Resource::Macs, &dense.graph, &groups);
         let limit = 0.5 * cost.dense_cost();
+        // The Fisher metric carries the most state across a checkpoint (its running sums).
         let dcfg = DsaConfig {
             epochs: 3,
             ratio_every: 2,
+            metric: AdmmMetric::Fisher,
             ..DsaConfig::default()
         };
         Dsa::new(
@@ -382,6 +384,15 @@ fn interrupted_allocation_resumes_where_it_stopped() {
     let resumed = trainer(dir.path()).resume(&data, &mut resumed_dsa).unwrap();
 
     assert_eq!(resumed.history.len(), 3);
+    // The Fisher weights came from the gradients: not uniform, mean 1 over prunable groups.
+    let w = &resumed_dsa.history().last().unwrap().metric_weights;
+    let prunable: Vec<f64> = w[1..w.len() - 1].to_vec();
+    assert!(
+        prunable.iter().any(|x| (x - 1.0).abs() > 1e-3),
+        "weights {w:?}"
+    );
+    assert!((prunable.iter().sum::<f64>() / prunable.len() as f64 - 1.0).abs() < 1e-9);
+    assert_eq!(w, &full_dsa.history().last().unwrap().metric_weights);
     let (a, b) = (full_dsa.ratios(), resumed_dsa.ratios());
     assert_ne!(after_one, a, "the ratios moved in epochs 2 and 3");
     for (x, y) in a.iter().zip(&b) {
