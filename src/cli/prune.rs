@@ -13,7 +13,7 @@ use lopper::model::Model;
 use lopper::model::NoHook;
 use lopper::prune::admm::AdmmMetric;
 use lopper::prune::allocation::Amount;
-use lopper::prune::dsa::{Dsa, DsaConfig};
+use lopper::prune::dsa::{Dsa, DsaConfig, RatioSignal};
 use lopper::prune::iterative::{IterativeConfig, iterative_prune, width_ratios};
 use lopper::prune::latency::{LatencyProfile, MODEL_REPS, calibrate, model_latency_ms};
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
@@ -124,9 +124,10 @@ pub struct PruneArgs {
     /// DSA: one keep-ratio step every this many weight steps.
     #[arg(long, default_value_t = 5)]
     pub ratio_every: usize,
-    /// DSA: step size of the linearised ADMM update of the keep ratios.
-    #[arg(long, default_value_t = 0.05)]
-    pub ratio_lr: f64,
+    /// DSA: step size of the linearised ADMM update of the keep ratios (default 1 with the
+    /// fisher signal, whose scale is normalised; 0.05 with the sampled one).
+    #[arg(long)]
+    pub ratio_lr: Option<f64>,
     /// DSA: initial ADMM penalty (it grows ×1.05 per epoch).
     #[arg(long, default_value_t = 1.0)]
     pub rho: f64,
@@ -135,6 +136,11 @@ pub struct PruneArgs {
     /// (weighted by the mean squared loss gradient of its ratio: a second-order model).
     #[arg(long, value_enum, default_value = "euclidean")]
     pub admm_metric: AdmmMetric,
+    /// DSA: the channel signal of the keep-ratio gradient: fisher (minus half the running
+    /// mean square of the straight-through gradient: the expected loss increase of dropping
+    /// the channel) or sampled (the straight-through gradient of one batch, ALGORITHMS.md).
+    #[arg(long, value_enum, default_value = "fisher")]
+    pub ratio_signal: RatioSignal,
     /// DSA: share of the training data held out for the keep-ratio steps.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -355,9 +361,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 let dcfg = DsaConfig {
                     epochs: passes,
                     ratio_every: a.ratio_every,
-                    ratio_lr: a.ratio_lr,
+                    ratio_lr: a.ratio_lr.unwrap_or(match a.ratio_signal {
+                        RatioSignal::Fisher => 1.0,
+                        RatioSignal::Sampled => 0.05,
+                    }),
                     rho: a.rho,
                     metric: a.admm_metric,
+                    signal: a.ratio_signal,
                     ..DsaConfig::default()
                 };
                 let val = data

@@ -33,7 +33,9 @@ pub struct DsaConfig {
     pub epochs: usize,
     /// One ratio step every `ratio_every` weight steps.
     pub ratio_every: usize,
-    /// Step size `eta` of the linearised ADMM update of the keep ratios.
+    /// Step size `eta` of the linearised ADMM update of the keep ratios (1 suits the Fisher
+    /// signal, normalised to mean magnitude 1: the ratios reach the ADMM optimum in a few
+    /// dozen steps; the sampled signal's noise wants a small one such as 0.05).
     pub ratio_lr: f64,
     /// Hardness `beta2`, scheduled linearly from `beta2_start` to `beta2_end` over the ratio
     /// steps of the allocation phase (per step, not per epoch: with one allocation epoch a
@@ -55,6 +57,39 @@ pub struct DsaConfig {
     /// weighted by each group's share of the cost).
     #[serde(default)]
     pub metric: AdmmMetric,
+    /// What stands for dL/dp of a channel in the ratio gradient.
+    #[serde(default)]
+    pub signal: RatioSignal,
+}
+
+/// The per-channel loss signal fed to the implicit ratio gradient (ALGORITHMS.md step 4).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+pub enum RatioSignal {
+    /// The straight-through gradient of the sampled mask on one validation batch, as
+    /// ALGORITHMS.md states it. From a trained model its mean is near zero (the BatchNorm
+    /// scales sit at a minimum of the loss, so the first-order change of removing a channel
+    /// averages out) and its spread is large: with a short allocation phase the ADMM
+    /// projection's geometry, not the loss, decides the widths.
+    Sampled,
+    /// The second-order estimate of the same quantity: `dL/dp_i = -F_i / 2`, with `F_i` the
+    /// running mean of the squared straight-through gradient (the Fisher information of the
+    /// channel's mask, Theis et al. 2018's pruning signal). It is the expected loss increase
+    /// of dropping the channel where the first-order term vanishes, always says "more
+    /// channels lower the loss", and by the ADMM optimality condition equalises the
+    /// boundary channels' loss per unit of cost across groups (what Taylor-per-cost does
+    /// for the iterative method). Normalised to a mean magnitude of 1 per ratio step.
+    #[default]
+    Fisher,
 }
 
 impl Default for DsaConfig {
@@ -62,7 +97,7 @@ impl Default for DsaConfig {
         DsaConfig {
             epochs: 3,
             ratio_every: 5,
-            ratio_lr: 0.05,
+            ratio_lr: 1.0,
             beta2_start: 1.0,
             beta2_end: 20.0,
             rho: 1.0,
@@ -70,6 +105,7 @@ impl Default for DsaConfig {
             init_logit: 5.0,
             budget_ramp: 0.5,
             metric: AdmmMetric::Euclidean,
+            signal: RatioSignal::Fisher,
         }
     }
 }
@@ -198,6 +234,10 @@ struct DsaState {
     grad_sq_sum: Vec<f64>,
     #[serde(default)]
     weights: Vec<f64>,
+    #[serde(default)]
+    chan_sq_sum: Vec<Vec<f64>>,
+    #[serde(default)]
+    chan_sq_steps: usize,
 }
 
 /// Masks for both kinds of forward pass: sampled ones while training (autodiff values), the
@@ -245,6 +285,10 @@ pub struct Dsa {
     /// Sum of `(dL/da)^2` per group over the whole allocation phase (the Fisher metric's
     /// estimate, up to the step count its normalisation removes).
     grad_sq_sum: Vec<f64>,
+    /// Sum of the squared straight-through gradient per channel, and the ratio steps summed
+    /// (the Fisher signal's estimate).
+    chan_sq_sum: Vec<Vec<f64>>,
+    chan_sq_steps: usize,
     train_device: Device,
     eval_device: Device,
     rng: StdRng,
@@ -278,6 +322,7 @@ impl Dsa {
             ));
         }
         let n = groups.len();
+        let groups_channels: Vec<usize> = groups.iter().map(|g| g.channels).collect();
         let (cfg_epochs, ratio_every) = (cfg.epochs, cfg.ratio_every);
         let s: Vec<f64> = groups
             .iter()
@@ -326,6 +371,8 @@ impl Dsa {
             val_steps: 0,
             grad_sum: vec![0.0; n],
             grad_sq_sum: vec![0.0; n],
+            chan_sq_sum: groups_channels.iter().map(|&c| vec![0.0; c]).collect(),
+            chan_sq_steps: 0,
             train_device,
             eval_device: device.clone(),
             rng: StdRng::seed_from_u64(crate::data::seed_mix(&[seed, 0xD5A])),
@@ -492,7 +539,34 @@ impl Dsa {
                     .collect(),
                 None => vec![0.0; p.len()],
             };
-            dl_da[g] = ratio_gradient(&dl_dp, p);
+            for (acc, d) in self.chan_sq_sum[g].iter_mut().zip(&dl_dp) {
+                *acc += d * d;
+            }
+            dl_da[g] = match self.cfg.signal {
+                RatioSignal::Sampled => ratio_gradient(&dl_dp, p),
+                RatioSignal::Fisher => {
+                    let steps = (self.chan_sq_steps + 1) as f64;
+                    let expected: Vec<f64> = self.chan_sq_sum[g]
+                        .iter()
+                        .map(|f| -0.5 * f / steps)
+                        .collect();
+                    ratio_gradient(&expected, p)
+                }
+            };
+        }
+        self.chan_sq_steps += 1;
+        if self.cfg.signal == RatioSignal::Fisher {
+            // Only the ratios between groups' signals matter at the ADMM optimum (equal loss
+            // per unit of cost); its magnitude (squared gradients: anything from 1e-6 to 1 by
+            // model and loss) would otherwise set how fast the ratios can follow it against
+            // the penalty. Normalised to a mean magnitude of 1 over the prunable groups.
+            let prunable = self.groups.iter().filter(|g| g.is_prunable());
+            let (sum, count) =
+                prunable.fold((0.0, 0usize), |(s, c), g| (s + dl_da[g.id].abs(), c + 1));
+            let mean = sum / count.max(1) as f64;
+            if mean > 0.0 {
+                dl_da.iter_mut().for_each(|g| *g /= mean);
+            }
         }
         // The model's own gradients from this pass are dropped with `grads`: weights learn
         // on the training split only.
@@ -638,6 +712,8 @@ impl TrainHook for Dsa {
             history: self.history.clone(),
             grad_sq_sum: self.grad_sq_sum.clone(),
             weights: self.admm.weights.clone(),
+            chan_sq_sum: self.chan_sq_sum.clone(),
+            chan_sq_steps: self.chan_sq_steps,
         };
         serde_json::to_value(state)
             .map(Some)
@@ -667,6 +743,10 @@ impl TrainHook for Dsa {
         if st.grad_sq_sum.len() == n && st.weights.len() == n {
             self.grad_sq_sum = st.grad_sq_sum;
             self.admm.weights = st.weights;
+        }
+        if st.chan_sq_sum.len() == n {
+            self.chan_sq_sum = st.chan_sq_sum;
+            self.chan_sq_steps = st.chan_sq_steps;
         }
         // The log holds what the interrupted run wrote, perhaps an epoch past the checkpoint.
         self.write_log()?;
