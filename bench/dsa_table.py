@@ -18,9 +18,10 @@ for run in sys.argv[2:]:
     scratch = r.get("from_scratch", False)
     kind = run.split("-", 2)[2]  # TAG-BUDGET-KIND
     if r["method"] == "dsa":
-        passes = sum(1 for _ in open(f"bench/runs/{run}/dsa_log.jsonl")) - 1
-        x = kind.split("-", 1)[1] if kind.count("-") else str(passes)
-        label = f"DSA{' from scratch' if scratch else ''}, {x if not scratch else passes} allocation epochs"
+        # The --dsa-epochs the run was given (fractions included), from its saved command.
+        cmd = json.load(open(f"bench/runs/{run}/prune_command.json"))["args"]
+        x = cmd[cmd.index("--dsa-epochs") + 1] if "--dsa-epochs" in cmd else "3"
+        label = f"DSA{' from scratch' if scratch else ''}, {x} allocation epochs"
     elif r["method"] == "iterative":
         batches = kind.split("-")[1] if "-" in kind else "100"
         label = f"{r['allocation']}, {batches} batches per step"

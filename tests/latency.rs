@@ -81,14 +81,9 @@ fn calibration_lands_in_the_window_of_the_measurement() {
     use lopper::prune::latency::calibrate;
     let device = |predicted: &f64| 0.3 + 0.7 * predicted.max(0.0).powf(0.6);
     let mut rounds = vec![];
-    let (built, measured) = calibrate(
-        0.5,
-        0.5,
-        5,
-        |lim| Ok(lim),
-        device,
-        |r, lim, ms| rounds.push((r, lim, ms)),
-    )
+    let (built, measured) = calibrate(0.5, 0.5, 5, Ok, device, |r, lim, ms| {
+        rounds.push((r, lim, ms))
+    })
     .unwrap();
     assert!(
         (0.45..=0.5).contains(&measured),
@@ -98,7 +93,7 @@ fn calibration_lands_in_the_window_of_the_measurement() {
     // The first round (the prediction taken at its word) misses: 0.3 + 0.7 * 0.5^0.6 > 0.5.
     assert!(rounds[0].2 > 0.5 && rounds.len() > 1, "{rounds:?}");
     // Nothing reaches the budget: the fastest build is returned.
-    let (built, measured) = calibrate(0.1, 0.1, 3, |lim| Ok(lim), device, |_, _, _| {}).unwrap();
+    let (built, measured) = calibrate(0.1, 0.1, 3, Ok, device, |_, _, _| {}).unwrap();
     assert!(measured > 0.1);
     let fastest = device(&built);
     assert!(fastest <= device(&0.1) + 1e-12);

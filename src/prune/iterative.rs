@@ -227,8 +227,7 @@ pub fn iterative_prune(
                     |round, model_limit, measured| {
                         if progress {
                             eprintln!(
-                                "iterative step {step}, latency round {round}: predicted limit {model_limit:.4}, measured {:.4} of the budget",
-                                measured / limit
+                                "iterative step {step}, latency round {round}: predicted limit {model_limit:.3}, measured {measured:.3} (budget {limit:.3})"
                             );
                         }
                     },
