@@ -233,11 +233,7 @@ struct DsaState {
     #[serde(default)]
     grad_sq_sum: Vec<f64>,
     #[serde(default)]
-    weights: Vec<f64>,
-    #[serde(default)]
     chan_sq_sum: Vec<Vec<f64>>,
-    #[serde(default)]
-    chan_sq_steps: usize,
 }
 
 /// Masks for both kinds of forward pass: sampled ones while training (autodiff values), the
@@ -285,10 +281,9 @@ pub struct Dsa {
     /// Sum of `(dL/da)^2` per group over the whole allocation phase (the Fisher metric's
     /// estimate, up to the step count its normalisation removes).
     grad_sq_sum: Vec<f64>,
-    /// Sum of the squared straight-through gradient per channel, and the ratio steps summed
-    /// (the Fisher signal's estimate).
+    /// Sum of the squared straight-through gradient per channel (the Fisher signal's
+    /// estimate, up to the step count its normalisation removes).
     chan_sq_sum: Vec<Vec<f64>>,
-    chan_sq_steps: usize,
     train_device: Device,
     eval_device: Device,
     rng: StdRng,
@@ -372,7 +367,6 @@ impl Dsa {
             grad_sum: vec![0.0; n],
             grad_sq_sum: vec![0.0; n],
             chan_sq_sum: groups_channels.iter().map(|&c| vec![0.0; c]).collect(),
-            chan_sq_steps: 0,
             train_device,
             eval_device: device.clone(),
             rng: StdRng::seed_from_u64(crate::data::seed_mix(&[seed, 0xD5A])),
@@ -545,16 +539,13 @@ impl Dsa {
             dl_da[g] = match self.cfg.signal {
                 RatioSignal::Sampled => ratio_gradient(&dl_dp, p),
                 RatioSignal::Fisher => {
-                    let steps = (self.chan_sq_steps + 1) as f64;
-                    let expected: Vec<f64> = self.chan_sq_sum[g]
-                        .iter()
-                        .map(|f| -0.5 * f / steps)
-                        .collect();
+                    // -F/2 with F the mean over the steps so far; the step count cancels in
+                    // the normalisation below.
+                    let expected: Vec<f64> = self.chan_sq_sum[g].iter().map(|f| -0.5 * f).collect();
                     ratio_gradient(&expected, p)
                 }
             };
         }
-        self.chan_sq_steps += 1;
         if self.cfg.signal == RatioSignal::Fisher {
             // Only the ratios between groups' signals matter at the ADMM optimum (equal loss
             // per unit of cost); its magnitude (squared gradients: anything from 1e-6 to 1 by
@@ -581,9 +572,7 @@ impl Dsa {
         for (acc, g) in self.grad_sq_sum.iter_mut().zip(&dl_da) {
             *acc += g * g;
         }
-        if self.cfg.metric == AdmmMetric::Fisher {
-            self.admm.weights = normalised_weights(&self.groups, &self.grad_sq_sum, 1e-2);
-        }
+        self.update_metric_weights();
         let eta = self.cfg.ratio_lr;
         for g in self.groups.iter().filter(|g| g.is_prunable()).map(|g| g.id) {
             let target = self.admm.z[g] - self.admm.u[g];
@@ -610,6 +599,14 @@ impl Dsa {
         self.val_steps += 1;
         self.refresh();
         Ok(())
+    }
+
+    /// The Fisher metric's weights follow the squared ratio gradients (a no-op for the other
+    /// metrics, whose weights are fixed at set-up).
+    fn update_metric_weights(&mut self) {
+        if self.cfg.metric == AdmmMetric::Fisher {
+            self.admm.weights = normalised_weights(&self.groups, &self.grad_sq_sum, 1e-2);
+        }
     }
 
     /// Rewrites the log from the history (a line per epoch, a few in all), atomically, so it
@@ -711,9 +708,7 @@ impl TrainHook for Dsa {
             log_imp: self.log_imp.clone(),
             history: self.history.clone(),
             grad_sq_sum: self.grad_sq_sum.clone(),
-            weights: self.admm.weights.clone(),
             chan_sq_sum: self.chan_sq_sum.clone(),
-            chan_sq_steps: self.chan_sq_steps,
         };
         serde_json::to_value(state)
             .map(Some)
@@ -740,14 +735,13 @@ impl TrainHook for Dsa {
         self.ratio_steps = st.ratio_steps;
         self.log_imp = st.log_imp;
         self.history = st.history;
-        if st.grad_sq_sum.len() == n && st.weights.len() == n {
+        if st.grad_sq_sum.len() == n {
             self.grad_sq_sum = st.grad_sq_sum;
-            self.admm.weights = st.weights;
         }
         if st.chan_sq_sum.len() == n {
             self.chan_sq_sum = st.chan_sq_sum;
-            self.chan_sq_steps = st.chan_sq_steps;
         }
+        self.update_metric_weights();
         // The log holds what the interrupted run wrote, perhaps an epoch past the checkpoint.
         self.write_log()?;
         self.refresh();
