@@ -356,3 +356,85 @@ fn bad_configurations_are_rejected() {
         .contains("warmup")
     );
 }
+
+/// BatchNorm recalibration replaces the running statistics by the plain average of the
+/// batches' own (mean, unbiased variance), whatever they were, and leaves the rest alone.
+#[test]
+fn batch_norm_recalibration_averages_the_batches_statistics() {
+    use lopper::graph::{GraphBuilder, Op};
+    use lopper::train::recalibrate_batch_norm;
+    let mut b = GraphBuilder::new("bn-first", &[1, 28, 28]);
+    let bn = b.op(
+        "bn",
+        Op::BatchNorm2d {
+            channels: 1,
+            eps: 1e-5,
+            momentum: 0.1,
+        },
+        0,
+    );
+    let p = b.op("gap", Op::GlobalAvgPool, bn);
+    let fc = b.linear("fc", p, 10, true);
+    let graph = b.finish(fc).unwrap();
+    // Running statistics far from the data's: mean within ±0.1, variance 0.5–1.5.
+    let model = common::randomised(&graph, 3);
+    let dev = Device::flex();
+    let data = synthetic_data(16).train;
+    let stats = |m: &Model| -> (f32, f32) {
+        let Some(Layer::Norm(n)) = &m.layers[1] else {
+            panic!("node 1 is the BatchNorm")
+        };
+        let r = n.running.as_ref().unwrap();
+        let one = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap()[0];
+        (one(r.mean.value_sync()), one(r.var.value_sync()))
+    };
+    let before = stats(&model);
+    let batches = 4;
+    let after_model = recalibrate_batch_norm(&model, &data, batches, &dev).unwrap();
+    let after = stats(&after_model);
+    // The expectation, from the same batches.
+    let (mut mean, mut var) = (0.0f64, 0.0f64);
+    for batch in data.epoch(0, 0, 0).take(batches) {
+        let (x, _) = batch.to_tensors(&dev);
+        let v: Vec<f64> = x
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        mean += m / batches as f64;
+        var += v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0) / batches as f64;
+    }
+    assert!(
+        (after.0 as f64 - mean).abs() < 1e-4 * mean.abs().max(1.0),
+        "running mean {} vs the batches' {mean} (was {})",
+        after.0,
+        before.0
+    );
+    assert!(
+        (after.1 as f64 - var).abs() < 1e-4 * var,
+        "running variance {} vs the batches' {var} (was {})",
+        after.1,
+        before.1
+    );
+    assert!((before.0 as f64 - mean).abs() > 1e-2 || (before.1 as f64 - var).abs() > 1e-2);
+    // The graph keeps its momentum, the weights are untouched, and 0 batches changes nothing.
+    assert!(matches!(
+        after_model.graph.nodes[1].op,
+        Op::BatchNorm2d { momentum, .. } if momentum == 0.1
+    ));
+    let w = |m: &Model| {
+        weights(m)
+            .into_iter()
+            .filter(|(n, _)| !n.contains("running"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(w(&model), w(&after_model));
+    assert_eq!(
+        stats(&recalibrate_batch_norm(&model, &data, 0, &dev).unwrap()),
+        before
+    );
+}

@@ -1,6 +1,7 @@
 //! Training: configuration, the loop with its hooks, schedules, optimisers, evaluation,
 //! checkpoints and the run folder.
 
+pub mod batch_norm;
 pub mod config;
 pub mod eval;
 pub mod loss;
@@ -9,6 +10,7 @@ pub mod run;
 pub mod schedule;
 pub mod trainer;
 
+pub use batch_norm::recalibrate_batch_norm;
 pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
 pub use eval::{EvalMetrics, evaluate};
 pub use run::{EpochRecord, RunDir};
