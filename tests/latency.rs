@@ -22,8 +22,30 @@ fn latency_model_matches_profile_and_has_gradients() {
     let p = LatencyProfile::load(&path).unwrap();
     let groups = channel_groups(&g, &[]).unwrap();
     let m = LatencyModel::new(&p, &g, &groups).unwrap();
-    // At full width the model reproduces the measured dense latency by construction.
+    // At full width the model reproduces the measured dense latency by construction, and at
+    // the floor (every group at 1/8, rounded up) the measured floor latency.
     assert!((m.dense() - p.dense_ms).abs() < 1e-9);
+    let floor_ms = p.floor_ms.expect("a floor measurement");
+    assert!(
+        floor_ms > 0.0 && floor_ms < p.dense_ms,
+        "floor {floor_ms} ms"
+    );
+    let floor: Vec<f64> = groups
+        .iter()
+        .map(|x| {
+            if x.is_prunable() {
+                x.channels.div_ceil(8) as f64 / x.channels as f64
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    assert!(
+        (m.eval(&floor) - floor_ms).abs() < 1e-9 * floor_ms,
+        "the model at the floor: {} ms, measured {floor_ms} ms",
+        m.eval(&floor)
+    );
+    assert!(m.scale() > 0.0 && m.scale() != 1.0);
     // The gradient is the slope of the piecewise-linear interpolation.
     let a: Vec<f64> = (0..groups.len())
         .map(|i| 0.33 + 0.05 * (i % 7) as f64)
@@ -127,4 +149,44 @@ fn calibration_lands_in_the_window_of_the_measurement() {
     )
     .unwrap();
     assert_eq!(built, 0.5);
+}
+
+/// The paired statistic ranks a model against its reference the right way round, and a model
+/// against itself near 1 (wide bounds: this is the mechanics, not a speed target).
+#[test]
+fn relative_latency_orders_a_cut_model_below_its_reference() {
+    use lopper::model::Model;
+    use lopper::prune::latency::{LatencyMeter, relative_latency};
+    use lopper::prune::{Selection, prune_model};
+    let dev = Device::flex();
+    let g = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let dense = Model::init(g.clone(), 0, &dev).unwrap();
+    // Every block-internal convolution cut to 1/16 of its channels: about 8% of the MACs.
+    let mut sel = Selection::all(&groups);
+    for grp in groups
+        .iter()
+        .filter(|x| x.is_prunable() && x.label(&g).contains("conv1"))
+    {
+        sel.keep[grp.id] = Some((0..grp.channels / 16).collect());
+    }
+    let small = prune_model(&dense, &groups, &sel, &dev).unwrap();
+    let down = relative_latency(&small, &dense, 8, 30, &dev);
+    let up = relative_latency(&dense, &small, 8, 30, &dev);
+    let same = relative_latency(&dense, &dense, 8, 30, &dev);
+    assert!(down < 0.8, "cut model at {down} of the dense latency");
+    assert!(up > 1.25, "dense model at {up} of the cut one's latency");
+    assert!((0.7..1.4).contains(&same), "a model against itself: {same}");
+    let meter = LatencyMeter {
+        reference: &dense,
+        reference_ms: 10.0,
+        batch: 8,
+        reps: 30,
+        device: dev.clone(),
+    };
+    let ms = meter.ms(&small);
+    assert!(
+        ms > 0.0 && ms < 8.0,
+        "meter: {ms} ms against a 10 ms reference"
+    );
 }

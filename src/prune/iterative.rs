@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::allocation::{CostModel, counts_cost};
 use super::groups::{ChannelGroup, channel_groups};
 use super::importance::{Criterion, channel_scores, comparable_across_groups};
-use super::latency::calibrate;
+use super::latency::{CALIBRATION_ROUNDS, calibrate};
 use super::mask::Selection;
 use super::surgery::prune_model;
 use crate::data::Batcher;
@@ -221,7 +221,7 @@ pub fn iterative_prune(
                 calibrate(
                     limit,
                     target,
-                    5,
+                    CALIBRATION_ROUNDS,
                     build,
                     |(pruned, _, _)| m(pruned),
                     |round, model_limit, measured| {

@@ -2,10 +2,15 @@
 //! latency model that interpolates it as a function of the keep ratios.
 //!
 //! Every node is timed alone, on its own input shape at the profiled batch size, for a grid
-//! of input and output channel fractions (one axis for ops whose input and output channels
-//! are the same). The model evaluates each node's table bilinearly at the node's channel
-//! fractions (piecewise linear, so it has a gradient) and adds a constant for what the
-//! per-node sum misses at full width (framework overhead between ops).
+//! of input and output channel fractions (every count on axes of up to 8 channels; one axis
+//! for ops whose input and output channels are the same), and the whole model is timed dense and at its narrowest (every prunable
+//! group at 1/8). The model evaluates each node's table bilinearly at the node's channel
+//! fractions (piecewise linear, so it has a gradient), sums them, and maps the sum linearly
+//! onto the two whole-model measurements (nodes alone miss the overhead between ops, and
+//! their sum shrinks faster with the widths than the model's time does).
+//!
+//! Measured latency of a pruned model (`LatencyMeter`) is its time relative to the dense
+//! model in alternating calls, in milliseconds of the profile's dense time.
 
 use std::path::Path;
 use std::time::Instant;
@@ -45,7 +50,35 @@ pub struct LatencyProfile {
     pub overhead_ms: f64,
     /// Measured latency of the whole dense model.
     pub dense_ms: f64,
+    /// Measured latency of the whole model with every prunable group cut to
+    /// [`FLOOR_FRACTION`] of its channels (absent in profiles from before it was measured).
+    /// The latency model maps the per-node sum onto the dense and floor measurements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_ms: Option<f64>,
     pub nodes: Vec<NodeTable>,
+}
+
+/// The narrow end of the whole-model measurement: every prunable group at this share of its
+/// channels (the grid's smallest fraction).
+pub const FLOOR_FRACTION: f64 = GRID[0];
+
+/// Keep ratios of the floor model: each prunable group at [`FLOOR_FRACTION`] of its channels
+/// (rounded up, at least one), the rest whole.
+fn floor_ratios(groups: &[ChannelGroup]) -> Vec<f64> {
+    groups
+        .iter()
+        .map(|g| {
+            if g.is_prunable() {
+                floor_width(g.channels) as f64 / g.channels as f64
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+fn floor_width(channels: usize) -> usize {
+    ((channels as f64 * FLOOR_FRACTION).ceil() as usize).clamp(1, channels)
 }
 
 /// Which axes of a node's cost depend on pruning: (input, output).
@@ -56,6 +89,31 @@ fn axes(op: &Op) -> (bool, bool) {
         Op::Conv2d { .. } | Op::Linear { .. } => (true, true),
         // Everything else has as many output channels as input channels (per segment).
         _ => (false, true),
+    }
+}
+
+/// Channel counts up to this are profiled at every count, not only at the grid's fractions:
+/// on flex a convolution's time is not monotone in small channel counts (LeNet-5's conv1 at
+/// 4 of its 6 channels ran slower than at all 6 at batch 64), and a grid of five fractions
+/// over a handful of channels would interpolate over such a step.
+pub const EVERY_COUNT_UP_TO: usize = 8;
+
+/// The fractions to profile an axis of `channels` at: the grid, or for a small axis every
+/// count (k / channels, the fractions pruning can produce there).
+fn axis_grid(channels: usize) -> Vec<f64> {
+    if channels <= EVERY_COUNT_UP_TO {
+        (1..=channels).map(|k| k as f64 / channels as f64).collect()
+    } else {
+        GRID.to_vec()
+    }
+}
+
+/// The channel count of `shape` (axis 0 of an image, the last axis of a flat value).
+fn channels_of(shape: &[usize]) -> usize {
+    if shape.len() == 3 {
+        shape[0]
+    } else {
+        shape[shape.len() - 1]
     }
 }
 
@@ -121,9 +179,8 @@ fn single_op(graph: &Graph, node: &Node, fin: f64, fout: f64) -> Result<Graph> {
     b.finish(y)
 }
 
-/// Repetitions of a whole-model measurement (`model_latency_ms`); every caller (the profile's
-/// dense time, the calibration, the iterative method's stop, the report) uses the same count,
-/// so they all report the same statistic.
+/// Repetitions of a whole-model measurement: calls of `model_latency_ms` (the profile's and
+/// the report's dense times) and pairs of `relative_latency` (every pruned model).
 pub const MODEL_REPS: usize = 30;
 
 /// The timing statistic: after a warm-up (at least two calls and 20 ms), `reps` timed calls
@@ -189,6 +246,103 @@ pub fn model_latency_ms(model: &Model, batch: usize, reps: usize, device: &Devic
     })
 }
 
+/// Latency of `model` as a share of `reference`'s at `batch`, timed in alternating calls so
+/// that a slow phase of a shared machine hits both alike: the median of the per-pair ratios,
+/// over at least `reps` pairs and 0.25 s. Timing the two in separate blocks (even interleaved
+/// blocks) moved the same model by ±25% against itself at batch 1 on a 2-core VM; per-call
+/// pairs hold it within a few percent (BENCHMARKS.md f, `--example width_sweep`).
+pub fn relative_latency(
+    model: &Model,
+    reference: &Model,
+    batch: usize,
+    reps: usize,
+    device: &Device,
+) -> f64 {
+    paired_ratio(model, reference, batch, reps, 0.25, device)
+}
+
+/// `relative_latency` over at least `reps` pairs and `min_secs`.
+fn paired_ratio(
+    model: &Model,
+    reference: &Model,
+    batch: usize,
+    reps: usize,
+    min_secs: f64,
+    device: &Device,
+) -> f64 {
+    let xm = input_value(&model.graph, batch, device);
+    let xr = input_value(&reference.graph, batch, device);
+    let call = |m: &Model, x: &Value| {
+        let s = Instant::now();
+        if let Ok(v) = m.forward_hooked(x.clone(), false, &NoHook) {
+            sync_value(v);
+        }
+        s.elapsed().as_secs_f64()
+    };
+    // Warm-up: a freshly built model's first calls can run slower (allocations, caches); at
+    // least three pairs and 50 ms.
+    let warm = Instant::now();
+    let mut calls = 0;
+    while calls < 3 || warm.elapsed().as_secs_f64() < 0.05 {
+        call(model, &xm);
+        call(reference, &xr);
+        calls += 1;
+    }
+    let started = Instant::now();
+    let mut ratios = vec![];
+    while ratios.len() < reps.max(1)
+        || (started.elapsed().as_secs_f64() < min_secs && ratios.len() < 20 * reps.max(1))
+    {
+        // Alternate which goes first, so neither always runs on the other's warm caches.
+        let r = if ratios.len() % 2 == 0 {
+            let a = call(model, &xm);
+            a / call(reference, &xr)
+        } else {
+            let b = call(reference, &xr);
+            call(model, &xm) / b
+        };
+        ratios.push(r);
+    }
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+/// How lopper measures a pruned model's latency wherever it checks a latency budget (the
+/// calibration, the iterative method's stop, the report): its latency relative to the dense
+/// model (`relative_latency`), in milliseconds of the dense model's profiled time. A budget
+/// given as a share of the dense latency is then checked on the ratio alone; an absolute one
+/// is judged against the dense time the profile measured, not a second noisy reading of it.
+pub struct LatencyMeter<'a> {
+    pub reference: &'a Model,
+    pub reference_ms: f64,
+    pub batch: usize,
+    pub reps: usize,
+    pub device: Device,
+}
+
+impl LatencyMeter<'_> {
+    /// The meter for `profile`'s batch and dense time, with `dense` as the reference.
+    pub fn for_profile<'a>(
+        dense: &'a Model,
+        profile: &LatencyProfile,
+        device: &Device,
+    ) -> LatencyMeter<'a> {
+        LatencyMeter {
+            reference: dense,
+            reference_ms: profile.dense_ms,
+            batch: profile.batch,
+            reps: MODEL_REPS,
+            device: device.clone(),
+        }
+    }
+
+    /// `model`'s latency in ms.
+    pub fn ms(&self, model: &Model) -> f64 {
+        self.reference_ms
+            * relative_latency(model, self.reference, self.batch, self.reps, &self.device)
+    }
+}
+
 /// Measures a latency profile of `graph` on `device` (`device_name` is recorded).
 pub fn profile(
     graph: &Graph,
@@ -198,6 +352,23 @@ pub fn profile(
     reps: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<LatencyProfile> {
+    let dense = Model::init(graph.clone(), 0, device)?;
+    // The dense time before and after the nodes, the smaller kept: one slow phase of a shared
+    // machine during either measurement would otherwise scale every prediction.
+    let dense_before = model_latency_ms(&dense, batch, MODEL_REPS, device);
+    // Every node variant is timed against one reference op (the first profiled node at full
+    // width) in alternating calls, as whole models are: timed alone, one node's table moved
+    // against another's with the machine's slow phases, and two profiles of the same model
+    // disagreed by 50% on pruned widths. The reference's own time sets the scale, which the
+    // two whole-model measurements below correct anyway.
+    let Some(first) = graph.nodes.iter().find(|n| axes(&n.op) != (false, false)) else {
+        return Err(LopperError::Config(format!(
+            "model '{}' has no layer whose cost depends on channels: nothing to profile",
+            graph.name
+        )));
+    };
+    let reference = Model::init(single_op(graph, first, 1.0, 1.0)?, 0, device)?;
+    let reference_ms = model_latency_ms(&reference, batch, MODEL_REPS, device);
     let mut nodes = vec![];
     let mut full_sum = 0.0;
     for (i, node) in graph.nodes.iter().enumerate() {
@@ -206,19 +377,18 @@ pub fn profile(
         if !ain && !aout {
             continue;
         }
-        let in_grid: Vec<f64> = if ain { GRID.to_vec() } else { vec![1.0] };
-        let out_grid = GRID.to_vec();
+        let in_grid: Vec<f64> = if ain {
+            axis_grid(channels_of(&graph.nodes[node.inputs[0]].shape))
+        } else {
+            vec![1.0]
+        };
+        let out_grid = axis_grid(channels_of(&node.shape));
         let mut ms = vec![vec![0.0; out_grid.len()]; in_grid.len()];
         for (a, &fi) in in_grid.iter().enumerate() {
             for (b, &fo) in out_grid.iter().enumerate() {
                 let g = single_op(graph, node, fi, fo)?;
                 let m = Model::init(g, 0, device)?;
-                let x = input_value(&m.graph, batch, device);
-                ms[a][b] = time_ms(reps, || {
-                    if let Ok(v) = m.forward_hooked(x.clone(), false, &NoHook) {
-                        sync_value(v);
-                    }
-                });
+                ms[a][b] = reference_ms * paired_ratio(&m, &reference, batch, reps, 0.05, device);
             }
         }
         full_sum += ms[in_grid.len() - 1][out_grid.len() - 1];
@@ -229,8 +399,22 @@ pub fn profile(
             ms,
         });
     }
-    let dense = Model::init(graph.clone(), 0, device)?;
-    let dense_ms = model_latency_ms(&dense, batch, MODEL_REPS, device);
+    let dense_ms = dense_before.min(model_latency_ms(&dense, batch, MODEL_REPS, device));
+    // Nodes timed alone do not add up to the whole model, and their sum falls faster with the
+    // widths than the whole model's time does (a 2-core CPU at batch 1: the sum predicted
+    // 0.4 ms where the model took 2.0). A second whole-model point, at the narrow end, lets
+    // the latency model scale the sum between the two measurements.
+    let groups = super::groups::channel_groups(graph, &[])?;
+    let floor_ms = if groups.iter().any(|g| g.is_prunable()) {
+        let mut sel = super::mask::Selection::all(&groups);
+        for g in groups.iter().filter(|g| g.is_prunable()) {
+            sel.keep[g.id] = Some((0..floor_width(g.channels)).collect());
+        }
+        let floor = super::surgery::prune_model(&dense, &groups, &sel, device)?;
+        Some(dense_ms * relative_latency(&floor, &dense, batch, MODEL_REPS, device))
+    } else {
+        None
+    };
     Ok(LatencyProfile {
         format_version: PROFILE_FORMAT_VERSION,
         model: graph.name.clone(),
@@ -238,6 +422,7 @@ pub fn profile(
         batch,
         overhead_ms: dense_ms - full_sum,
         dense_ms,
+        floor_ms,
         nodes,
     })
 }
@@ -302,11 +487,16 @@ fn bilinear(t: &NodeTable, fin: f64, fout: f64) -> (f64, f64, f64) {
     (value, d_in, d_out)
 }
 
-/// Latency as a function of the keep ratios, from a profile.
+/// Latency as a function of the keep ratios, from a profile: the dense measurement plus the
+/// change of the per-node sum, scaled so the model also meets the floor measurement
+/// (`dense_ms + scale · (sum(a) − sum(1))`; scale 1, the plain sum plus a constant, for a
+/// profile without one).
 pub struct LatencyModel {
     /// (table, input fraction, output fraction) per profiled node.
     terms: Vec<(NodeTable, Option<Affine>, Affine)>,
-    overhead_ms: f64,
+    dense_ms: f64,
+    sum_dense: f64,
+    scale: f64,
     groups: usize,
 }
 
@@ -330,23 +520,50 @@ impl LatencyModel {
             let fin = (t.in_grid.len() > 1).then(|| frac[node.inputs[0]].clone());
             terms.push((t.clone(), fin, frac[i].clone()));
         }
-        Ok(LatencyModel {
+        let mut model = LatencyModel {
             terms,
-            overhead_ms: profile.overhead_ms,
+            dense_ms: profile.dense_ms,
+            sum_dense: 0.0,
+            scale: 1.0,
             groups: groups.len(),
-        })
+        };
+        model.sum_dense = model.node_sum(&vec![1.0; groups.len()]);
+        // The floor was measured with every group prunable by default cut; `groups` may
+        // protect more (`--protect`), so the floor's ratios come from the default groups,
+        // which carry the same ids.
+        let default_groups = super::groups::channel_groups(graph, &[])?;
+        let same = default_groups.len() == groups.len()
+            && default_groups
+                .iter()
+                .zip(groups)
+                .all(|(x, y)| x.channels == y.channels);
+        if let (Some(floor_ms), true) = (profile.floor_ms, same) {
+            let drop = model.sum_dense - model.node_sum(&floor_ratios(&default_groups));
+            let scale = (profile.dense_ms - floor_ms) / drop;
+            if drop > 0.0 && scale.is_finite() && scale > 0.0 {
+                model.scale = scale;
+            }
+        }
+        Ok(model)
+    }
+
+    fn node_sum(&self, a: &[f64]) -> f64 {
+        self.terms
+            .iter()
+            .map(|(t, fin, fout)| {
+                bilinear(t, fin.as_ref().map_or(1.0, |f| f.eval(a)), fout.eval(a)).0
+            })
+            .sum()
     }
 
     /// Predicted latency in ms.
     pub fn eval(&self, a: &[f64]) -> f64 {
-        self.overhead_ms
-            + self
-                .terms
-                .iter()
-                .map(|(t, fin, fout)| {
-                    bilinear(t, fin.as_ref().map_or(1.0, |f| f.eval(a)), fout.eval(a)).0
-                })
-                .sum::<f64>()
+        self.dense_ms + self.scale * (self.node_sum(a) - self.sum_dense)
+    }
+
+    /// How much the node sum is scaled by to meet the floor measurement (1 without one).
+    pub fn scale(&self) -> f64 {
+        self.scale
     }
 
     /// Gradient of the predicted latency with respect to the keep ratios.
@@ -363,13 +580,18 @@ impl LatencyModel {
                 d[g] += dout * w;
             }
         }
-        d
+        d.iter().map(|x| self.scale * x).collect()
     }
 
     pub fn dense(&self) -> f64 {
         self.eval(&vec![1.0; self.groups])
     }
 }
+
+/// Build-and-measure rounds of a latency calibration (the one-shot methods', DSA's and the
+/// iterative method's last step): a round is one surgery and one paired measurement, a
+/// fraction of a second at batch 1 and seconds at batch 64 on a CPU.
+pub const CALIBRATION_ROUNDS: usize = 8;
 
 /// Builds and measures until the measured latency lands in `[0.9 limit, limit]`: the
 /// profile only predicts latency (per-layer times do not add up exactly, and a pruned width
