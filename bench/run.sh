@@ -25,7 +25,7 @@ export LOPPER_DATA_DIR="${LOPPER_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 what="${1:-all}"
 threads="${BENCH_THREADS:-2}"
 mkdir -p bench/runs
-cargo build --release --quiet --bin lopper --example bench_step --example latency_fit --example speedup
+cargo build --release --quiet --bin lopper --example bench_step --example latency_fit --example speedup --example width_sweep
 lopper="${LOPPER:-target/release/lopper}"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; date: $(date -u +%F)"
 
@@ -174,7 +174,7 @@ latency_budgets() {
   done
   python3 - "${rows[@]}" <<'PY'
 import json, sys
-print("| run | method | budget | limit (ms) | measured by prune (ms) | measured / budget | report's re-measurement (ms) |")
+print("| run | method | budget | limit (ms) | measured by prune (ms) | measured / budget | report's re-measurement: pruned / dense (over the budget's share) |")
 print("|---|---|---|---|---|---|---|")
 for run in sys.argv[1:]:
     try:
@@ -182,9 +182,11 @@ for run in sys.argv[1:]:
     except OSError:
         print(f"| {run} | failed: see bench/runs/{run}.log | | | | | |"); continue
     batch = 1 if "-b1-" in run else 64
-    again = r[f"latency_ms_batch{batch}"]["after"]
+    lat = r[f"latency_ms_batch{batch}"]
+    share = lat["after"] / lat["before"]
+    frac = float(r["budget"].split("=")[1])
     print(f"| {run} | {r['method']} / {r['allocation']} | {r['budget']} | {r['budget_limit']:.3f} | {r['budget_cost']:.3f} "
-          f"| {r['budget_cost']/r['budget_limit']:.2f} | {again:.3f} ({again/r['budget_limit']:.2f}) |")
+          f"| {r['budget_cost']/r['budget_limit']:.2f} | {share:.3f} ({share/frac:.2f}) |")
 PY
 }
 
@@ -192,8 +194,11 @@ case "$what" in
   throughput) throughput ;;
   lenet5) echo "## b. lenet5 on MNIST"; train_bench lenet5-mnist --model lenet5 --dataset mnist --epochs 2 --batch-size 64 --lr 0.05 --schedule cosine ;;
   resnet20) echo "## c. resnet20 on CIFAR-10 (dense baseline)"; train_bench resnet20-cifar10 --model resnet20 --dataset cifar10 --epochs "${EPOCHS:-4}" --batch-size 128 --lr 0.1 --warmup-epochs 0.3 --schedule cosine --weight-decay 5e-4 ;;
-  latency) echo "## latency model fit (resnet20, CPU)"
-    for b in 1 64; do RAYON_NUM_THREADS=$threads target/release/examples/latency_fit --model resnet20 --batch $b --variants 10 --reps "${REPS:-15}"; echo; done ;;
+  latency) echo "## latency model fit (CPU)"
+    for spec in "resnet20 1 0.3" "resnet20 1 0.05" "resnet20 64 0.3" "lenet5 64 0.3" "lenet5 64 0.05"; do
+      set -- $spec
+      RAYON_NUM_THREADS=$threads target/release/examples/latency_fit --model $1 --batch $2 --min-keep $3 --variants 10 --reps "${REPS:-30}"; echo
+    done ;;
   prune) echo "## d. resnet20 pruned to macs=0.5, ${FT_EPOCHS:-2} fine-tune epochs"
     prune_lopper; if [ -x bench/.venv/bin/python ]; then prune_torch; fi; prune_table ;;
   dsa-lenet5) echo "## e. DSA vs iterative vs one-shot, lenet5 on MNIST"

@@ -28,8 +28,8 @@ pub struct ProfileArgs {
     /// Batch size the latency is measured at.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Timed repetitions per measurement, in three blocks (the smallest block median is
-    /// kept, the statistic every latency measurement of lopper uses).
+    /// Timed repetitions per node measurement, in three blocks (the smallest block median is
+    /// kept).
     #[arg(long, default_value_t = 9)]
     pub reps: usize,
     #[arg(long)]
@@ -64,13 +64,15 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     p.save(&a.out)?;
     if !a.quiet {
         eprintln!(
-            "profiled {} nodes of {} at batch {} on {}: dense latency {:.3} ms ({:.3} ms outside the per-node times); wrote {}",
+            "profiled {} nodes of {} at batch {} on {}: dense latency {:.3} ms{}; wrote {}",
             p.nodes.len(),
             p.model,
             p.batch,
             p.device,
             p.dense_ms,
-            p.overhead_ms,
+            p.floor_ms
+                .map(|f| format!(", {f:.3} ms with every prunable group at 1/8 of its channels"))
+                .unwrap_or_default(),
             a.out.display()
         );
     }

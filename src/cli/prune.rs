@@ -15,7 +15,10 @@ use lopper::prune::admm::AdmmMetric;
 use lopper::prune::allocation::Amount;
 use lopper::prune::dsa::{Dsa, DsaConfig, RatioSignal};
 use lopper::prune::iterative::{IterativeConfig, iterative_prune, width_ratios};
-use lopper::prune::latency::{LatencyProfile, MODEL_REPS, calibrate, model_latency_ms};
+use lopper::prune::latency::{
+    CALIBRATION_ROUNDS, LatencyMeter, LatencyProfile, MODEL_REPS, calibrate, model_latency_ms,
+    relative_latency,
+};
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
 use lopper::prune::{
     Allocation, Budget, Criterion, Metric, allocate, channel_groups, channel_scores, harden,
@@ -23,6 +26,7 @@ use lopper::prune::{
 };
 use lopper::train::{
     NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, evaluate, prepare_data,
+    recalibrate_batch_norm,
 };
 
 /// How the pruned widths are found.
@@ -110,6 +114,10 @@ pub struct PruneArgs {
     /// Keep channel counts a multiple of this (hardware-friendly widths).
     #[arg(long, default_value_t = 1)]
     pub round_to: usize,
+    /// Training batches to re-estimate the BatchNorm statistics on after the widths are cut
+    /// (forward passes only; 0: keep the unpruned network's statistics).
+    #[arg(long, default_value_t = 32)]
+    pub bn_batches: usize,
     /// Batches of training data for the Taylor criterion.
     #[arg(long, default_value_t = 16)]
     pub taylor_batches: usize,
@@ -316,6 +324,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
     };
     let cost_model = budget.cost_model(&dense.graph, &groups, profile.as_ref())?;
     let limit = budget.limit(cost_model.dense_cost());
+    // Latency budgets are checked by timing candidates against the dense model, off the
+    // autodiff device.
+    let dense_inference = dense.valid();
+    let meter = match (&profile, budget.resource) {
+        (Some(p), Metric::Latency) => Some(LatencyMeter::for_profile(&dense_inference, p, &device)),
+        _ => None,
+    };
 
     let pruned_dir = RunDir::new(a.out.join(PRUNED_DIR));
     let record_path = pruned_dir.root.join("allocation.json");
@@ -415,23 +430,16 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 };
                 let trained = outcome.model.valid();
                 let importance = dsa.importance();
-                let (model, measured) = calibrated(
-                    budget.resource,
-                    a.quiet,
-                    limit,
-                    profile.as_ref(),
-                    &device,
-                    |lim| {
-                        let selection = harden(
-                            &groups,
-                            &importance,
-                            dsa.feasible_ratios(),
-                            cost_model.as_ref(),
-                            lim,
-                        )?;
-                        prune_model(&trained, &groups, &selection, &device)
-                    },
-                )?;
+                let (model, measured) = calibrated(a.quiet, limit, meter.as_ref(), |lim| {
+                    let selection = harden(
+                        &groups,
+                        &importance,
+                        dsa.feasible_ratios(),
+                        cost_model.as_ref(),
+                        lim,
+                    )?;
+                    prune_model(&trained, &groups, &selection, &device)
+                })?;
                 Pruned {
                     model,
                     measured_ms: measured,
@@ -452,11 +460,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 };
                 let mut ft = cfg.clone();
                 ft.lr = a.lr;
-                let measure_latency = |m: &Model| match &profile {
-                    Some(p) => model_latency_ms(m, p.batch, MODEL_REPS, &device),
+                let measure_latency = |m: &Model| match &meter {
+                    Some(meter) => meter.ms(m),
                     None => f64::NAN,
                 };
-                let latency_budget = profile.is_some() && budget.resource == Metric::Latency;
+                let latency_budget = meter.is_some();
                 let (model, steps) = iterative_prune(
                     dense.clone(),
                     &a.protect,
@@ -489,28 +497,21 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     &device,
                     cfg.seed,
                 )?;
-                let (model, measured) = calibrated(
-                    budget.resource,
-                    a.quiet,
-                    limit,
-                    profile.as_ref(),
-                    &device,
-                    |lim| {
-                        let budget = Budget {
-                            resource: budget.resource,
-                            amount: Amount::Absolute(lim),
-                        };
-                        let selection = allocate(
-                            &groups,
-                            &scores,
-                            &budget,
-                            cost_model.as_ref(),
-                            a.allocation,
-                            a.round_to,
-                        )?;
-                        prune_model(&dense, &groups, &selection, &device)
-                    },
-                )?;
+                let (model, measured) = calibrated(a.quiet, limit, meter.as_ref(), |lim| {
+                    let budget = Budget {
+                        resource: budget.resource,
+                        amount: Amount::Absolute(lim),
+                    };
+                    let selection = allocate(
+                        &groups,
+                        &scores,
+                        &budget,
+                        cost_model.as_ref(),
+                        a.allocation,
+                        a.round_to,
+                    )?;
+                    prune_model(&dense, &groups, &selection, &device)
+                })?;
                 Pruned {
                     model,
                     measured_ms: measured,
@@ -544,12 +545,25 @@ pub fn run(a: PruneArgs) -> Result<()> {
             .measured_ms
             .unwrap_or_else(|| cost_model.cost(&ratios)),
     };
+    let bn_started = Instant::now();
+    let mut pruned = pruned;
+    pruned.model = recalibrate_batch_norm(&pruned.model, &data.train, a.bn_batches, &device)
+        .context("cannot re-estimate the BatchNorm statistics")?;
+    let bn_seconds = bn_started.elapsed().as_secs_f64();
     let top1_pruned = evaluate(&pruned.model, test, &NoHook, &device)?.top1;
     say(format!(
-        "pruned to {} MACs, {} parameters: test top-1 {:.2}% before fine-tuning",
+        "pruned to {} MACs, {} parameters: test top-1 {:.2}% before fine-tuning{}",
         lopper::count::human(after.macs),
         lopper::count::human(after.params),
-        100.0 * top1_pruned
+        100.0 * top1_pruned,
+        if a.bn_batches > 0 {
+            format!(
+                " (BatchNorm statistics re-estimated on {} batches in {bn_seconds:.1} s)",
+                a.bn_batches
+            )
+        } else {
+            String::new()
+        }
     ));
 
     let ft_started = Instant::now();
@@ -588,9 +602,15 @@ pub fn run(a: PruneArgs) -> Result<()> {
 
     // Latency is measured in inference mode, off the autodiff device.
     let final_model = final_model.valid();
-    let latency = |batch: usize| BeforeAfter {
-        before: model_latency_ms(&dense, batch, MODEL_REPS, &device),
-        after: model_latency_ms(&final_model, batch, MODEL_REPS, &device),
+    // The dense time alone, the pruned one as the dense time times their paired ratio (the
+    // statistic prune's own latency checks use).
+    let latency = |batch: usize| {
+        let before = model_latency_ms(&dense_inference, batch, MODEL_REPS, &device);
+        BeforeAfter {
+            before,
+            after: before
+                * relative_latency(&final_model, &dense_inference, batch, MODEL_REPS, &device),
+        }
     };
     let report = PruneReport {
         model: dense.graph.name.clone(),
@@ -614,6 +634,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         top1_pruned,
         top1_finetuned: finetuned.map(|m| m.top1),
         finetune_epochs: a.finetune_epochs,
+        bn_batches: a.bn_batches,
         latency_ms_batch1: latency(1),
         latency_ms_batch64: latency(64),
         groups: groups
@@ -660,27 +681,25 @@ pub fn run(a: PruneArgs) -> Result<()> {
 
 /// Builds the pruned model for a limit in the cost model's units. For MACs and parameters the
 /// model is exact, so one build at the budget is final. For latency the profile only predicts:
-/// the pruned model is measured at the profile's batch and the limit handed to the cost model
-/// is corrected by measured/predicted, up to five rounds, until the measurement lands within
-/// [0.9, 1.0] of the budget. The best measured build under the budget is kept (the fastest
-/// one if none is under).
+/// the pruned model is measured by `meter` and the limit handed to the cost model is
+/// corrected, up to [`CALIBRATION_ROUNDS`] rounds, until the measurement lands within
+/// [0.9, 1.0] of the budget.
+/// The best measured build under the budget is kept (the fastest one if none is under).
 fn calibrated(
-    resource: Metric,
     quiet: bool,
     limit: f64,
-    profile: Option<&LatencyProfile>,
-    device: &burn::tensor::Device,
+    meter: Option<&LatencyMeter>,
     build: impl Fn(f64) -> lopper::Result<Model>,
 ) -> Result<(Model, Option<f64>)> {
-    let (Metric::Latency, Some(profile)) = (resource, profile) else {
+    let Some(meter) = meter else {
         return Ok((build(limit)?, None));
     };
     let (model, measured) = calibrate(
         limit,
         limit,
-        5,
+        CALIBRATION_ROUNDS,
         build,
-        |m| model_latency_ms(m, profile.batch, MODEL_REPS, device),
+        |m| meter.ms(m),
         |round, model_limit, measured| {
             if !quiet {
                 eprintln!(

@@ -50,6 +50,10 @@ pub struct PruneReport {
     pub top1_pruned: f64,
     pub top1_finetuned: Option<f64>,
     pub finetune_epochs: usize,
+    /// Training batches the BatchNorm statistics were re-estimated on before the "pruned"
+    /// evaluation (0: the unpruned network's statistics).
+    #[serde(default)]
+    pub bn_batches: usize,
     /// Median forward latency in milliseconds (eval mode, on the run's device).
     pub latency_ms_batch1: BeforeAfter,
     pub latency_ms_batch64: BeforeAfter,
@@ -96,9 +100,17 @@ impl PruneReport {
             self.budget_met, self.budget_cost, self.budget_limit
         );
         s += &format!(
-            "Test top-1: dense {}, pruned {} before fine-tuning, {} after {} fine-tuning epoch(s).\n\n",
+            "Test top-1: dense {}, pruned {} before fine-tuning{}, {} after {} fine-tuning epoch(s).\n\n",
             pct(self.top1_dense),
             pct(self.top1_pruned),
+            if self.bn_batches > 0 {
+                format!(
+                    " (BatchNorm statistics re-estimated on {} batches)",
+                    self.bn_batches
+                )
+            } else {
+                String::new()
+            },
             self.top1_finetuned.map_or("—".into(), pct),
             self.finetune_epochs
         );
