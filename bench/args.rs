@@ -14,3 +14,14 @@ pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         None => default,
     }
 }
+
+/// The per-sample input shape a zoo model is benchmarked at (MNIST's for the MNIST models,
+/// CIFAR-10's otherwise).
+#[allow(dead_code)]
+pub fn input_shape(model: &str) -> [usize; 3] {
+    if matches!(model, "lenet5" | "mlp") {
+        [1, 28, 28]
+    } else {
+        [3, 32, 32]
+    }
+}

@@ -26,12 +26,7 @@ fn main() {
     let reps: usize = arg("--reps", 31);
     let min_keep: f64 = arg("--min-keep", 0.3);
     let dev = Device::flex();
-    let shape = if matches!(name.as_str(), "lenet5" | "mlp") {
-        [1, 28, 28]
-    } else {
-        [3, 32, 32]
-    };
-    let graph = lopper::zoo::build(&name, &shape, 10).expect("model");
+    let graph = lopper::zoo::build(&name, &args::input_shape(&name), 10).expect("model");
     let groups = channel_groups(&graph, &[]).expect("groups");
     let p = profile(&graph, &dev, "cpu", batch, 9, |_, _| {}).expect("profile");
     let lm = LatencyModel::new(&p, &graph, &groups).expect("latency model");

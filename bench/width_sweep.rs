@@ -36,12 +36,7 @@ fn main() {
     let rounds: usize = arg("--rounds", 5);
     let reps: usize = arg("--reps", 30);
     let dev = Device::flex();
-    let shape = if matches!(name.as_str(), "lenet5" | "mlp") {
-        [1, 28, 28]
-    } else {
-        [3, 32, 32]
-    };
-    let graph = lopper::zoo::build(&name, &shape, 10).expect("model");
+    let graph = lopper::zoo::build(&name, &args::input_shape(&name), 10).expect("model");
     let groups = channel_groups(&graph, &[]).expect("groups");
     let chosen: Vec<usize> = groups
         .iter()

@@ -19,7 +19,7 @@ use lopper::train::{EpochRecord, RunDir, StepInfo, TrainConfig, TrainData, Train
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 mod common;
-use common::{randomised, synthetic_mnist};
+use common::{host_f64, randomised, synthetic_mnist};
 
 #[test]
 fn solved_keep_probabilities_have_the_requested_mean() {
@@ -109,15 +109,7 @@ fn keep_ratio_gradient_matches_finite_differences() {
             let leaf = to_tensor(&p, &ad).require_grad();
             let loss = logits_at(leaf.clone(), &ad).powf_scalar(2.0).sum();
             let grads = loss.backward();
-            let dl_dp: Vec<f64> = leaf
-                .grad(&grads)
-                .unwrap()
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(f64::from)
-                .collect();
+            let dl_dp = host_f64(leaf.grad(&grads).unwrap());
             let analytic = ratio_gradient(&dl_dp, &p);
 
             let h = 1e-2;

@@ -396,13 +396,7 @@ fn batch_norm_recalibration_averages_the_batches_statistics() {
     let (mut mean, mut var) = (0.0f64, 0.0f64);
     for batch in data.epoch(0, 0, 0).take(batches) {
         let (x, _) = batch.to_tensors(&dev);
-        let v: Vec<f64> = x
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let v = common::host_f64(x);
         let n = v.len() as f64;
         let m = v.iter().sum::<f64>() / n;
         mean += m / batches as f64;

@@ -7,7 +7,7 @@
 //! group at 1/8). The model evaluates each node's table bilinearly at the node's channel
 //! fractions (piecewise linear, so it has a gradient), sums them, and maps the sum linearly
 //! onto the two whole-model measurements (nodes alone miss the overhead between ops, and
-//! their sum shrinks faster with the widths than the model's time does).
+//! their sum does not shrink in step with the model's time).
 //!
 //! Measured latency of a pruned model (`LatencyMeter`) is its time relative to the dense
 //! model in alternating calls, in milliseconds of the profile's dense time.
@@ -400,10 +400,10 @@ pub fn profile(
         });
     }
     let dense_ms = dense_before.min(model_latency_ms(&dense, batch, MODEL_REPS, device));
-    // Nodes timed alone do not add up to the whole model, and their sum falls faster with the
-    // widths than the whole model's time does (a 2-core CPU at batch 1: the sum predicted
-    // 0.4 ms where the model took 2.0). A second whole-model point, at the narrow end, lets
-    // the latency model scale the sum between the two measurements.
+    // Nodes timed alone do not add up to the whole model, and their sum does not shrink in
+    // step with the model's time (the plain sum plus a constant mispredicted pruned ResNet-20s
+    // at batch 1 by 13–40% on average, BENCHMARKS.md). A second whole-model point, at the
+    // narrow end, lets the latency model scale the sum between the two measurements.
     let groups = super::groups::channel_groups(graph, &[])?;
     let floor_ms = if groups.iter().any(|g| g.is_prunable()) {
         let mut sel = super::mask::Selection::all(&groups);

@@ -71,3 +71,13 @@ pub fn synthetic_mnist(n: usize, seed: u64) -> lopper::data::Dataset {
         classes: (0..10).map(|i| i.to_string()).collect(),
     }
 }
+
+/// A tensor's values as f64, for host-side checks.
+pub fn host_f64<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f64> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
