@@ -9,6 +9,7 @@ use burn::module::Module;
 use lopper::count::count;
 use lopper::data::DatasetName;
 use lopper::fsutil::write_atomic;
+use lopper::graph::Op;
 use lopper::model::Model;
 use lopper::model::NoHook;
 use lopper::prune::admm::AdmmMetric;
@@ -546,8 +547,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
             .unwrap_or_else(|| cost_model.cost(&ratios)),
     };
     let bn_started = Instant::now();
+    // Models without BatchNorm have nothing to re-estimate; the report then says 0 batches.
+    let has_bn = (pruned.model.graph.nodes.iter()).any(|n| matches!(n.op, Op::BatchNorm2d { .. }));
+    let bn_batches = if has_bn { a.bn_batches } else { 0 };
     let mut pruned = pruned;
-    pruned.model = recalibrate_batch_norm(&pruned.model, &data.train, a.bn_batches, &device)
+    pruned.model = recalibrate_batch_norm(&pruned.model, &data.train, bn_batches, &device)
         .context("cannot re-estimate the BatchNorm statistics")?;
     let bn_seconds = bn_started.elapsed().as_secs_f64();
     let top1_pruned = evaluate(&pruned.model, test, &NoHook, &device)?.top1;
@@ -556,10 +560,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
         lopper::count::human(after.macs),
         lopper::count::human(after.params),
         100.0 * top1_pruned,
-        if a.bn_batches > 0 {
+        if bn_batches > 0 {
             format!(
-                " (BatchNorm statistics re-estimated on {} batches in {bn_seconds:.1} s)",
-                a.bn_batches
+                " (BatchNorm statistics re-estimated on {bn_batches} batches in {bn_seconds:.1} s)"
             )
         } else {
             String::new()
@@ -634,7 +637,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         top1_pruned,
         top1_finetuned: finetuned.map(|m| m.top1),
         finetune_epochs: a.finetune_epochs,
-        bn_batches: a.bn_batches,
+        bn_batches,
         latency_ms_batch1: latency(1),
         latency_ms_batch64: latency(64),
         groups: groups
