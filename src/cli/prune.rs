@@ -9,7 +9,6 @@ use burn::module::Module;
 use lopper::count::count;
 use lopper::data::DatasetName;
 use lopper::fsutil::write_atomic;
-use lopper::graph::Op;
 use lopper::model::Model;
 use lopper::model::NoHook;
 use lopper::prune::admm::AdmmMetric;
@@ -26,8 +25,8 @@ use lopper::prune::{
     prune_model,
 };
 use lopper::train::{
-    NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, evaluate, prepare_data,
-    recalibrate_batch_norm,
+    NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, evaluate, has_batch_norm,
+    prepare_data, recalibrate_batch_norm,
 };
 
 /// How the pruned widths are found.
@@ -461,11 +460,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 };
                 let mut ft = cfg.clone();
                 ft.lr = a.lr;
-                let measure_latency = |m: &Model| match &meter {
-                    Some(meter) => meter.ms(m),
-                    None => f64::NAN,
-                };
-                let latency_budget = meter.is_some();
+                let measure = meter.as_ref().map(|meter| move |m: &Model| meter.ms(m));
                 let (model, steps) = iterative_prune(
                     dense.clone(),
                     &a.protect,
@@ -475,11 +470,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     &ft,
                     &data.train,
                     &device,
-                    latency_budget.then_some(&measure_latency as _),
+                    measure.as_ref().map(|f| f as _),
                     !a.quiet,
                 )?;
                 say(format!("iterative: {} pruning step(s)", steps.len()));
-                let measured = latency_budget.then(|| measure_latency(&model));
+                let measured = measure.as_ref().map(|f| f(&model));
                 Pruned {
                     model,
                     measured_ms: measured,
@@ -548,8 +543,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
     };
     let bn_started = Instant::now();
     // Models without BatchNorm have nothing to re-estimate; the report then says 0 batches.
-    let has_bn = (pruned.model.graph.nodes.iter()).any(|n| matches!(n.op, Op::BatchNorm2d { .. }));
-    let bn_batches = if has_bn { a.bn_batches } else { 0 };
+    let bn_batches = if has_batch_norm(&pruned.model.graph) {
+        a.bn_batches
+    } else {
+        0
+    };
     let mut pruned = pruned;
     pruned.model = recalibrate_batch_norm(&pruned.model, &data.train, bn_batches, &device)
         .context("cannot re-estimate the BatchNorm statistics")?;

@@ -3,8 +3,8 @@
 //!
 //! Every node is timed alone, on its own input shape at the profiled batch size, for a grid
 //! of input and output channel fractions (every count on axes of up to 8 channels; one axis
-//! for ops whose input and output channels are the same), and the whole model is timed dense and at its narrowest (every prunable
-//! group at 1/8). The model evaluates each node's table bilinearly at the node's channel
+//! for ops whose input and output channels are the same), and the whole model is timed
+//! dense and at its narrowest (every prunable group at 1/8). The model evaluates each node's table bilinearly at the node's channel
 //! fractions (piecewise linear, so it has a gradient), sums them, and maps the sum linearly
 //! onto the two whole-model measurements (nodes alone miss the overhead between ops, and
 //! their sum does not shrink in step with the model's time).
@@ -46,8 +46,6 @@ pub struct LatencyProfile {
     pub model: String,
     pub device: String,
     pub batch: usize,
-    /// Measured dense latency minus the sum of the nodes' full-width times.
-    pub overhead_ms: f64,
     /// Measured latency of the whole dense model.
     pub dense_ms: f64,
     /// Measured latency of the whole model with every prunable group cut to
@@ -235,15 +233,18 @@ fn sync_value(v: Value) {
     };
 }
 
+/// One eval-mode forward pass, waited for.
+fn forward_once(model: &Model, x: &Value) {
+    if let Ok(v) = model.forward_hooked(x.clone(), false, &NoHook) {
+        sync_value(v);
+    }
+}
+
 /// Forward latency in ms of a whole model at `batch` (eval mode), by the one timing
 /// statistic (see `time_ms`) over `reps` calls ([`MODEL_REPS`] in the product).
 pub fn model_latency_ms(model: &Model, batch: usize, reps: usize, device: &Device) -> f64 {
     let x = input_value(&model.graph, batch, device);
-    time_ms(reps, || {
-        if let Ok(v) = model.forward_hooked(x.clone(), false, &NoHook) {
-            sync_value(v);
-        }
-    })
+    time_ms(reps, || forward_once(model, &x))
 }
 
 /// Latency of `model` as a share of `reference`'s at `batch`, timed in alternating calls so
@@ -274,9 +275,7 @@ fn paired_ratio(
     let xr = input_value(&reference.graph, batch, device);
     let call = |m: &Model, x: &Value| {
         let s = Instant::now();
-        if let Ok(v) = m.forward_hooked(x.clone(), false, &NoHook) {
-            sync_value(v);
-        }
+        forward_once(m, x);
         s.elapsed().as_secs_f64()
     };
     // Warm-up: a freshly built model's first calls can run slower (allocations, caches); at
@@ -370,7 +369,6 @@ pub fn profile(
     let reference = Model::init(single_op(graph, first, 1.0, 1.0)?, 0, device)?;
     let reference_ms = model_latency_ms(&reference, batch, MODEL_REPS, device);
     let mut nodes = vec![];
-    let mut full_sum = 0.0;
     for (i, node) in graph.nodes.iter().enumerate() {
         progress(i, graph.nodes.len());
         let (ain, aout) = axes(&node.op);
@@ -391,7 +389,6 @@ pub fn profile(
                 ms[a][b] = reference_ms * paired_ratio(&m, &reference, batch, reps, 0.05, device);
             }
         }
-        full_sum += ms[in_grid.len() - 1][out_grid.len() - 1];
         nodes.push(NodeTable {
             name: node.name.clone(),
             in_grid,
@@ -420,7 +417,6 @@ pub fn profile(
         model: graph.name.clone(),
         device: device_name.to_string(),
         batch,
-        overhead_ms: dense_ms - full_sum,
         dense_ms,
         floor_ms,
         nodes,

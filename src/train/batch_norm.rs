@@ -13,8 +13,16 @@ use burn::tensor::Device;
 
 use crate::data::Batcher;
 use crate::error::{LopperError, Result};
-use crate::graph::Op;
+use crate::graph::{Graph, Op};
 use crate::model::Model;
+
+/// Whether `graph` has a BatchNorm to re-estimate.
+pub fn has_batch_norm(graph: &Graph) -> bool {
+    graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::BatchNorm2d { .. }))
+}
 
 /// Replaces every BatchNorm's running mean and variance with their plain average over the
 /// first `batches` batches of `data` (train-mode forward passes; no weight changes). The
@@ -27,8 +35,7 @@ pub fn recalibrate_batch_norm(
     batches: usize,
     device: &Device,
 ) -> Result<Model> {
-    let is_bn = |op: &Op| matches!(op, Op::BatchNorm2d { .. });
-    if batches == 0 || !model.graph.nodes.iter().any(|n| is_bn(&n.op)) {
+    if batches == 0 || !has_batch_norm(&model.graph) {
         return Ok(model.clone());
     }
     let ad = device.clone().autodiff();

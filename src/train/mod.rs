@@ -10,7 +10,7 @@ pub mod run;
 pub mod schedule;
 pub mod trainer;
 
-pub use batch_norm::recalibrate_batch_norm;
+pub use batch_norm::{has_batch_norm, recalibrate_batch_norm};
 pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
 pub use eval::{EvalMetrics, evaluate};
 pub use run::{EpochRecord, RunDir};
