@@ -190,3 +190,71 @@ fn relative_latency_orders_a_cut_model_below_its_reference() {
         "meter: {ms} ms against a 10 ms reference"
     );
 }
+
+/// The measured fill after a calibration that ends under the window: on a "device" where a
+/// second channel in group 0 makes group 1 cost almost twice as much (a step the linear
+/// prediction misses, like LeNet-5's first convolution at batch 64), it grows the groups the
+/// prediction can close the gap with, pays for group 0's step with group 1's channels once
+/// growing alone is over, lands in [0.9, 1] of the budget and never keeps a build over it.
+#[test]
+fn fill_reaches_the_window_past_a_step_the_prediction_misses() {
+    use lopper::prune::latency::{FillStep, fill};
+    let device = |c: &[usize]| {
+        let jump = if c[0] >= 2 { 0.08 * c[1] as f64 } else { 0.0 };
+        1.0 + 0.05 * c[0] as f64 + 0.1 * c[1] as f64 + 0.001 * c[2] as f64 + jump
+    };
+    let predict = |c: &[usize]| 1.0 + 0.05 * c[0] as f64 + 0.1 * c[1] as f64 + 0.001 * c[2] as f64;
+    // Every channel is worth the same; ties go to the cheaper prediction.
+    let value = |_: usize, _: usize| 1.0;
+    let run = |start: Vec<usize>, limit: f64| {
+        let mut steps: Vec<FillStep> = vec![];
+        let measured = device(&start);
+        let (counts, built, ms) = fill(
+            limit,
+            (start.clone(), start, measured),
+            (&[1, 1, 1], &[6, 16, 120]),
+            1,
+            value,
+            predict,
+            |c| Ok(c.to_vec()),
+            |c: &Vec<usize>| device(c),
+            16,
+            |s| steps.push(s),
+        )
+        .unwrap();
+        assert_eq!(counts, built);
+        assert_eq!(ms, device(&counts));
+        (counts, ms, steps)
+    };
+
+    // Past the step, latency is linear in the widths (at another slope than predicted):
+    // growth alone closes the gap.
+    let (counts, ms, steps) = run(vec![2, 4, 60], 2.5);
+    assert!(device(&[2, 4, 60]) < 0.8 * 2.5);
+    assert!((0.9 * 2.5..=2.5).contains(&ms), "{ms} after {steps:?}");
+    assert!(counts[1] > 4, "{counts:?}");
+    assert!(steps.iter().all(|s| s.removed.is_empty()), "{steps:?}");
+
+    // Only group 0 can grow, and growing it alone is over the budget: an exchange.
+    let (counts, ms, steps) = run(vec![1, 16, 120], 3.3);
+    assert!(device(&[1, 16, 120]) < 0.9 * 3.3);
+    assert!((0.9 * 3.3..=3.3).contains(&ms), "{ms} after {steps:?}");
+    assert_eq!(counts[0], 2, "{counts:?}");
+    assert!(counts[1] < 16, "{counts:?}");
+    let exchange = steps.iter().find(|s| s.accepted && !s.removed.is_empty());
+    assert!(exchange.is_some(), "{steps:?}");
+    for s in &steps {
+        assert!(s.measured <= 3.3 || !s.accepted, "{s:?}");
+    }
+    // The first exchange's try (paying for the measured excess at the predicted rate) is
+    // too much, so the search along the exchange path took more than one build.
+    assert!(
+        steps.iter().filter(|s| !s.removed.is_empty()).count() > 1,
+        "{steps:?}"
+    );
+
+    // In the window already: nothing is built.
+    let (counts, _, steps) = run(vec![1, 16, 120], 2.9);
+    assert_eq!(counts, vec![1, 16, 120]);
+    assert!(steps.is_empty());
+}

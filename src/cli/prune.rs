@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
+use burn::tensor::Device;
 
 use lopper::count::count;
 use lopper::data::DatasetName;
@@ -13,16 +14,17 @@ use lopper::model::Model;
 use lopper::model::NoHook;
 use lopper::prune::admm::AdmmMetric;
 use lopper::prune::allocation::Amount;
+use lopper::prune::allocation::{counts_cost, ranked_values, select};
 use lopper::prune::dsa::{Dsa, DsaConfig, RatioSignal};
 use lopper::prune::iterative::{IterativeConfig, iterative_prune, width_ratios};
 use lopper::prune::latency::{
-    CALIBRATION_ROUNDS, LatencyMeter, LatencyProfile, MODEL_REPS, calibrate, model_latency_ms,
-    relative_latency,
+    CALIBRATION_ROUNDS, FILL_ROUNDS, LatencyMeter, LatencyProfile, MODEL_REPS, calibrate, fill,
+    model_latency_ms, relative_latency,
 };
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
 use lopper::prune::{
-    Allocation, Budget, Criterion, Metric, allocate, channel_groups, channel_scores, harden,
-    prune_model,
+    Allocation, Budget, ChannelGroup, CostModel, Criterion, Metric, Selection, allocate,
+    channel_groups, channel_scores, harden, prune_model,
 };
 use lopper::train::{
     NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, evaluate, has_batch_norm,
@@ -430,16 +432,24 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 };
                 let trained = outcome.model.valid();
                 let importance = dsa.importance();
-                let (model, measured) = calibrated(a.quiet, limit, meter.as_ref(), |lim| {
-                    let selection = harden(
-                        &groups,
-                        &importance,
-                        dsa.feasible_ratios(),
-                        cost_model.as_ref(),
-                        lim,
-                    )?;
-                    prune_model(&trained, &groups, &selection, &device)
-                })?;
+                let surgery = Surgery {
+                    source: &trained,
+                    groups: &groups,
+                    scores: &importance,
+                    cost: cost_model.as_ref(),
+                    unit: 1,
+                    device: &device,
+                };
+                let (model, measured) =
+                    calibrated(a.quiet, limit, meter.as_ref(), &surgery, |lim| {
+                        harden(
+                            &groups,
+                            &importance,
+                            dsa.feasible_ratios(),
+                            cost_model.as_ref(),
+                            lim,
+                        )
+                    })?;
                 Pruned {
                     model,
                     measured_ms: measured,
@@ -493,21 +503,29 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     &device,
                     cfg.seed,
                 )?;
-                let (model, measured) = calibrated(a.quiet, limit, meter.as_ref(), |lim| {
-                    let budget = Budget {
-                        resource: budget.resource,
-                        amount: Amount::Absolute(lim),
-                    };
-                    let selection = allocate(
-                        &groups,
-                        &scores,
-                        &budget,
-                        cost_model.as_ref(),
-                        a.allocation,
-                        a.round_to,
-                    )?;
-                    prune_model(&dense, &groups, &selection, &device)
-                })?;
+                let surgery = Surgery {
+                    source: &dense,
+                    groups: &groups,
+                    scores: &scores,
+                    cost: cost_model.as_ref(),
+                    unit: a.round_to.max(1),
+                    device: &device,
+                };
+                let (model, measured) =
+                    calibrated(a.quiet, limit, meter.as_ref(), &surgery, |lim| {
+                        let budget = Budget {
+                            resource: budget.resource,
+                            amount: Amount::Absolute(lim),
+                        };
+                        allocate(
+                            &groups,
+                            &scores,
+                            &budget,
+                            cost_model.as_ref(),
+                            a.allocation,
+                            a.round_to,
+                        )
+                    })?;
                 Pruned {
                     model,
                     measured_ms: measured,
@@ -680,31 +698,107 @@ pub fn run(a: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-/// Builds the pruned model for a limit in the cost model's units. For MACs and parameters the
-/// model is exact, so one build at the budget is final. For latency the profile only predicts:
-/// the pruned model is measured by `meter` and the limit handed to the cost model is
-/// corrected, up to [`CALIBRATION_ROUNDS`] rounds, until the measurement lands within
-/// [0.9, 1.0] of the budget.
-/// The best measured build under the budget is kept (the fastest one if none is under).
+/// What turns widths into a pruned model: the model pruned from, its channel groups, the
+/// channel scores that pick the channels a width keeps, the cost model and the device.
+struct Surgery<'a> {
+    source: &'a Model,
+    groups: &'a [ChannelGroup],
+    scores: &'a [Vec<f64>],
+    cost: &'a dyn CostModel,
+    /// Widths move in multiples of this many channels (`--round-to`).
+    unit: usize,
+    device: &'a Device,
+}
+
+impl Surgery<'_> {
+    fn build(&self, selection: &Selection) -> lopper::Result<Model> {
+        prune_model(self.source, self.groups, selection, self.device)
+    }
+}
+
+/// The pruned model for the budget `limit`, `select_at(l)` giving the widths for a limit `l`
+/// in the cost model's units. Without a latency meter that is the selection at the limit.
+/// With one, the limit is calibrated against measurements until the measured latency lands
+/// in [0.9, 1] of the budget, and if the calibration ends under that window, a measured fill
+/// grows single groups towards it (real latency moves in steps the calibration's one path of
+/// widths can straddle). Returns the model and its measured latency.
 fn calibrated(
     quiet: bool,
     limit: f64,
     meter: Option<&LatencyMeter>,
-    build: impl Fn(f64) -> lopper::Result<Model>,
+    surgery: &Surgery,
+    select_at: impl Fn(f64) -> lopper::Result<Selection>,
 ) -> Result<(Model, Option<f64>)> {
     let Some(meter) = meter else {
-        return Ok((build(limit)?, None));
+        return Ok((surgery.build(&select_at(limit)?)?, None));
     };
-    let (model, measured) = calibrate(
+    let ((selection, model), measured) = calibrate(
         limit,
         limit,
         CALIBRATION_ROUNDS,
-        build,
-        |m| meter.ms(m),
+        |lim| {
+            let selection = select_at(lim)?;
+            let model = surgery.build(&selection)?;
+            Ok((selection, model))
+        },
+        |(_, m)| meter.ms(m),
         |round, model_limit, measured| {
             if !quiet {
                 eprintln!(
                     "latency calibration round {round}: predicted limit {model_limit:.3} ms, measured {measured:.3} ms (budget {limit:.3} ms)"
+                );
+            }
+        },
+    )?;
+    if measured > limit || measured >= 0.9 * limit {
+        return Ok((model, Some(measured)));
+    }
+    let groups = surgery.groups;
+    let counts: Vec<usize> = groups
+        .iter()
+        .map(|g| selection.kept(groups, g.id).len())
+        .collect();
+    let bound = |prunable: usize, g: &ChannelGroup| {
+        if g.is_prunable() {
+            prunable
+        } else {
+            counts[g.id]
+        }
+    };
+    let max: Vec<usize> = groups.iter().map(|g| bound(g.channels, g)).collect();
+    let min: Vec<usize> = groups
+        .iter()
+        .map(|g| bound(surgery.unit.min(g.channels), g))
+        .collect();
+    let ranked = ranked_values(surgery.scores);
+    let (_, model, measured) = fill(
+        limit,
+        (counts, model, measured),
+        (&min, &max),
+        surgery.unit,
+        |g, rank| ranked[g][rank],
+        |counts| counts_cost(groups, surgery.cost, counts),
+        |counts| surgery.build(&select(groups, surgery.scores, counts)),
+        |m| meter.ms(m),
+        FILL_ROUNDS,
+        |step| {
+            if !quiet {
+                let paid: Vec<String> = step
+                    .removed
+                    .iter()
+                    .map(|(h, k)| format!("group {h} -{k}"))
+                    .collect();
+                eprintln!(
+                    "latency fill: group {} +{} channel(s){}, measured {:.3} ms (budget {limit:.3} ms){}",
+                    step.group,
+                    step.added,
+                    if paid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for {}", paid.join(", "))
+                    },
+                    step.measured,
+                    if step.accepted { "" } else { ": not kept" }
                 );
             }
         },

@@ -215,8 +215,22 @@ pub fn counts_cost(groups: &[ChannelGroup], model: &dyn CostModel, counts: &[usi
     model.cost(&a)
 }
 
-/// Selection keeping `counts[g]` channels of each prunable group.
-fn select(groups: &[ChannelGroup], scores: &[Vec<f64>], counts: &[usize]) -> Selection {
+/// Each group's channel scores in descending order, over the group's mean score: what the
+/// next channel a group keeps is worth, comparable across groups.
+pub fn ranked_values(scores: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    scores
+        .iter()
+        .map(|s| {
+            let mean = (s.iter().sum::<f64>() / s.len().max(1) as f64).max(1e-30);
+            let mut v: Vec<f64> = s.iter().map(|x| x / mean).collect();
+            v.sort_by(|a, b| b.total_cmp(a));
+            v
+        })
+        .collect()
+}
+
+/// Selection keeping the `counts[g]` highest-scoring channels of each prunable group.
+pub fn select(groups: &[ChannelGroup], scores: &[Vec<f64>], counts: &[usize]) -> Selection {
     let mut sel = Selection::all(groups);
     for g in groups.iter().filter(|g| g.is_prunable()) {
         if counts[g.id] < g.channels {
@@ -350,21 +364,8 @@ pub fn harden(
             }
         })
         .collect();
-    // Channels of each group by descending score, and the score scale of the group.
-    let order: Vec<Vec<usize>> = groups
-        .iter()
-        .map(|g| {
-            let s = &scores[g.id];
-            let mut idx: Vec<usize> = (0..s.len()).collect();
-            idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
-            idx
-        })
-        .collect();
-    let value = |g: usize, rank: usize| -> f64 {
-        let s = &scores[g];
-        let mean = (s.iter().sum::<f64>() / s.len().max(1) as f64).max(1e-30);
-        s[order[g][rank]] / mean
-    };
+    let ranked = ranked_values(scores);
+    let value = |g: usize, rank: usize| ranked[g][rank];
     let cost = |counts: &[usize]| counts_cost(groups, model, counts);
     let mut current = cost(&counts);
     while current > limit {

@@ -666,3 +666,186 @@ fn next_limit(points: &[(f64, f64)], aim: f64) -> f64 {
     // An extrapolated line is trusted at most a factor 4 away from the last limit.
     next.clamp(0.25 * x, 4.0 * x)
 }
+
+/// Rounds of the measured fill after a calibration that ended under the window.
+pub const FILL_ROUNDS: usize = 16;
+
+/// Builds an exchange of [`fill`] may take to find how much to pay for its step.
+const EXCHANGE_ROUNDS: usize = 4;
+
+/// One build of [`fill`]: group `group` grown by `added` channels, and for an exchange the
+/// channels taken from each other group to pay for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FillStep {
+    pub group: usize,
+    pub added: usize,
+    /// (group, channels removed) of an exchange; empty for a plain growth.
+    pub removed: Vec<(usize, usize)>,
+    pub measured: f64,
+    pub accepted: bool,
+}
+
+/// A measured local search after [`calibrate`], for when its best build is more than 10%
+/// under the budget. Widths move along one path as the calibration's limit grows, and real
+/// latency is a step function of a width (a 6-channel convolution can run slower with 4
+/// channels than with 6, and LeNet-5 at batch 64 runs a third slower once its first
+/// convolution has 2 channels instead of 1): every limit can land either side of the window.
+///
+/// The fill starts from the calibrated widths `counts` (measured `measured`) and grows one
+/// group at a time: the group with the most importance per predicted millisecond (`value(g,
+/// rank)` of its next channels over `predict`'s increase), by as many channels as the
+/// prediction says close the gap to 0.95 of the budget. A build measured within the budget is
+/// kept (more channels at no more than the budget). One over it halves that group's step;
+/// when a single step of a group is over, the group gets one exchange: the step, paid for by
+/// taking channels from the other groups (least importance per predicted millisecond first),
+/// the amount found by a short [`calibrate`] on the prediction the others are cut to (it
+/// starts from the measured excess). An exchange is kept if it measures within the budget
+/// and above the best so far; then the group is left where it is.
+///
+/// Stops in the window, when no group can grow, or after `rounds` builds. `max[g]` is how far
+/// group `g` may grow and `min[g]` how far an exchange may shrink it (both its current count
+/// for groups not to touch); widths move by multiples of `unit` channels. Returns the widths,
+/// the build and its measurement; `log` sees every build.
+#[allow(clippy::too_many_arguments)]
+pub fn fill<T>(
+    limit: f64,
+    start: (Vec<usize>, T, f64),
+    (min, max): (&[usize], &[usize]),
+    unit: usize,
+    value: impl Fn(usize, usize) -> f64,
+    predict: impl Fn(&[usize]) -> f64,
+    mut build: impl FnMut(&[usize]) -> Result<T>,
+    measure: impl Fn(&T) -> f64,
+    rounds: usize,
+    mut log: impl FnMut(FillStep),
+) -> Result<(Vec<usize>, T, f64)> {
+    let unit = unit.max(1);
+    let aim = 0.95 * limit;
+    let (mut counts, mut best, mut best_ms) = start;
+    let n_groups = counts.len();
+    // A group's step after a miss (halved each time), or None for "as the prediction says".
+    let mut cap: Vec<Option<usize>> = vec![None; n_groups];
+    let mut blocked = vec![false; n_groups];
+    let mut built = 0;
+    while built < rounds && best_ms < 0.9 * limit {
+        let base = predict(&counts);
+        // Measurement over prediction: the two differ by a factor the gap is converted with.
+        let to_predicted = base / best_ms.max(f64::MIN_POSITIVE);
+        let gap = (aim - best_ms) * to_predicted;
+        let mut choice: Option<(f64, usize, usize)> = None;
+        for g in 0..n_groups {
+            let room = max[g].saturating_sub(counts[g]);
+            if room == 0 || blocked[g] {
+                continue;
+            }
+            let mut trial = counts.clone();
+            let (mut n, mut gain) = (0, 0.0);
+            let most = cap[g].unwrap_or(room).min(room);
+            while n < most {
+                let next = (n + unit).min(room);
+                gain += (n..next).map(|r| value(g, counts[g] + r)).sum::<f64>();
+                n = next;
+                trial[g] = counts[g] + n;
+                if cap[g].is_none() && predict(&trial) - base >= gap {
+                    break;
+                }
+            }
+            let merit = gain / (predict(&trial) - base).max(1e-9 * base.abs().max(1e-12));
+            if choice.is_none_or(|(m, _, _)| merit > m) {
+                choice = Some((merit, g, n));
+            }
+        }
+        let Some((_, g, n)) = choice else { break };
+        let mut grown = counts.clone();
+        grown[g] += n;
+        let candidate = build(&grown)?;
+        let ms = measure(&candidate);
+        built += 1;
+        let accepted = ms <= limit;
+        log(FillStep {
+            group: g,
+            added: n,
+            removed: vec![],
+            measured: ms,
+            accepted,
+        });
+        if accepted {
+            (counts, best, best_ms) = (grown, candidate, ms);
+            cap[g] = None;
+            continue;
+        }
+        if n > unit {
+            cap[g] = Some((n / 2).max(unit));
+            continue;
+        }
+        blocked[g] = true;
+        if built >= rounds {
+            break;
+        }
+        // The exchange: pay for the step with the other groups' least valuable channels, as
+        // many as a short calibration along that path finds (how much the measurement drops
+        // per predicted millisecond is not known before measuring it).
+        let shrink = |t: f64| -> Vec<usize> {
+            let mut trial = grown.clone();
+            while predict(&trial) > t {
+                let now = predict(&trial);
+                let mut cut: Option<(f64, usize, usize)> = None;
+                for h in (0..n_groups).filter(|&h| h != g) {
+                    let k = unit.min(trial[h].saturating_sub(min[h]));
+                    if k == 0 {
+                        continue;
+                    }
+                    let lost: f64 = (trial[h] - k..trial[h]).map(|r| value(h, r)).sum();
+                    trial[h] -= k;
+                    let saved = now - predict(&trial);
+                    trial[h] += k;
+                    let merit = saved / lost.max(1e-12);
+                    if saved > 0.0 && cut.is_none_or(|(m, _, _)| merit > m) {
+                        cut = Some((merit, h, k));
+                    }
+                }
+                let Some((_, h, k)) = cut else { break };
+                trial[h] -= k;
+            }
+            trial
+        };
+        let start = predict(&grown) - (ms - aim) * to_predicted;
+        let rounds_left = EXCHANGE_ROUNDS.min(rounds - built);
+        let last = std::cell::RefCell::new(vec![]);
+        let ((trial, candidate), ms) = calibrate(
+            limit,
+            start,
+            rounds_left,
+            |t| {
+                let trial = shrink(t);
+                *last.borrow_mut() = trial.clone();
+                let candidate = build(&trial)?;
+                Ok((trial, candidate))
+            },
+            |(_, c)| measure(c),
+            |_, _, ms| {
+                let trial = last.borrow();
+                log(FillStep {
+                    group: g,
+                    added: n,
+                    removed: (0..n_groups)
+                        .filter(|&h| trial[h] < grown[h])
+                        .map(|h| (h, grown[h] - trial[h]))
+                        .collect(),
+                    measured: ms,
+                    accepted: ms <= limit && ms > best_ms,
+                })
+            },
+        )?;
+        built += rounds_left;
+        if ms <= limit && ms > best_ms {
+            (counts, best, best_ms) = (trial, candidate, ms);
+            // The other groups' widths changed: their steps are worth another look.
+            cap.iter_mut().for_each(|c| *c = None);
+            for (h, b) in blocked.iter_mut().enumerate() {
+                *b = h == g;
+            }
+        }
+    }
+    Ok((counts, best, best_ms))
+}
