@@ -528,3 +528,89 @@ fn fisher_signal_takes_the_budget_where_the_loss_does_not_look() {
         assert!(z[g.id] >= 0.9, "group {} cut to {} ({z:?})", g.id, z[g.id]);
     }
 }
+
+/// In the hard tail the weight steps' forward pass (autodiff values) uses the deterministic
+/// top-k masks evaluation uses; before it, sampled masks at the starting hardness (beta2 = 1,
+/// keep probabilities far from 0 and 1) differ from them.
+#[test]
+fn hard_tail_trains_under_the_evaluation_masks() {
+    let graph = small_graph();
+    let groups = channel_groups(&graph, &[]).unwrap();
+    let dev = Device::flex();
+    let ad = dev.clone().autodiff();
+    let model = randomised(&graph, 8);
+    let cost = ResourceModel::new(Resource::Macs, &graph, &groups);
+    let limit = 0.5 * cost.dense_cost();
+    // The ratio steps' data: not used, no ratio step runs here.
+    let val = Batcher::new(
+        Arc::new(lopper::data::Dataset {
+            images: vec![128; 4 * 3 * 64],
+            labels: vec![0, 1, 2, 3],
+            shape: [3, 8, 8],
+            classes: (0..4).map(|c| c.to_string()).collect(),
+        }),
+        4,
+        DatasetName::Cifar10.preprocess(),
+        false,
+    );
+    let steps_per_epoch = 10;
+    let mut dsa = Dsa::new(
+        &model,
+        groups.clone(),
+        Box::new(cost),
+        limit,
+        DsaConfig {
+            epochs: 1,
+            hard_tail: 0.3,
+            // Ratios the masks keep a part of: a = sigmoid(0) = 0.5.
+            init_logit: 0.0,
+            ..DsaConfig::default()
+        },
+        val,
+        steps_per_epoch,
+        &dev,
+        1,
+        None,
+    )
+    .unwrap();
+    let mut rng = StdRng::seed_from_u64(2);
+    let x: Vec<f32> = (0..8 * 3 * 64)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let logits = |device: &Device, dsa: &Dsa| -> Vec<f64> {
+        let input = Tensor::<4>::from_data(TensorData::new(x.clone(), [8, 3, 8, 8]), device);
+        let Value::Flat(out) = model
+            .clone()
+            .fork(device)
+            .forward_hooked(Value::Spatial(input), false, dsa.node_hook().unwrap())
+            .unwrap()
+        else {
+            panic!("flat output expected")
+        };
+        host_f64(out)
+    };
+    let evaluation = logits(&dev, &dsa);
+    let step = |global_step: usize| StepInfo {
+        epoch: 0,
+        step_in_epoch: global_step,
+        global_step,
+        lr: 0.1,
+    };
+    let mut sampled_differs = false;
+    for s in 0..7 {
+        dsa.before_step(&step(s));
+        let train = logits(&ad, &dsa);
+        sampled_differs |= train
+            .iter()
+            .zip(&evaluation)
+            .any(|(a, b)| (a - b).abs() > 1e-4);
+    }
+    assert!(sampled_differs, "sampled masks matched the top-k ones");
+    for s in 7..10 {
+        dsa.before_step(&step(s));
+        let train = logits(&ad, &dsa);
+        for (a, b) in train.iter().zip(&evaluation) {
+            assert!((a - b).abs() <= 1e-5, "step {s}: {a} vs {b}");
+        }
+    }
+}

@@ -151,6 +151,10 @@ pub struct PruneArgs {
     /// the channel) or sampled (the straight-through gradient of one batch, ALGORITHMS.md).
     #[arg(long, value_enum, default_value = "fisher")]
     pub ratio_signal: RatioSignal,
+    /// DSA: share of the allocation phase, at its end, whose weight steps train under the
+    /// deterministic masks of the widths that will be kept instead of sampled ones.
+    #[arg(long, default_value_t = 0.0)]
+    pub hard_tail: f64,
     /// DSA: share of the training data held out for the keep-ratio steps.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -360,6 +364,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 if !(a.dsa_epochs > 0.0 && a.dsa_epochs.is_finite()) {
                     bail!("--dsa-epochs must be positive");
                 }
+                if !(0.0..=1.0).contains(&a.hard_tail) {
+                    bail!("--hard-tail is a share of the allocation phase, from 0 to 1");
+                }
                 let passes = a.dsa_epochs.ceil() as usize;
                 let share = a.dsa_epochs / passes as f64;
                 let alloc_train = if share < 0.999 {
@@ -385,6 +392,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     rho: a.rho,
                     metric: a.admm_metric,
                     signal: a.ratio_signal,
+                    hard_tail: a.hard_tail,
                     ..DsaConfig::default()
                 };
                 let val = data

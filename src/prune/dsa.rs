@@ -60,6 +60,11 @@ pub struct DsaConfig {
     /// What stands for dL/dp of a channel in the ratio gradient.
     #[serde(default)]
     pub signal: RatioSignal,
+    /// Share of the allocation phase's weight steps, at its end, that train under the
+    /// deterministic top-k masks evaluation and hardening use instead of sampled ones, so
+    /// that the weights adapt to the network that will be kept (the ratio steps still sample).
+    #[serde(default)]
+    pub hard_tail: f64,
 }
 
 /// The per-channel loss signal fed to the implicit ratio gradient (ALGORITHMS.md step 4).
@@ -106,6 +111,7 @@ impl Default for DsaConfig {
             budget_ramp: 0.5,
             metric: AdmmMetric::Euclidean,
             signal: RatioSignal::Fisher,
+            hard_tail: 0.0,
         }
     }
 }
@@ -293,6 +299,8 @@ pub struct Dsa {
     /// Ratio steps taken, and expected over the whole allocation phase (for the ramp).
     ratio_steps: usize,
     total_ratio_steps: usize,
+    /// Weight steps of the whole allocation phase (for the hard tail).
+    total_steps: usize,
 }
 
 impl Dsa {
@@ -375,6 +383,7 @@ impl Dsa {
             log_path,
             ratio_steps: 0,
             total_ratio_steps: (cfg_epochs * steps_per_epoch / ratio_every).max(1),
+            total_steps: cfg_epochs * steps_per_epoch,
         };
         dsa.refresh();
         dsa.record(0, None)?;
@@ -667,18 +676,32 @@ impl TrainHook for Dsa {
                 info.epoch as u64,
             ]));
         }
-        let samples = self.sample();
+        let hard_from =
+            ((1.0 - self.cfg.hard_tail.clamp(0.0, 1.0)) * self.total_steps as f64).ceil() as usize;
         let dev = self.train_device.clone();
-        let masks: Vec<Option<Tensor<1>>> = samples
-            .into_iter()
-            .map(|s| {
-                s.map(|(_, m)| {
-                    let c = m.len();
-                    let m: Vec<f32> = m.into_iter().map(|v| v as f32).collect();
-                    Tensor::from_data(TensorData::new(m, [c]), &dev)
-                })
-            })
-            .collect();
+        let masks: Vec<Option<Tensor<1>>> =
+            if self.cfg.hard_tail > 0.0 && info.global_step >= hard_from {
+                self.groups
+                    .iter()
+                    .map(|g| {
+                        g.is_prunable().then(|| {
+                            let m = top_k_mask(&self.log_imp[g.id], sigmoid(self.s[g.id]));
+                            Tensor::from_data(TensorData::new(m, [g.channels]), &dev)
+                        })
+                    })
+                    .collect()
+            } else {
+                self.sample()
+                    .into_iter()
+                    .map(|s| {
+                        s.map(|(_, m)| {
+                            let c = m.len();
+                            let m: Vec<f32> = m.into_iter().map(|v| v as f32).collect();
+                            Tensor::from_data(TensorData::new(m, [c]), &dev)
+                        })
+                    })
+                    .collect()
+            };
         self.masks.train = ChannelMasks::new(&self.graph, &self.groups, &masks, &dev);
     }
 
