@@ -100,7 +100,7 @@ fn latency_model_matches_profile_and_has_gradients() {
 /// cost), keeps the best candidate, and returns the fastest one when nothing fits.
 #[test]
 fn calibration_lands_in_the_window_of_the_measurement() {
-    use lopper::prune::latency::calibrate;
+    use lopper::prune::measured::calibrate;
     let device = |predicted: &f64| 0.3 + 0.7 * predicted.max(0.0).powf(0.6);
     let mut rounds = vec![];
     let (built, measured) = calibrate(0.5, 0.5, 5, Ok, device, |r, lim, ms| {
@@ -198,7 +198,7 @@ fn relative_latency_orders_a_cut_model_below_its_reference() {
 /// growing alone is over, lands in [0.9, 1] of the budget and never keeps a build over it.
 #[test]
 fn fill_reaches_the_window_past_a_step_the_prediction_misses() {
-    use lopper::prune::latency::{FillStep, fill};
+    use lopper::prune::measured::{FillStep, fill};
     let device = |c: &[usize]| {
         let jump = if c[0] >= 2 { 0.08 * c[1] as f64 } else { 0.0 };
         1.0 + 0.05 * c[0] as f64 + 0.1 * c[1] as f64 + 0.001 * c[2] as f64 + jump

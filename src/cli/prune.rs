@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::tensor::Device;
 
 use lopper::count::count;
 use lopper::data::DatasetName;
@@ -14,17 +13,16 @@ use lopper::model::Model;
 use lopper::model::NoHook;
 use lopper::prune::admm::AdmmMetric;
 use lopper::prune::allocation::Amount;
-use lopper::prune::allocation::{counts_cost, ranked_values, select};
 use lopper::prune::dsa::{Dsa, DsaConfig, RatioSignal};
 use lopper::prune::iterative::{IterativeConfig, iterative_prune, width_ratios};
 use lopper::prune::latency::{
-    CALIBRATION_ROUNDS, FILL_ROUNDS, LatencyMeter, LatencyProfile, MODEL_REPS, calibrate, fill,
-    model_latency_ms, relative_latency,
+    LatencyMeter, LatencyProfile, MODEL_REPS, model_latency_ms, relative_latency,
 };
+use lopper::prune::measured::{LatencyRound, Surgery, meet_latency};
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
 use lopper::prune::{
-    Allocation, Budget, ChannelGroup, CostModel, Criterion, Metric, Selection, allocate,
-    channel_groups, channel_scores, harden, prune_model,
+    Allocation, Budget, Criterion, Metric, Selection, allocate, channel_groups, channel_scores,
+    harden,
 };
 use lopper::train::{
     NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, evaluate, has_batch_norm,
@@ -706,30 +704,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-/// What turns widths into a pruned model: the model pruned from, its channel groups, the
-/// channel scores that pick the channels a width keeps, the cost model and the device.
-struct Surgery<'a> {
-    source: &'a Model,
-    groups: &'a [ChannelGroup],
-    scores: &'a [Vec<f64>],
-    cost: &'a dyn CostModel,
-    /// Widths move in multiples of this many channels (`--round-to`).
-    unit: usize,
-    device: &'a Device,
-}
-
-impl Surgery<'_> {
-    fn build(&self, selection: &Selection) -> lopper::Result<Model> {
-        prune_model(self.source, self.groups, selection, self.device)
-    }
-}
-
-/// The pruned model for the budget `limit`, `select_at(l)` giving the widths for a limit `l`
-/// in the cost model's units. Without a latency meter that is the selection at the limit.
-/// With one, the limit is calibrated against measurements until the measured latency lands
-/// in [0.9, 1] of the budget, and if the calibration ends under that window, a measured fill
-/// grows single groups towards it (real latency moves in steps the calibration's one path of
-/// widths can straddle). Returns the model and its measured latency.
+/// The pruned model for the budget `limit` ([`meet_latency`]), its builds reported unless
+/// `quiet`.
 fn calibrated(
     quiet: bool,
     limit: f64,
@@ -737,60 +713,19 @@ fn calibrated(
     surgery: &Surgery,
     select_at: impl Fn(f64) -> lopper::Result<Selection>,
 ) -> Result<(Model, Option<f64>)> {
-    let Some(meter) = meter else {
-        return Ok((surgery.build(&select_at(limit)?)?, None));
-    };
-    let ((selection, model), measured) = calibrate(
-        limit,
-        limit,
-        CALIBRATION_ROUNDS,
-        |lim| {
-            let selection = select_at(lim)?;
-            let model = surgery.build(&selection)?;
-            Ok((selection, model))
-        },
-        |(_, m)| meter.ms(m),
-        |round, model_limit, measured| {
-            if !quiet {
-                eprintln!(
-                    "latency calibration round {round}: predicted limit {model_limit:.3} ms, measured {measured:.3} ms (budget {limit:.3} ms)"
-                );
-            }
-        },
-    )?;
-    if measured > limit || measured >= 0.9 * limit {
-        return Ok((model, Some(measured)));
-    }
-    let groups = surgery.groups;
-    let counts: Vec<usize> = groups
-        .iter()
-        .map(|g| selection.kept(groups, g.id).len())
-        .collect();
-    let bound = |prunable: usize, g: &ChannelGroup| {
-        if g.is_prunable() {
-            prunable
-        } else {
-            counts[g.id]
+    Ok(meet_latency(limit, meter, surgery, select_at, |r| {
+        if quiet {
+            return;
         }
-    };
-    let max: Vec<usize> = groups.iter().map(|g| bound(g.channels, g)).collect();
-    let min: Vec<usize> = groups
-        .iter()
-        .map(|g| bound(surgery.unit.min(g.channels), g))
-        .collect();
-    let ranked = ranked_values(surgery.scores);
-    let (_, model, measured) = fill(
-        limit,
-        (counts, model, measured),
-        (&min, &max),
-        surgery.unit,
-        |g, rank| ranked[g][rank],
-        |counts| counts_cost(groups, surgery.cost, counts),
-        |counts| surgery.build(&select(groups, surgery.scores, counts)),
-        |m| meter.ms(m),
-        FILL_ROUNDS,
-        |step| {
-            if !quiet {
+        match r {
+            LatencyRound::Calibration {
+                round,
+                model_limit,
+                measured,
+            } => eprintln!(
+                "latency calibration round {round}: predicted limit {model_limit:.3} ms, measured {measured:.3} ms (budget {limit:.3} ms)"
+            ),
+            LatencyRound::Fill(step) => {
                 let paid: Vec<String> = step
                     .removed
                     .iter()
@@ -809,9 +744,8 @@ fn calibrated(
                     if step.accepted { "" } else { ": not kept" }
                 );
             }
-        },
-    )?;
-    Ok((model, Some(measured)))
+        }
+    })?)
 }
 
 /// The dense model and the configuration to train with: a trained run's, or a fresh model

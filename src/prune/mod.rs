@@ -1,6 +1,6 @@
 //! Structured pruning machinery shared by every method: channel groups, the channel-mask
 //! hook, surgery (physical removal), resource and latency models, importance criteria,
-//! budget allocation and reports.
+//! budget allocation, meeting a latency budget by measurement, and reports.
 
 pub mod admm;
 pub mod allocation;
@@ -10,6 +10,7 @@ pub mod importance;
 pub mod iterative;
 pub mod latency;
 pub mod mask;
+pub mod measured;
 pub mod report;
 pub mod resource;
 pub mod surgery;
