@@ -61,8 +61,10 @@ pub struct DsaConfig {
     #[serde(default)]
     pub signal: RatioSignal,
     /// Share of the allocation phase's weight steps, at its end, that train under the
-    /// deterministic top-k masks evaluation and hardening use instead of sampled ones, so
-    /// that the weights adapt to the network that will be kept (the ratio steps still sample).
+    /// deterministic top-k masks of the current keep ratios (the evaluation masks) instead of
+    /// sampled ones, so that the weights adapt to the network that is about to be kept
+    /// (hardening cuts to the feasible ADMM iterate, which the ratios approach; the ratio
+    /// steps still sample).
     #[serde(default)]
     pub hard_tail: f64,
 }
@@ -440,17 +442,21 @@ impl Dsa {
         self.refresh_eval_masks();
     }
 
-    fn refresh_eval_masks(&mut self) {
-        let masks: Vec<Option<Tensor<1>>> = self
-            .groups
+    /// The deterministic top-k masks of the current keep ratios, on `device`.
+    fn top_k_masks(&self, device: &Device) -> Vec<Option<Tensor<1>>> {
+        self.groups
             .iter()
             .map(|g| {
                 g.is_prunable().then(|| {
                     let m = top_k_mask(&self.log_imp[g.id], sigmoid(self.s[g.id]));
-                    Tensor::from_data(TensorData::new(m, [g.channels]), &self.eval_device)
+                    Tensor::from_data(TensorData::new(m, [g.channels]), device)
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    fn refresh_eval_masks(&mut self) {
+        let masks = self.top_k_masks(&self.eval_device);
         self.masks.eval = ChannelMasks::new(&self.graph, &self.groups, &masks, &self.eval_device);
     }
 
@@ -681,15 +687,7 @@ impl TrainHook for Dsa {
         let dev = self.train_device.clone();
         let masks: Vec<Option<Tensor<1>>> =
             if self.cfg.hard_tail > 0.0 && info.global_step >= hard_from {
-                self.groups
-                    .iter()
-                    .map(|g| {
-                        g.is_prunable().then(|| {
-                            let m = top_k_mask(&self.log_imp[g.id], sigmoid(self.s[g.id]));
-                            Tensor::from_data(TensorData::new(m, [g.channels]), &dev)
-                        })
-                    })
-                    .collect()
+                self.top_k_masks(&dev)
             } else {
                 self.sample()
                     .into_iter()
