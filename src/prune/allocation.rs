@@ -229,6 +229,41 @@ pub fn ranked_values(scores: &[Vec<f64>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// Takes channels away, `unit` at a time from one group, until `cost(counts)` is at most
+/// `target`: each time from the group whose next `unit` channels save the most cost per unit
+/// of value lost (`value(g, rank)`: the worth of group `g`'s channel at that rank, best
+/// first), never below `min[g]`. Stops short of the target when no cut saves anything more.
+pub fn shrink_to(
+    counts: &mut [usize],
+    target: f64,
+    min: &[usize],
+    unit: usize,
+    value: impl Fn(usize, usize) -> f64,
+    cost: impl Fn(&[usize]) -> f64,
+) {
+    let mut current = cost(counts);
+    while current > target {
+        let mut best: Option<(f64, usize, usize, f64)> = None;
+        for g in 0..counts.len() {
+            let k = unit.max(1).min(counts[g].saturating_sub(min[g]));
+            if k == 0 {
+                continue;
+            }
+            let lost: f64 = (counts[g] - k..counts[g]).map(|r| value(g, r)).sum();
+            counts[g] -= k;
+            let c = cost(counts);
+            counts[g] += k;
+            let merit = (current - c) / lost.max(1e-12);
+            if current > c && best.is_none_or(|(m, ..)| merit > m) {
+                best = Some((merit, g, k, c));
+            }
+        }
+        let Some((_, g, k, c)) = best else { return };
+        counts[g] -= k;
+        current = c;
+    }
+}
+
 /// Selection keeping the `counts[g]` highest-scoring channels of each prunable group.
 pub fn select(groups: &[ChannelGroup], scores: &[Vec<f64>], counts: &[usize]) -> Selection {
     let mut sel = Selection::all(groups);
@@ -367,29 +402,17 @@ pub fn harden(
     let ranked = ranked_values(scores);
     let value = |g: usize, rank: usize| ranked[g][rank];
     let cost = |counts: &[usize]| counts_cost(groups, model, counts);
+    // Every prunable group keeps at least one channel; the others keep all.
+    let min: Vec<usize> = groups
+        .iter()
+        .map(|g| if g.is_prunable() { 1 } else { counts[g.id] })
+        .collect();
+    shrink_to(&mut counts, limit, &min, 1, value, cost);
     let mut current = cost(&counts);
-    while current > limit {
-        let mut best: Option<(f64, usize, f64)> = None;
-        for g in groups.iter().filter(|g| g.is_prunable()) {
-            if counts[g.id] <= 1 {
-                continue;
-            }
-            counts[g.id] -= 1;
-            let c = cost(&counts);
-            counts[g.id] += 1;
-            let saved = current - c;
-            let merit = saved / value(g.id, counts[g.id] - 1).max(1e-12);
-            if saved > 0.0 && best.is_none_or(|(m, _, _)| merit > m) {
-                best = Some((merit, g.id, c));
-            }
-        }
-        let Some((_, g, c)) = best else {
-            return Err(LopperError::Config(format!(
-                "the budget ({limit:.6e}) cannot be met even with one channel per group (cost {current:.6e})"
-            )));
-        };
-        counts[g] -= 1;
-        current = c;
+    if current > limit {
+        return Err(LopperError::Config(format!(
+            "the budget ({limit:.6e}) cannot be met even with one channel per group (cost {current:.6e})"
+        )));
     }
     loop {
         let mut best: Option<(f64, usize, f64)> = None;

@@ -5,7 +5,7 @@
 //! both for a method that turns a limit into a channel selection (the one-shot methods and
 //! DSA); the iterative method calibrates its last step.
 
-use super::allocation::{CostModel, counts_cost, ranked_values, select};
+use super::allocation::{CostModel, counts_cost, ranked_values, select, shrink_to};
 use super::groups::ChannelGroup;
 use super::latency::LatencyMeter;
 use super::mask::Selection;
@@ -169,18 +169,19 @@ pub fn fill<T>(
                 continue;
             }
             let mut trial = counts.clone();
-            let (mut n, mut gain) = (0, 0.0);
+            let (mut n, mut gain, mut added) = (0, 0.0, 0.0);
             let most = cap[g].unwrap_or(room).min(room);
             while n < most {
                 let next = (n + unit).min(room);
                 gain += (n..next).map(|r| value(g, counts[g] + r)).sum::<f64>();
                 n = next;
                 trial[g] = counts[g] + n;
-                if cap[g].is_none() && predict(&trial) - base >= gap {
+                added = predict(&trial) - base;
+                if cap[g].is_none() && added >= gap {
                     break;
                 }
             }
-            let merit = gain / (predict(&trial) - base).max(1e-9 * base.abs().max(1e-12));
+            let merit = gain / added.max(1e-9 * base.abs().max(1e-12));
             if choice.is_none_or(|(m, _, _)| merit > m) {
                 choice = Some((merit, g, n));
             }
@@ -215,28 +216,12 @@ pub fn fill<T>(
         // The exchange: pay for the step with the other groups' least valuable channels, as
         // many as a short calibration along that path finds (how much the measurement drops
         // per predicted millisecond is not known before measuring it).
+        // The group that grows keeps its new width.
+        let mut keep = min.to_vec();
+        keep[g] = grown[g];
         let shrink = |t: f64| -> Vec<usize> {
             let mut trial = grown.clone();
-            while predict(&trial) > t {
-                let now = predict(&trial);
-                let mut cut: Option<(f64, usize, usize)> = None;
-                for h in (0..n_groups).filter(|&h| h != g) {
-                    let k = unit.min(trial[h].saturating_sub(min[h]));
-                    if k == 0 {
-                        continue;
-                    }
-                    let lost: f64 = (trial[h] - k..trial[h]).map(|r| value(h, r)).sum();
-                    trial[h] -= k;
-                    let saved = now - predict(&trial);
-                    trial[h] += k;
-                    let merit = saved / lost.max(1e-12);
-                    if saved > 0.0 && cut.is_none_or(|(m, _, _)| merit > m) {
-                        cut = Some((merit, h, k));
-                    }
-                }
-                let Some((_, h, k)) = cut else { break };
-                trial[h] -= k;
-            }
+            shrink_to(&mut trial, t, &keep, unit, &value, &predict);
             trial
         };
         let start = predict(&grown) - (ms - aim) * to_predicted;
