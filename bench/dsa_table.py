@@ -16,17 +16,19 @@ print("|---|---|---|---|---|---|---|---|---|")
 for run in sys.argv[2:]:
     r = json.load(open(f"bench/runs/{run}/prune_report.json"))
     scratch = r.get("from_scratch", False)
-    kind = run.split("-", 2)[2]  # TAG-BUDGET-KIND
+    # The flags the run was given (fractions included), from its saved command.
+    cmd = json.load(open(f"bench/runs/{run}/prune_command.json"))["args"]
+    flag = lambda name, default: cmd[cmd.index(name) + 1] if name in cmd else default
     if r["method"] == "dsa":
-        # The --dsa-epochs the run was given (fractions included), from its saved command.
-        cmd = json.load(open(f"bench/runs/{run}/prune_command.json"))["args"]
-        x = cmd[cmd.index("--dsa-epochs") + 1] if "--dsa-epochs" in cmd else "3"
-        label = f"DSA{' from scratch' if scratch else ''}, {x} allocation epochs"
+        label = f"DSA{' from scratch' if scratch else ''}, {flag('--dsa-epochs', '3')} allocation epochs"
+        if "--channel-rank" in cmd:
+            label += f", {flag('--channel-rank', '')} channel rank"
     elif r["method"] == "iterative":
-        batches = kind.split("-")[1] if "-" in kind else "100"
-        label = f"{r['allocation']}, {batches} batches per step"
+        label = f"{r['allocation']}, {flag('--step-batches', '100')} batches per step"
     else:
         label = f"{r['method']} / {r['allocation']}"
+    if "--seed" in cmd:
+        label += f", seed {flag('--seed', '')}"
     total = r["seconds"] + (0 if scratch else dense_secs)
     print(f"| {label} | {r['budget']} | {r['macs']['after'] / r['macs']['before']:.3f} "
           f"(met: {r['budget_met']}) | {100 * r['top1_pruned']:.2f}% | {100 * r['top1_finetuned']:.2f}% "

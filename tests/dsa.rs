@@ -2,7 +2,7 @@
 //! finite differences, the budget projection, hardening with rounding repair, and resuming an
 //! interrupted allocation.
 
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
 use burn::module::Module;
@@ -11,7 +11,9 @@ use lopper::data::{Batcher, DatasetName};
 use lopper::graph::{Graph, GraphBuilder, Op};
 use lopper::model::{Model, Value};
 use lopper::prune::admm::{AdmmMetric, metric_weights, project_weighted, ratio_bounds};
-use lopper::prune::dsa::{Dsa, DsaConfig, keep_probabilities, ratio_gradient, top_k_mask};
+use lopper::prune::dsa::{
+    ChannelRank, Dsa, DsaConfig, keep_probabilities, ratio_gradient, top_k_mask,
+};
 use lopper::prune::{
     ChannelMasks, CostModel, Resource, ResourceModel, channel_groups, harden, keep_ratios,
 };
@@ -440,28 +442,28 @@ fn interrupted_allocation_resumes_where_it_stopped() {
 /// other channel it does, so the allocation takes the budget from conv2's dead half and
 /// leaves the other groups whole. Weights are frozen (learning rate 1e-12) so nothing
 /// revives.
-#[test]
-fn fisher_signal_takes_the_budget_where_the_loss_does_not_look() {
+/// LeNet-5 whose conv2 channels `weak` have filters ten times weaker than the others and
+/// whose conv2 channels `unused` feed nothing (fc1 reads zeros from them).
+fn lenet5_conv2_variant(weak: Range<usize>, unused: Range<usize>) -> Model {
     let graph = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
     let base = Model::init(graph.clone(), 4, &Device::flex()).unwrap();
     let tensors = base.named_tensors();
-    let model = Model::from_tensors(graph.clone(), &Device::flex(), |node, name, _| {
+    Model::from_tensors(graph, &Device::flex(), |node, name, _| {
         let full = format!("{}.{name}", node.name);
         let d = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
         let shape = d.shape().to_vec();
         let mut v = d.try_to_vec::<f32>().unwrap();
         match (node.name.as_str(), name) {
-            // conv2's filters [16, 6, 5, 5]: channels 8.. ten times weaker.
-            ("conv2", "weight") => v[8 * 150..].iter_mut().for_each(|w| *w *= 0.1),
-            // fc1 reads the flattened [16, 4, 4]: features 128.. are channels 8..
+            // conv2's filters [16, 6, 5, 5].
+            ("conv2", "weight") => v[weak.start * 150..weak.end * 150]
+                .iter_mut()
+                .for_each(|w| *w *= 0.1),
+            // fc1 reads the flattened [16, 5, 5]: features 25c..25c+25 are channel c.
             ("fc1", "weight") => {
+                let inputs_first = shape[0] == 400;
                 for (i, w) in v.iter_mut().enumerate() {
-                    let feature = if shape[0] == 256 {
-                        i / shape[1]
-                    } else {
-                        i % 256
-                    };
-                    if feature >= 128 {
+                    let feature = if inputs_first { i / shape[1] } else { i % 400 };
+                    if unused.contains(&(feature / 25)) {
                         *w = 0.0;
                     }
                 }
@@ -470,7 +472,24 @@ fn fisher_signal_takes_the_budget_where_the_loss_does_not_look() {
         }
         Ok(TensorData::new(v, shape))
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Two allocation epochs of DSA on `model` (a LeNet-5) with frozen weights, a ratio step after
+/// every weight step, under a MACs budget of conv2 at half width. Returns the hook after
+/// training, the resource model, the budget and conv2's group.
+fn frozen_allocation(model: Model, cfg: DsaConfig) -> (Dsa, ResourceModel, f64, usize) {
+    frozen_allocation_in_stages(vec![(model, 2)], cfg)
+}
+
+/// [`frozen_allocation`] over stages: one allocation phase whose weights are replaced by each
+/// stage's model (same graph) for that stage's number of epochs.
+fn frozen_allocation_in_stages(
+    stages: Vec<(Model, usize)>,
+    cfg: DsaConfig,
+) -> (Dsa, ResourceModel, f64, usize) {
+    let epochs: usize = stages.iter().map(|(_, e)| e).sum();
+    let graph = stages[0].0.graph.clone();
     let groups = channel_groups(&graph, &[]).unwrap();
     let conv2 = groups
         .iter()
@@ -487,25 +506,15 @@ fn fisher_signal_takes_the_budget_where_the_loss_does_not_look() {
         test: None,
     };
     let val = Batcher::new(Arc::new(synthetic_mnist(64, 3)), 16, pre, true);
-    let cfg = TrainConfig {
-        model: "lenet5".into(),
-        dataset: DatasetName::Mnist,
-        epochs: 2,
-        batch_size: 16,
-        // Frozen in effect (zero is refused as a learning rate).
-        lr: 1e-12,
-        seed: 3,
-        ..TrainConfig::default()
-    };
     let mut dsa = Dsa::new(
-        &model,
-        groups.clone(),
+        &stages[0].0,
+        groups,
         Box::new(cost.clone()),
         limit,
         DsaConfig {
-            epochs: 2,
+            epochs,
             ratio_every: 1,
-            ..DsaConfig::default()
+            ..cfg
         },
         val,
         data.train.num_batches(),
@@ -514,9 +523,29 @@ fn fisher_signal_takes_the_budget_where_the_loss_does_not_look() {
         None,
     )
     .unwrap();
-    let mut t = Trainer::new(cfg, None).unwrap();
-    t.progress = false;
-    t.fit(model, &data, &mut dsa).unwrap();
+    for (model, epochs) in stages {
+        let train_cfg = TrainConfig {
+            model: "lenet5".into(),
+            dataset: DatasetName::Mnist,
+            epochs,
+            batch_size: 16,
+            // Frozen in effect (zero is refused as a learning rate).
+            lr: 1e-12,
+            seed: 3,
+            ..TrainConfig::default()
+        };
+        let mut t = Trainer::new(train_cfg, None).unwrap();
+        t.progress = false;
+        t.fit(model, &data, &mut dsa).unwrap();
+    }
+    (dsa, cost, limit, conv2)
+}
+
+#[test]
+fn fisher_signal_takes_the_budget_where_the_loss_does_not_look() {
+    // conv2's channels 8.. are weak: the budget should come from them alone.
+    let model = lenet5_conv2_variant(8..16, 0..0);
+    let (dsa, cost, limit, conv2) = frozen_allocation(model, DsaConfig::default());
     let z = dsa.feasible_ratios();
     assert!(cost.cost(z) <= limit * (1.0 + 1e-9));
     assert!(
@@ -524,9 +553,56 @@ fn fisher_signal_takes_the_budget_where_the_loss_does_not_look() {
         "conv2 kept {} (ratios {z:?})",
         z[conv2]
     );
-    for g in groups.iter().filter(|g| g.is_prunable() && g.id != conv2) {
-        assert!(z[g.id] >= 0.9, "group {} cut to {} ({z:?})", g.id, z[g.id]);
+    for (g, &zg) in z.iter().enumerate().filter(|&(g, _)| g != conv2) {
+        assert!(zg >= 0.9, "group {g} cut to {zg} ({z:?})");
     }
+}
+
+/// conv2's strong channels 0..8 feed nothing and its weak channels 8.. carry the output. The
+/// magnitude rank keeps the strong, useless ones; the Fisher rank measures that dropping
+/// them costs nothing and keeps the used ones, in its keep probabilities and in the
+/// importance hardening reads.
+#[test]
+fn fisher_channel_rank_keeps_the_channels_the_loss_uses() {
+    let keeps = |rank: ChannelRank| -> Vec<usize> {
+        let model = lenet5_conv2_variant(8..16, 0..8);
+        let cfg = DsaConfig {
+            channel_rank: rank,
+            ..DsaConfig::default()
+        };
+        let (dsa, _, _, conv2) = frozen_allocation(model, cfg);
+        let importance = &dsa.importance()[conv2];
+        let mask = top_k_mask(importance, 0.5);
+        (0..16).filter(|&i| mask[i] > 0.0).collect()
+    };
+    assert_eq!(keeps(ChannelRank::Gamma), (0..8).collect::<Vec<_>>());
+    assert_eq!(keeps(ChannelRank::Fisher), (8..16).collect::<Vec<_>>());
+}
+
+/// The network changes under the allocation: for three epochs conv2's channels 8.. carry the
+/// output, then for one epoch channels 0..8 do. A Fisher estimate that decays follows the
+/// change; the mean since the start still remembers the first network.
+#[test]
+fn decaying_fisher_estimate_follows_the_network() {
+    let keeps = |decay: f64| -> Vec<usize> {
+        let stages = vec![
+            (lenet5_conv2_variant(0..0, 0..8), 3),
+            (lenet5_conv2_variant(0..0, 8..16), 1),
+        ];
+        let cfg = DsaConfig {
+            channel_rank: ChannelRank::Fisher,
+            fisher_decay: decay,
+            ..DsaConfig::default()
+        };
+        let (dsa, _, _, conv2) = frozen_allocation_in_stages(stages, cfg);
+        // The top quarter: two of the random LeNet's conv2 channels are dead (their ReLU
+        // never fires), so only six of 0..8 carry anything in the second network.
+        let mask = top_k_mask(&dsa.importance()[conv2], 0.25);
+        (0..16).filter(|&i| mask[i] > 0.0).collect()
+    };
+    let (recent, mean) = (keeps(0.2), keeps(1.0));
+    assert!(recent.iter().all(|&i| i < 8), "decay 0.2 kept {recent:?}");
+    assert!(mean.iter().all(|&i| i >= 8), "decay 1 kept {mean:?}");
 }
 
 /// In the hard tail the weight steps' forward pass (autodiff values) uses the deterministic

@@ -13,7 +13,7 @@ use lopper::model::Model;
 use lopper::model::NoHook;
 use lopper::prune::admm::AdmmMetric;
 use lopper::prune::allocation::Amount;
-use lopper::prune::dsa::{Dsa, DsaConfig, RatioSignal};
+use lopper::prune::dsa::{ChannelRank, Dsa, DsaConfig, RatioSignal};
 use lopper::prune::iterative::{IterativeConfig, iterative_prune, width_ratios};
 use lopper::prune::latency::{
     LatencyMeter, LatencyProfile, MODEL_REPS, model_latency_ms, relative_latency,
@@ -153,6 +153,15 @@ pub struct PruneArgs {
     /// deterministic masks of the widths that will be kept instead of sampled ones.
     #[arg(long, default_value_t = 0.0)]
     pub hard_tail: f64,
+    /// DSA: which channels a group's keep ratio keeps: gamma (the BatchNorm scales, as in the
+    /// paper) or fisher (the channels whose removal the ratio steps measured to cost most).
+    #[arg(long, value_enum, default_value = "gamma")]
+    pub channel_rank: ChannelRank,
+    /// DSA: share of the Fisher estimate kept from one ratio step to the next (1: the mean
+    /// since the start; 0.8: a moving average over about 5 steps, which follows the loss as
+    /// the network thins).
+    #[arg(long, default_value_t = 1.0)]
+    pub fisher_decay: f64,
     /// DSA: share of the training data held out for the keep-ratio steps.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -165,6 +174,11 @@ pub struct PruneArgs {
     /// Iterative: training batches of brief fine-tuning after each step.
     #[arg(long, default_value_t = 100)]
     pub step_batches: usize,
+    /// Seed of the data order, DSA's held-out split and masks, the Taylor batches and the
+    /// fine-tuning (default: the dense run's; from scratch, also the initial weights). Rerun
+    /// with other seeds to see how much of a difference between methods is noise.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Use only the first N training samples (quick trials).
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -278,6 +292,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
         bail!("--from-scratch works with --method dsa only");
     }
     let (mut cfg, dense) = source(&a)?;
+    if let Some(seed) = a.seed {
+        cfg.seed = seed;
+    }
     if let Some(d) = &a.data_dir {
         cfg.data_dir = Some(d.clone());
     }
@@ -391,6 +408,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     metric: a.admm_metric,
                     signal: a.ratio_signal,
                     hard_tail: a.hard_tail,
+                    channel_rank: a.channel_rank,
+                    fisher_decay: a.fisher_decay,
                     ..DsaConfig::default()
                 };
                 let val = data
@@ -766,11 +785,13 @@ fn source(a: &PruneArgs) -> Result<(TrainConfig, Model)> {
     let dataset = a
         .dataset
         .unwrap_or_else(|| DatasetName::default_for_model(name));
+    let defaults = TrainConfig::default();
     let cfg = TrainConfig {
         model: name.into(),
         dataset,
         lr: a.dsa_lr.unwrap_or(0.1),
-        ..TrainConfig::default()
+        seed: a.seed.unwrap_or(defaults.seed),
+        ..defaults
     };
     let device = lopper::device::device(&cfg.device)?;
     let graph = lopper::zoo::build(name, &dataset.input_shape(), dataset.num_classes())?;

@@ -67,6 +67,46 @@ pub struct DsaConfig {
     /// steps still sample).
     #[serde(default)]
     pub hard_tail: f64,
+    /// Which channels of a group a keep ratio keeps (the importance `I_i` of the keep
+    /// probabilities and of hardening).
+    #[serde(default)]
+    pub channel_rank: ChannelRank,
+    /// How much of the Fisher estimate a ratio step carries into the next: 1 sums every
+    /// step's squared gradients since the start; below 1 the estimate is an exponential
+    /// moving average over about 1/(1 - decay) steps, so that it follows the channels' loss
+    /// as the network around them is thinned (a channel is worth more once its neighbours
+    /// are gone) instead of remembering the dense network.
+    #[serde(default = "one")]
+    pub fisher_decay: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The within-group importance `I_i` that orders a group's channels for the keep
+/// probabilities and for hardening.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+pub enum ChannelRank {
+    /// |gamma| of the group's BatchNorms (L1 of the filters without one), ALGORITHMS.md's.
+    #[default]
+    Gamma,
+    /// The square root of the channel's Fisher estimate (the running mean of the squared
+    /// straight-through mask gradient the Fisher ratio signal also uses): the loss increase
+    /// of dropping the channel, measured on the validation batches of the ratio steps, in
+    /// place of a magnitude that says nothing about what the following layers do with the
+    /// channel. |gamma| until the first ratio step has measured it.
+    Fisher,
 }
 
 /// The per-channel loss signal fed to the implicit ratio gradient (ALGORITHMS.md step 4).
@@ -114,6 +154,8 @@ impl Default for DsaConfig {
             metric: AdmmMetric::Euclidean,
             signal: RatioSignal::Fisher,
             hard_tail: 0.0,
+            channel_rank: ChannelRank::Gamma,
+            fisher_decay: 1.0,
         }
     }
 }
@@ -202,6 +244,22 @@ fn log_importance(
             s.iter().map(|v| v.max(1e-6 * max).ln()).collect()
         })
         .collect())
+}
+
+/// The Fisher channel rank's log-importance: half the log of the summed squared mask
+/// gradients (the step count is a shift of every log, which `beta1` absorbs), floored like
+/// [`log_importance`]. `None` before any ratio step has measured a gradient.
+fn log_fisher(chan_sq_sum: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let measured = chan_sq_sum.iter().flatten().any(|&f| f > 0.0);
+    measured.then(|| {
+        chan_sq_sum
+            .iter()
+            .map(|f| {
+                let max = f.iter().cloned().fold(0.0, f64::max).max(1e-30);
+                f.iter().map(|v| 0.5 * v.max(1e-12 * max).ln()).collect()
+            })
+            .collect()
+    })
 }
 
 /// One epoch's line of the allocation log.
@@ -325,6 +383,12 @@ impl Dsa {
             return Err(LopperError::Config(
                 "DSA needs at least one allocation epoch and ratio_every >= 1".into(),
             ));
+        }
+        if !(cfg.fisher_decay > 0.0 && cfg.fisher_decay <= 1.0) {
+            return Err(LopperError::Config(format!(
+                "the Fisher decay (the share of the estimate kept per ratio step) must be in (0, 1], not {}",
+                cfg.fisher_decay
+            )));
         }
         let n = groups.len();
         let groups_channels: Vec<usize> = groups.iter().map(|g| g.channels).collect();
@@ -500,7 +564,14 @@ impl Dsa {
     /// straight-through mask, dL/da by the implicit gradient, the linearised ADMM step on a, and
     /// the z and u updates.
     fn ratio_step(&mut self, model: &Model) -> Result<()> {
-        self.log_imp = log_importance(model, &self.groups, &self.eval_device)?;
+        self.log_imp = match self.cfg.channel_rank {
+            ChannelRank::Fisher => log_fisher(&self.chan_sq_sum),
+            ChannelRank::Gamma => None,
+        }
+        .map_or_else(
+            || log_importance(model, &self.groups, &self.eval_device),
+            Ok,
+        )?;
         self.refresh_probabilities();
         let batch = self.next_val_batch()?;
         let dev = self.train_device.clone();
@@ -548,8 +619,9 @@ impl Dsa {
                     .collect(),
                 None => vec![0.0; p.len()],
             };
+            let decay = self.cfg.fisher_decay;
             for (acc, d) in self.chan_sq_sum[g].iter_mut().zip(&dl_dp) {
-                *acc += d * d;
+                *acc = decay * *acc + d * d;
             }
             dl_da[g] = match self.cfg.signal {
                 RatioSignal::Sampled => ratio_gradient(&dl_dp, p),

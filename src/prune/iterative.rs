@@ -130,7 +130,7 @@ pub fn iterative_prune(
             &groups,
             Some((train, cfg.taylor_batches)),
             device,
-            step as u64,
+            ft.seed.wrapping_add(step as u64),
         )?;
         // Importance per unit of resource: score over the cost of one channel of the group
         // at the current widths. Taylor scores (loss-change estimates) compare across groups
