@@ -76,33 +76,24 @@ pub struct DsaConfig {
     /// moving average over about 1/(1 - decay) steps, so that it follows the channels' loss
     /// as the network around them is thinned (a channel is worth more once its neighbours
     /// are gone) instead of remembering the dense network.
-    #[serde(default = "one")]
+    #[serde(default = "no_fisher_decay")]
     pub fisher_decay: f64,
 }
 
-fn one() -> f64 {
+/// The Fisher decay of configurations saved before it existed: the mean since the start.
+fn no_fisher_decay() -> f64 {
     1.0
 }
 
 /// The within-group importance `I_i` that orders a group's channels for the keep
 /// probabilities and for hardening.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum ChannelRank {
     /// |gamma| of the group's BatchNorms (L1 of the filters without one), ALGORITHMS.md's.
     #[default]
     Gamma,
-    /// The square root of the channel's Fisher estimate (the running mean of the squared
-    /// straight-through mask gradient the Fisher ratio signal also uses): the loss increase
+    /// The square root of the channel's Fisher estimate (the mean squared straight-through
+    /// mask gradient the Fisher ratio signal also uses, see `fisher_decay`): the loss increase
     /// of dropping the channel, measured on the validation batches of the ratio steps, in
     /// place of a magnitude that says nothing about what the following layers do with the
     /// channel. |gamma| until the first ratio step has measured it.
@@ -110,17 +101,7 @@ pub enum ChannelRank {
 }
 
 /// The per-channel loss signal fed to the implicit ratio gradient (ALGORITHMS.md step 4).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum RatioSignal {
     /// The straight-through gradient of the sampled mask on one validation batch, as
     /// ALGORITHMS.md states it. From a trained model its mean is near zero (the BatchNorm
@@ -347,8 +328,9 @@ pub struct Dsa {
     /// Sum of `(dL/da)^2` per group over the whole allocation phase (the Fisher metric's
     /// estimate, up to the step count its normalisation removes).
     grad_sq_sum: Vec<f64>,
-    /// Sum of the squared straight-through gradient per channel (the Fisher signal's
-    /// estimate, up to the step count its normalisation removes).
+    /// Sum of the squared straight-through gradient per channel, each earlier step's term
+    /// weighted by `fisher_decay` per step since (the Fisher estimate, up to the step count,
+    /// which its uses remove: the signal's normalisation, the rank's logarithm).
     chan_sq_sum: Vec<Vec<f64>>,
     train_device: Device,
     eval_device: Device,
@@ -626,8 +608,8 @@ impl Dsa {
             dl_da[g] = match self.cfg.signal {
                 RatioSignal::Sampled => ratio_gradient(&dl_dp, p),
                 RatioSignal::Fisher => {
-                    // -F/2 with F the mean over the steps so far; the step count cancels in
-                    // the normalisation below.
+                    // -F/2 with F the (decayed) mean over the steps so far; the step count
+                    // cancels in the normalisation below.
                     let expected: Vec<f64> = self.chan_sq_sum[g].iter().map(|f| -0.5 * f).collect();
                     ratio_gradient(&expected, p)
                 }
