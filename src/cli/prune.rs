@@ -174,9 +174,10 @@ pub struct PruneArgs {
     /// Iterative: training batches of brief fine-tuning after each step.
     #[arg(long, default_value_t = 100)]
     pub step_batches: usize,
-    /// Seed of the data order, DSA's held-out split and masks, the Taylor batches and the
-    /// fine-tuning (default: the dense run's; from scratch, also the initial weights). Rerun
-    /// with other seeds to see how much of a difference between methods is noise.
+    /// Seed of DSA's held-out split, masks and data order, the fine-tuning's data order and
+    /// the random criterion (default: the dense run's; from scratch, also the initial
+    /// weights). Rerun with other seeds to see how much of a difference between methods is
+    /// noise. Taylor scores always come from the first --taylor-batches batches.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Use only the first N training samples (quick trials).
