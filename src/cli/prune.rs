@@ -293,9 +293,6 @@ pub fn run(a: PruneArgs) -> Result<()> {
         bail!("--from-scratch works with --method dsa only");
     }
     let (mut cfg, dense) = source(&a)?;
-    if let Some(seed) = a.seed {
-        cfg.seed = seed;
-    }
     if let Some(d) = &a.data_dir {
         cfg.data_dir = Some(d.clone());
     }
@@ -769,13 +766,18 @@ fn calibrated(
 }
 
 /// The dense model and the configuration to train with: a trained run's, or a fresh model
-/// for pruning from scratch.
+/// for pruning from scratch; `--seed` replaces the configuration's seed in both.
 fn source(a: &PruneArgs) -> Result<(TrainConfig, Model)> {
+    let seeded = |mut cfg: TrainConfig| {
+        cfg.seed = a.seed.unwrap_or(cfg.seed);
+        cfg
+    };
     if let Some(run) = &a.run {
         let src = RunDir::new(run);
-        let cfg = src
-            .read_config()
-            .with_context(|| format!("cannot prune {}", run.display()))?;
+        let cfg = seeded(
+            src.read_config()
+                .with_context(|| format!("cannot prune {}", run.display()))?,
+        );
         let device = lopper::device::device(&cfg.device)?;
         let dense = src
             .load_model(&device)
@@ -786,14 +788,12 @@ fn source(a: &PruneArgs) -> Result<(TrainConfig, Model)> {
     let dataset = a
         .dataset
         .unwrap_or_else(|| DatasetName::default_for_model(name));
-    let defaults = TrainConfig::default();
-    let cfg = TrainConfig {
+    let cfg = seeded(TrainConfig {
         model: name.into(),
         dataset,
         lr: a.dsa_lr.unwrap_or(0.1),
-        seed: a.seed.unwrap_or(defaults.seed),
-        ..defaults
-    };
+        ..TrainConfig::default()
+    });
     let device = lopper::device::device(&cfg.device)?;
     let graph = lopper::zoo::build(name, &dataset.input_shape(), dataset.num_classes())?;
     Ok((cfg.clone(), Model::init(graph, cfg.seed, &device)?))

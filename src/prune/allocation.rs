@@ -233,6 +233,7 @@ pub fn ranked_values(scores: &[Vec<f64>]) -> Vec<Vec<f64>> {
 /// `target`: each time from the group whose next `unit` channels save the most cost per unit
 /// of value lost (`value(g, rank)`: the worth of group `g`'s channel at that rank, best
 /// first), never below `min[g]`. Stops short of the target when no cut saves anything more.
+/// Returns the cost reached.
 pub fn shrink_to(
     counts: &mut [usize],
     target: f64,
@@ -240,7 +241,7 @@ pub fn shrink_to(
     unit: usize,
     value: impl Fn(usize, usize) -> f64,
     cost: impl Fn(&[usize]) -> f64,
-) {
+) -> f64 {
     let mut current = cost(counts);
     while current > target {
         let mut best: Option<(f64, usize, usize, f64)> = None;
@@ -258,10 +259,13 @@ pub fn shrink_to(
                 best = Some((merit, g, k, c));
             }
         }
-        let Some((_, g, k, c)) = best else { return };
+        let Some((_, g, k, c)) = best else {
+            return current;
+        };
         counts[g] -= k;
         current = c;
     }
+    current
 }
 
 /// Selection keeping the `counts[g]` highest-scoring channels of each prunable group.
@@ -407,8 +411,7 @@ pub fn harden(
         .iter()
         .map(|g| if g.is_prunable() { 1 } else { counts[g.id] })
         .collect();
-    shrink_to(&mut counts, limit, &min, 1, value, cost);
-    let mut current = cost(&counts);
+    let mut current = shrink_to(&mut counts, limit, &min, 1, value, cost);
     if current > limit {
         return Err(LopperError::Config(format!(
             "the budget ({limit:.6e}) cannot be met even with one channel per group (cost {current:.6e})"

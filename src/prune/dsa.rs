@@ -546,14 +546,14 @@ impl Dsa {
     /// straight-through mask, dL/da by the implicit gradient, the linearised ADMM step on a, and
     /// the z and u updates.
     fn ratio_step(&mut self, model: &Model) -> Result<()> {
-        self.log_imp = match self.cfg.channel_rank {
+        let fisher = match self.cfg.channel_rank {
             ChannelRank::Fisher => log_fisher(&self.chan_sq_sum),
             ChannelRank::Gamma => None,
-        }
-        .map_or_else(
-            || log_importance(model, &self.groups, &self.eval_device),
-            Ok,
-        )?;
+        };
+        self.log_imp = match fisher {
+            Some(log_imp) => log_imp,
+            None => log_importance(model, &self.groups, &self.eval_device)?,
+        };
         self.refresh_probabilities();
         let batch = self.next_val_batch()?;
         let dev = self.train_device.clone();
@@ -601,9 +601,8 @@ impl Dsa {
                     .collect(),
                 None => vec![0.0; p.len()],
             };
-            let decay = self.cfg.fisher_decay;
             for (acc, d) in self.chan_sq_sum[g].iter_mut().zip(&dl_dp) {
-                *acc = decay * *acc + d * d;
+                *acc = self.cfg.fisher_decay * *acc + d * d;
             }
             dl_da[g] = match self.cfg.signal {
                 RatioSignal::Sampled => ratio_gradient(&dl_dp, p),
