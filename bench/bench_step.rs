@@ -1,6 +1,7 @@
 //! Training-step throughput of a zoo model on the default backend, and where the time goes.
 //!
-//! `cargo run --release --example bench_step -- [--model resnet20] [--batch 128] [--steps 20]`
+//! `cargo run --release --example bench_step -- [--model resnet20] [--batch 128] [--steps 20]
+//! [--device cpu|cuda|wgpu] [--reps 3]` (`--reps 0` skips the per-op profile)
 //!
 //! Prints one JSON line with images/s for the full step, then a profile table: the step split
 //! into data preparation, forward (+ loss), backward and optimiser (each timed with a device
@@ -130,7 +131,14 @@ fn main() {
     let model_name: String = arg("--model", "resnet20".to_string());
     let batch = arg("--batch", 128);
     let steps = arg("--steps", 20);
-    let device = Device::flex().autodiff();
+    let device_name: String = arg("--device", "cpu".to_string());
+    let device = match lopper::device::training_device(&device_name) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("bench_step: {e}");
+            std::process::exit(2);
+        }
+    };
     device.seed(0);
     let graph = lopper::zoo::build(&model_name, &[3, 32, 32], 10).expect("model");
     let mut model = Model::init(graph.clone(), 0, &device).expect("init");
@@ -176,11 +184,15 @@ fn main() {
         }
     }
     let step_secs = timed_secs / steps as f64;
+    let engine = match device_name.as_str() {
+        "cpu" | "flex" => "burn flex",
+        other => other,
+    };
     let data_secs = time(5, || {
         let _ = batcher.epoch(7, 1, 0).next();
     });
     println!(
-        "{{\"engine\": \"lopper (burn flex)\", \"model\": \"{model_name}\", \"batch\": {batch}, \"steps\": {steps}, \"images_per_sec\": {:.2}, \"step_seconds\": {:.4}}}",
+        "{{\"engine\": \"lopper ({engine})\", \"model\": \"{model_name}\", \"batch\": {batch}, \"steps\": {steps}, \"images_per_sec\": {:.2}, \"step_seconds\": {:.4}}}",
         batch as f64 / step_secs,
         step_secs
     );
@@ -196,6 +208,9 @@ fn main() {
 
     // Per op kind: every node alone on its real input shape.
     let plain_reps = arg("--reps", 3);
+    if plain_reps == 0 {
+        return;
+    }
     let mut fwd: BTreeMap<&str, f64> = BTreeMap::new();
     let mut bwd: BTreeMap<&str, f64> = BTreeMap::new();
     for (i, node) in graph.nodes.iter().enumerate().skip(1) {

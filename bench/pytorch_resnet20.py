@@ -1,4 +1,4 @@
-"""Peer reference: the same ResNet-20 training step in PyTorch on the CPU.
+"""Peer reference: the same ResNet-20 training step in PyTorch (CPU, or CUDA with --device cuda).
 
 Not part of lopper: run by bench/run.sh in a venv with `pip install torch torchvision`.
 The network matches lopper's zoo resnet20 (3 stages of 3 basic blocks, widths 16/32/64,
@@ -20,14 +20,16 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
+    dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = ResNet20()
+    model = ResNet20().to(dev)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(a.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (a.batch,))
+    x = torch.randn(a.batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (a.batch,), device=dev)
     model.train()
 
     def step():
@@ -43,7 +45,7 @@ def main():
     for _ in range(a.steps):
         step()
     secs = (time.perf_counter() - t) / a.steps
-    print(json.dumps({"engine": f"pytorch {torch.__version__} cpu", "model": "resnet20", "params": params,
+    print(json.dumps({"engine": f"pytorch {torch.__version__} {a.device}", "model": "resnet20", "params": params,
                       "batch": a.batch, "steps": a.steps, "threads": a.threads,
                       "images_per_sec": round(a.batch / secs, 2), "step_seconds": round(secs, 4)}))
 
