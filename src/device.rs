@@ -38,9 +38,33 @@ fn not_compiled(name: &str) -> LopperError {
     ))
 }
 
+/// Runs one small operation on a GPU device, so that a missing driver or adapter is a clear
+/// error here instead of a panic in the backend's worker thread at the first tensor op (the
+/// backends report it only by panicking). The panic messages are silenced while it runs.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn probe(name: &str, device: Device, hint: &str) -> Result<Device> {
+    use burn::tensor::Tensor;
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<1>::zeros([1], &device).into_data()
+    }));
+    std::panic::set_hook(hook);
+    match ran {
+        Ok(_) => Ok(device),
+        Err(_) => Err(LopperError::Config(format!(
+            "device '{name}' has no usable GPU here: {hint}"
+        ))),
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<Device> {
-    Ok(Device::cuda(0))
+    probe(
+        "cuda",
+        Device::cuda(0),
+        "it needs an NVIDIA GPU and its driver (libcuda)",
+    )
 }
 #[cfg(not(feature = "cuda"))]
 fn cuda() -> Result<Device> {
@@ -49,7 +73,11 @@ fn cuda() -> Result<Device> {
 
 #[cfg(feature = "wgpu")]
 fn wgpu() -> Result<Device> {
-    Ok(Device::wgpu(Default::default()))
+    probe(
+        "wgpu",
+        Device::wgpu(Default::default()),
+        "no adapter was found; on Linux wgpu needs the Vulkan loader (libvulkan1) and the GPU vendor's Vulkan driver (README, \"Backends\")",
+    )
 }
 #[cfg(not(feature = "wgpu"))]
 fn wgpu() -> Result<Device> {

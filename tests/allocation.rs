@@ -10,8 +10,8 @@ use lopper::graph::GraphBuilder;
 use lopper::model::Model;
 use lopper::prune::allocation::Amount;
 use lopper::prune::{
-    Allocation, Budget, Criterion, Metric, Resource, ResourceModel, allocate, channel_groups,
-    channel_scores, prune_model,
+    Allocation, Budget, Criterion, Metric, Resource, ResourceModel, Selection, allocate,
+    channel_groups, channel_scores, collapsed_streams, prune_model,
 };
 
 #[test]
@@ -224,4 +224,37 @@ fn taylor_scores_compare_across_groups_only_where_every_group_has_batchnorm() {
     assert!(!comparable_across_groups(Criterion::L1, &r20m, &g20));
     // LeNet-5 has no BatchNorm: its "taylor" scores are filter norms.
     assert!(!comparable_across_groups(Criterion::Taylor, &lenetm, &gl));
+}
+
+#[test]
+fn a_residual_stream_cut_to_one_channel_is_flagged() {
+    let g = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let model = Model::init(g.clone(), 1, &Device::flex()).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let stream = groups
+        .iter()
+        .find(|gr| gr.label(&g).starts_with("stem.conv"))
+        .unwrap();
+    assert!(stream.producers() > 1, "{}", stream.label(&g));
+    let inner = groups.iter().find(|gr| gr.producers() == 1).unwrap();
+    // Keep `k` channels of group `id`, every channel of the others.
+    let pruned_groups = |cuts: &[(usize, usize)]| {
+        let keep = groups
+            .iter()
+            .map(|gr| {
+                cuts.iter()
+                    .find(|(id, _)| *id == gr.id)
+                    .map(|&(_, k)| (0..k).collect::<Vec<usize>>())
+            })
+            .collect();
+        let pruned = prune_model(&model, &groups, &Selection { keep }, &Device::flex()).unwrap();
+        channel_groups(&pruned.graph, &[]).unwrap()
+    };
+    assert_eq!(
+        collapsed_streams(&groups, &pruned_groups(&[(stream.id, 1)])),
+        vec![stream.id]
+    );
+    // Two channels, or a single-producer group at one channel, are narrow but not collapsed.
+    assert!(collapsed_streams(&groups, &pruned_groups(&[(stream.id, 2)])).is_empty());
+    assert!(collapsed_streams(&groups, &pruned_groups(&[(inner.id, 1)])).is_empty());
 }

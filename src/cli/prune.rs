@@ -22,7 +22,7 @@ use lopper::prune::measured::{LatencyRound, Surgery, meet_latency};
 use lopper::prune::report::{BeforeAfter, GroupReport, PruneReport};
 use lopper::prune::{
     Allocation, Budget, Criterion, Metric, Selection, allocate, channel_groups, channel_scores,
-    harden,
+    collapsed_streams, harden,
 };
 use lopper::train::{
     NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, evaluate, has_batch_norm,
@@ -180,6 +180,10 @@ pub struct PruneArgs {
     /// noise. Taylor scores always come from the first --taylor-batches batches.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// cpu, cuda or wgpu (when compiled in); default: the device the dense run trained on
+    /// (cpu from scratch).
+    #[arg(long)]
+    pub device: Option<String>,
     /// Use only the first N training samples (quick trials).
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -246,7 +250,7 @@ fn resolve(a: PruneArgs) -> Result<PruneArgs> {
     }
     if a.run.is_some() || a.method.is_some() || a.budget.is_some() || a.from_scratch {
         bail!(
-            "--resume continues with the flags saved in {}: give only --out (and --data-dir, --quiet, --json)",
+            "--resume continues with the flags saved in {}: give only --out (and --data-dir, --device, --quiet, --json)",
             saved.display()
         );
     }
@@ -279,6 +283,9 @@ fn resolve(a: PruneArgs) -> Result<PruneArgs> {
     p.json = a.json;
     if a.data_dir.is_some() {
         p.data_dir = a.data_dir;
+    }
+    if a.device.is_some() {
+        p.device = a.device;
     }
     Ok(*p)
 }
@@ -571,6 +578,16 @@ pub fn run(a: PruneArgs) -> Result<()> {
     };
 
     let after_groups = channel_groups(&pruned.model.graph, &a.protect)?;
+    // Printed even with --quiet: the model below is likely to be useless.
+    for id in collapsed_streams(&groups, &after_groups) {
+        let g = &groups[id];
+        eprintln!(
+            "warning: group {id} ({}) keeps 1 of {} channels; {} layers write it (a residual stream), and all they carry now passes through that channel. Fine-tuning seldom recovers from this: for DSA give the ratios more allocation epochs (--dsa-epochs), or keep the group whole with --protect",
+            g.label(&dense.graph),
+            g.channels,
+            g.producers()
+        );
+    }
     let ratios = width_ratios(&groups, &after_groups);
     let (before, after) = (count(&dense.graph), count(&pruned.model.graph));
     // MACs and parameters are counted on the pruned graph; latency is measured (or, where no
@@ -766,15 +783,18 @@ fn calibrated(
 }
 
 /// The dense model and the configuration to train with: a trained run's, or a fresh model
-/// for pruning from scratch; `--seed` replaces the configuration's seed in both.
+/// for pruning from scratch; `--seed` and `--device` replace the configuration's in both.
 fn source(a: &PruneArgs) -> Result<(TrainConfig, Model)> {
-    let seeded = |mut cfg: TrainConfig| {
+    let with_flags = |mut cfg: TrainConfig| {
         cfg.seed = a.seed.unwrap_or(cfg.seed);
+        if let Some(d) = &a.device {
+            cfg.device = d.clone();
+        }
         cfg
     };
     if let Some(run) = &a.run {
         let src = RunDir::new(run);
-        let cfg = seeded(
+        let cfg = with_flags(
             src.read_config()
                 .with_context(|| format!("cannot prune {}", run.display()))?,
         );
@@ -788,7 +808,7 @@ fn source(a: &PruneArgs) -> Result<(TrainConfig, Model)> {
     let dataset = a
         .dataset
         .unwrap_or_else(|| DatasetName::default_for_model(name));
-    let cfg = seeded(TrainConfig {
+    let cfg = with_flags(TrainConfig {
         model: name.into(),
         dataset,
         lr: a.dsa_lr.unwrap_or(0.1),

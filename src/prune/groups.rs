@@ -76,6 +76,29 @@ impl ChannelGroup {
             .collect();
         names.join(" + ")
     }
+
+    /// How many layers write the group's channels: more than one for a residual stream, whose
+    /// channels every block of a stage reads and adds to.
+    pub fn producers(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.role == Role::Producer)
+            .count()
+    }
+}
+
+/// The residual streams (groups several layers write) that a pruned model keeps at a single
+/// channel: everything those layers carry then passes through one channel, which a network
+/// seldom recovers from in fine-tuning (DSA with a short allocation did this to ResNet-20's
+/// stage-1 stream, BENCHMARKS.md g). `dense` and `pruned` are the groups of the dense and the
+/// pruned graph (ids line up across surgery); returns the ids.
+pub fn collapsed_streams(dense: &[ChannelGroup], pruned: &[ChannelGroup]) -> Vec<usize> {
+    dense
+        .iter()
+        .zip(pruned)
+        .filter(|(d, p)| d.producers() > 1 && d.channels > 1 && p.channels == 1)
+        .map(|(d, _)| d.id)
+        .collect()
 }
 
 /// Union-find over sources.

@@ -16,7 +16,7 @@ pub mod resource;
 pub mod surgery;
 
 pub use allocation::{Allocation, Budget, CostModel, Metric, allocate, harden};
-pub use groups::{ChannelGroup, Member, Role, channel_groups};
+pub use groups::{ChannelGroup, Member, Role, channel_groups, collapsed_streams};
 pub use importance::{Criterion, channel_scores};
 pub use latency::{LatencyModel, LatencyProfile};
 pub use mask::{ChannelMasks, Selection};
