@@ -582,7 +582,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     for id in collapsed_streams(&groups, &after_groups) {
         let g = &groups[id];
         eprintln!(
-            "warning: group {id} ({}) keeps 1 of {} channels; {} layers write it (a residual stream), and all they carry now passes through that channel. Fine-tuning seldom recovers from this: for DSA give the ratios more allocation epochs (--dsa-epochs), or keep the group whole with --protect",
+            "warning: group {id} ({}) keeps 1 of {} channels; {} layers write it (a residual stream), and all they carry now passes through that channel. Fine-tuning seldom recovers from this. For DSA, more allocation epochs (--dsa-epochs) or --admm-metric cost-share kept such a group whole on ResNet-20; --protect keeps it whole with any method",
             g.label(&dense.graph),
             g.channels,
             g.producers()
