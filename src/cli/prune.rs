@@ -578,15 +578,21 @@ pub fn run(a: PruneArgs) -> Result<()> {
     };
 
     let after_groups = channel_groups(&pruned.model.graph, &a.protect)?;
+    let warnings: Vec<String> = collapsed_streams(&groups, &after_groups)
+        .into_iter()
+        .map(|id| {
+            let g = &groups[id];
+            format!(
+                "group {id} ({}) keeps 1 of {} channels; {} layers write it (a residual stream), and all they carry now passes through that channel. Fine-tuning seldom recovers from this. For DSA, more allocation epochs (--dsa-epochs) or --admm-metric cost-share kept such a group whole on ResNet-20; --protect keeps it whole with any method",
+                g.label(&dense.graph),
+                g.channels,
+                g.producers()
+            )
+        })
+        .collect();
     // Printed even with --quiet: the model below is likely to be useless.
-    for id in collapsed_streams(&groups, &after_groups) {
-        let g = &groups[id];
-        eprintln!(
-            "warning: group {id} ({}) keeps 1 of {} channels; {} layers write it (a residual stream), and all they carry now passes through that channel. Fine-tuning seldom recovers from this. For DSA, more allocation epochs (--dsa-epochs) or --admm-metric cost-share kept such a group whole on ResNet-20; --protect keeps it whole with any method",
-            g.label(&dense.graph),
-            g.channels,
-            g.producers()
-        );
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     let ratios = width_ratios(&groups, &after_groups);
     let (before, after) = (count(&dense.graph), count(&pruned.model.graph));
@@ -696,6 +702,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         bn_batches,
         latency_ms_batch1: latency(1),
         latency_ms_batch64: latency(64),
+        warnings,
         groups: groups
             .iter()
             .zip(&after_groups)

@@ -58,6 +58,10 @@ pub struct PruneReport {
     pub latency_ms_batch1: BeforeAfter,
     pub latency_ms_batch64: BeforeAfter,
     pub groups: Vec<GroupReport>,
+    /// What the user should look at before trusting the result (a residual stream cut to one
+    /// channel).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Wall time of finding the widths (one-shot scoring, DSA's allocation epochs, or the
     /// iterative loop with its brief fine-tuning), of the final fine-tuning, and in total.
     pub allocation_seconds: f64,
@@ -99,6 +103,9 @@ impl PruneReport {
             "\nBudget met: {} (cost {:.6e}, limit {:.6e}).\n\n",
             self.budget_met, self.budget_cost, self.budget_limit
         );
+        for w in &self.warnings {
+            s += &format!("**Warning:** {w}\n\n");
+        }
         s += &format!(
             "Test top-1: dense {}, pruned {} before fine-tuning{}, {} after {} fine-tuning epoch(s).\n\n",
             pct(self.top1_dense),
