@@ -66,13 +66,19 @@ impl ChannelGroup {
         self.protected.is_none()
     }
 
+    /// The nodes that write the group's channels.
+    fn producer_nodes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members
+            .iter()
+            .filter(|m| m.role == Role::Producer)
+            .map(|m| m.node)
+    }
+
     /// The producers' names, for display.
     pub fn label(&self, graph: &Graph) -> String {
         let names: Vec<&str> = self
-            .members
-            .iter()
-            .filter(|m| m.role == Role::Producer)
-            .map(|m| graph.nodes[m.node].name.as_str())
+            .producer_nodes()
+            .map(|n| graph.nodes[n].name.as_str())
             .collect();
         names.join(" + ")
     }
@@ -80,10 +86,7 @@ impl ChannelGroup {
     /// How many layers write the group's channels: more than one for a residual stream, whose
     /// channels every block of a stage reads and adds to.
     pub fn producers(&self) -> usize {
-        self.members
-            .iter()
-            .filter(|m| m.role == Role::Producer)
-            .count()
+        self.producer_nodes().count()
     }
 }
 
