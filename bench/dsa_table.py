@@ -21,6 +21,8 @@ for run in sys.argv[2:]:
     flag = lambda name, default: cmd[cmd.index(name) + 1] if name in cmd else default
     if r["method"] == "dsa":
         label = f"DSA{' from scratch' if scratch else ''}, {flag('--dsa-epochs', '3')} allocation epochs"
+        if "--admm-metric" in cmd:
+            label += f", {flag('--admm-metric', '')} ADMM metric"
         if "--channel-rank" in cmd:
             label += f", {flag('--channel-rank', '')} channel rank"
     elif r["method"] == "iterative":

@@ -10,8 +10,8 @@ use lopper::data::{Batcher, DatasetName};
 use lopper::model::{Layer, Model};
 use lopper::train::schedule::learning_rate;
 use lopper::train::{
-    EpochRecord, NoTrainHook, RunDir, ScheduleKind, StepInfo, TrainConfig, TrainData, TrainHook,
-    Trainer, prepare_data,
+    EpochRecord, LoadedData, NoTrainHook, RunDir, ScheduleKind, StepInfo, TrainConfig, TrainData,
+    TrainHook, Trainer, batch_data, prepare_data,
 };
 
 mod common;
@@ -431,4 +431,35 @@ fn batch_norm_recalibration_averages_the_batches_statistics() {
         stats(&recalibrate_batch_norm(&model, &data, 0, &dev).unwrap()),
         before
     );
+}
+
+/// `lopper prune --method dsa` reads the data set once and cuts it twice: a held-out split for
+/// the keep ratios, then the whole training set back for fine-tuning.
+#[test]
+fn one_load_cuts_into_a_held_out_split_and_back_into_the_whole_set() {
+    let loaded = LoadedData {
+        train: synthetic_mnist(100, 1),
+        test: synthetic_mnist(20, 2),
+    };
+    let mut cfg = config(1);
+    cfg.val_fraction = 0.1;
+    let dsa = batch_data(&cfg, &loaded).unwrap();
+    cfg.val_fraction = 0.0;
+    let full = batch_data(&cfg, &loaded).unwrap();
+
+    let val = dsa.val.as_ref().expect("a validation split");
+    assert_eq!((dsa.train.dataset().len(), val.dataset().len()), (90, 10));
+    assert!(full.val.is_none());
+    assert_eq!(full.train.dataset().len(), 100);
+    assert_eq!(full.test.as_ref().unwrap().dataset().len(), 20);
+    // The two parts of the held-out cut are the whole set, each sample once.
+    let sample = |d: &lopper::data::Dataset, i: usize| (d.image(i).to_vec(), d.labels[i]);
+    let mut parts: Vec<_> = (0..90)
+        .map(|i| sample(dsa.train.dataset(), i))
+        .chain((0..10).map(|i| sample(val.dataset(), i)))
+        .collect();
+    let mut whole: Vec<_> = (0..100).map(|i| sample(full.train.dataset(), i)).collect();
+    parts.sort();
+    whole.sort();
+    assert_eq!(parts, whole);
 }

@@ -25,8 +25,8 @@ use lopper::prune::{
     collapsed_streams, harden,
 };
 use lopper::train::{
-    NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, evaluate, has_batch_norm,
-    prepare_data, recalibrate_batch_norm,
+    NoTrainHook, RunDir, ScheduleKind, TrainConfig, TrainData, Trainer, batch_data, evaluate,
+    has_batch_norm, load_data, recalibrate_batch_norm,
 };
 
 /// How the pruned widths are found.
@@ -315,7 +315,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
         cfg.val_fraction = a.val_fraction;
     }
     let device = lopper::device::device(&cfg.device)?;
-    let data = prepare_data(&cfg).context("cannot load the data set")?;
+    let loaded = load_data(&cfg).context("cannot load the data set")?;
+    let data = batch_data(&cfg, &loaded)?;
     lopper::train::check_input(
         &dense.graph,
         cfg.dataset.input_shape(),
@@ -642,7 +643,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     ft_cfg.val_fraction = source_val_fraction;
     let full_data;
     let ft_data = if ft_cfg.val_fraction != cfg.val_fraction && a.finetune_epochs > 0 {
-        full_data = prepare_data(&ft_cfg).context("cannot load the data set")?;
+        full_data = batch_data(&ft_cfg, &loaded)?;
         &full_data
     } else {
         &data

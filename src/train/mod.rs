@@ -18,12 +18,21 @@ pub use trainer::{NoTrainHook, StepInfo, TrainData, TrainHook, TrainOutcome, Tra
 
 use std::sync::Arc;
 
-use crate::data::{Batcher, resolve_data_dir};
+use crate::data::{Batcher, Dataset, resolve_data_dir};
 use crate::error::{LopperError, Result};
 use crate::graph::Graph;
 
-/// Loads the configured data set and cuts it into train / validation / test batchers.
-pub fn prepare_data(cfg: &TrainConfig) -> Result<TrainData> {
+/// The configured data set as read from disk, with the sample limits applied, before it is cut
+/// into batchers. Reading it (decoding 60,000 images for CIFAR-10) is the expensive part, so a
+/// command that needs two cuts of the same data (DSA's held-out split, then fine-tuning on the
+/// whole training set) reads it once.
+pub struct LoadedData {
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+/// Reads the configured data set (`cfg.dataset`, `cfg.data_dir`, the sample limits).
+pub fn load_data(cfg: &TrainConfig) -> Result<LoadedData> {
     let dir = resolve_data_dir(cfg.data_dir.as_deref())?;
     let (train, test) = cfg.dataset.load(&dir)?;
     let train = match cfg.train_limit {
@@ -34,14 +43,27 @@ pub fn prepare_data(cfg: &TrainConfig) -> Result<TrainData> {
         Some(n) => test.take(n),
         None => test,
     };
-    let (train, val) = train.split(cfg.val_fraction, cfg.seed)?;
+    Ok(LoadedData { train, test })
+}
+
+/// Cuts loaded data into train / validation / test batchers by `cfg` (validation fraction,
+/// seed, batch size, the data set's preprocessing).
+pub fn batch_data(cfg: &TrainConfig, data: &LoadedData) -> Result<TrainData> {
+    let (train, val) = data.train.split(cfg.val_fraction, cfg.seed)?;
     let pre = cfg.dataset.preprocess();
     let eval_batch = cfg.batch_size.max(256);
+    let test = &data.test;
     Ok(TrainData {
         train: Batcher::new(Arc::new(train), cfg.batch_size, pre.clone(), true),
         val: (!val.is_empty()).then(|| Batcher::new(Arc::new(val), eval_batch, pre.clone(), false)),
-        test: (!test.is_empty()).then(|| Batcher::new(Arc::new(test), eval_batch, pre, false)),
+        test: (!test.is_empty())
+            .then(|| Batcher::new(Arc::new(test.clone()), eval_batch, pre, false)),
     })
+}
+
+/// Loads the configured data set and cuts it into train / validation / test batchers.
+pub fn prepare_data(cfg: &TrainConfig) -> Result<TrainData> {
+    batch_data(cfg, &load_data(cfg)?)
 }
 
 /// Fails clearly when a model's input does not fit the data set's samples.
