@@ -439,7 +439,7 @@ fn batch_norm_recalibration_averages_the_batches_statistics() {
 fn one_load_cuts_into_a_held_out_split_and_back_into_the_whole_set() {
     let loaded = LoadedData {
         train: synthetic_mnist(100, 1),
-        test: synthetic_mnist(20, 2),
+        test: Arc::new(synthetic_mnist(20, 2)),
     };
     let mut cfg = config(1);
     cfg.val_fraction = 0.1;

@@ -28,7 +28,8 @@ use crate::graph::Graph;
 /// whole training set) reads it once.
 pub struct LoadedData {
     pub train: Dataset,
-    pub test: Dataset,
+    /// Shared by every cut's test batcher as it is.
+    pub test: Arc<Dataset>,
 }
 
 /// Reads the configured data set (`cfg.dataset`, `cfg.data_dir`, the sample limits).
@@ -43,7 +44,10 @@ pub fn load_data(cfg: &TrainConfig) -> Result<LoadedData> {
         Some(n) => test.take(n),
         None => test,
     };
-    Ok(LoadedData { train, test })
+    Ok(LoadedData {
+        train,
+        test: Arc::new(test),
+    })
 }
 
 /// Cuts loaded data into train / validation / test batchers by `cfg` (validation fraction,
@@ -56,8 +60,7 @@ pub fn batch_data(cfg: &TrainConfig, data: &LoadedData) -> Result<TrainData> {
     Ok(TrainData {
         train: Batcher::new(Arc::new(train), cfg.batch_size, pre.clone(), true),
         val: (!val.is_empty()).then(|| Batcher::new(Arc::new(val), eval_batch, pre.clone(), false)),
-        test: (!test.is_empty())
-            .then(|| Batcher::new(Arc::new(test.clone()), eval_batch, pre, false)),
+        test: (!test.is_empty()).then(|| Batcher::new(Arc::clone(test), eval_batch, pre, false)),
     })
 }
 
