@@ -1,8 +1,10 @@
 """The DSA comparison table (bench/run.sh dsa-lenet5 | dsa-resnet20) from the runs' reports.
 
-usage: python3 bench/dsa_table.py DENSE_RUN RUN...   (RUN: a folder name under bench/runs)
+usage: python3 bench/dsa_table.py DENSE_RUN RUN...   (RUN: a folder name under bench/runs, or
+a path to a prune run's folder)
 """
 import json
+import os
 import sys
 
 dense = sys.argv[1]
@@ -14,10 +16,11 @@ print("| pipeline | budget | MACs after/before (pruned graph) | top-1 pruned | t
       "| widths s | fine-tune s | prune total s | total s incl. dense |")
 print("|---|---|---|---|---|---|---|---|---|")
 for run in sys.argv[2:]:
-    r = json.load(open(f"bench/runs/{run}/prune_report.json"))
+    folder = run if os.path.isdir(run) else f"bench/runs/{run}"
+    r = json.load(open(f"{folder}/prune_report.json"))
     scratch = r.get("from_scratch", False)
     # The flags the run was given (fractions included), from its saved command.
-    cmd = json.load(open(f"bench/runs/{run}/prune_command.json"))["args"]
+    cmd = json.load(open(f"{folder}/prune_command.json"))["args"]
     flag = lambda name, default: cmd[cmd.index(name) + 1] if name in cmd else default
     if r["method"] == "dsa":
         label = f"DSA{' from scratch' if scratch else ''}, {flag('--dsa-epochs', '3')} allocation epochs"
@@ -33,5 +36,5 @@ for run in sys.argv[2:]:
         label += f", seed {flag('--seed', '')}"
     total = r["seconds"] + (0 if scratch else dense_secs)
     print(f"| {label} | {r['budget']} | {r['macs']['after'] / r['macs']['before']:.3f} "
-          f"(met: {r['budget_met']}) | {100 * r['top1_pruned']:.2f}% | {100 * r['top1_finetuned']:.2f}% "
+          f"(met: {r['budget_met']}) | {100 * r['top1_pruned']:.2f}% | {100 * (r['top1_finetuned'] or 0):.2f}% "
           f"| {r['allocation_seconds']:.0f} | {r['finetune_seconds']:.0f} | {r['seconds']:.0f} | {total:.0f} |")

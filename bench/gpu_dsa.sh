@@ -9,13 +9,15 @@
 # iterative method makes a new set at each of its steps, and whichever pipeline runs first
 # would leave its compiled kernels to the next. So the script trains the dense model, saves
 # the cache as it is then (what a user who has just trained the dense model on this machine
-# has), and restores that state before every pipeline. Knobs: DEVICE (wgpu), DENSE (a
+# has), and restores that state before every pipeline; the table at the end is
+# bench/dsa_table.py's. Knobs: DEVICE (wgpu), DENSE (a
 # trained run to use instead of training one), EPOCHS (30), FT (2), DSA_EPOCHS (0.5),
 # DSA_FLAGS ("--admm-metric cost-share"), BUDGETS ("0.5 0.3"), SEEDS ("0 1"), OUT
 # (bench/runs/gpu), PRUNE_FLAGS (added to every prune; e.g. `--train-limit 256` for a smoke
 # test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$PWD"
 export LOPPER_DATA_DIR="${LOPPER_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 lopper="$(realpath "${LOPPER:?set LOPPER to a lopper binary built with --features wgpu}")"
 device="${DEVICE:-wgpu}"
@@ -38,7 +40,8 @@ fi
 rm -rf "$out/cache-dense"
 cp -a "$XDG_CACHE_HOME" "$out/cache-dense"
 
-# run NAME ARGS...: one pipeline from the dense state of the cache; prints one table row.
+# run NAME ARGS...: one pipeline from the dense state of the cache.
+runs=()
 run() {
   local name=$1
   shift
@@ -47,18 +50,10 @@ run() {
   # shellcheck disable=SC2086
   "$lopper" prune --quiet --device "$device" --run "$dense" --finetune-epochs "${FT:-2}" \
     --lr 0.01 --out "$out/$name" ${PRUNE_FLAGS:-} "$@"
-  python3 - "$out/$name/prune_report.json" "$name" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(f"| {sys.argv[2]} | {r['budget']} | {100 * r['top1_pruned']:.2f}% | "
-      f"{100 * (r.get('top1_finetuned') or 0):.2f}% | {r['macs']['after'] / r['macs']['before']:.3f} | "
-      f"{r['allocation_seconds']:.1f} | {r['finetune_seconds']:.1f} | {r['seconds']:.1f} | "
-      f"{[g['after'] for g in r['groups']]} |", flush=True)
-PY
+  echo "done: $name" >&2
+  runs+=("$out/$name")
 }
 
-echo "| run | budget | top-1 before FT | top-1 after FT | MACs after/before | widths s | FT s | prune total s | widths |"
-echo "|---|---|---|---|---|---|---|---|---|"
 for b in ${BUDGETS:-0.5 0.3}; do
   for s in ${SEEDS:-0 1}; do
     # shellcheck disable=SC2086
@@ -67,3 +62,5 @@ for b in ${BUDGETS:-0.5 0.3}; do
     run "iterative-$b-s$s" --budget "macs=$b" --method iterative --seed "$s"
   done
 done
+# The widths per group are in each run's prune_report.json.
+python3 "$repo/bench/dsa_table.py" "$dense" "${runs[@]}"
