@@ -26,6 +26,10 @@ for run in sys.argv[2:]:
         label = f"DSA{' from scratch' if scratch else ''}, {flag('--dsa-epochs', '3')} allocation epochs"
         if "--admm-metric" in cmd:
             label += f", {flag('--admm-metric', '')} ADMM metric"
+        if "--dsa-schedule" in cmd:
+            label += f", {flag('--dsa-schedule', '')} lr"
+        if "--hard-tail" in cmd:
+            label += f", hard tail {flag('--hard-tail', '')}"
         if "--channel-rank" in cmd:
             label += f", {flag('--channel-rank', '')} channel rank"
     elif r["method"] == "iterative":

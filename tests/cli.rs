@@ -287,7 +287,17 @@ fn train_eval_resume_on_mnist() {
     // DSA from the trained run, the iterative baseline, and DSA from scratch: each meets the
     // budget on the pruned graph and learns something.
     for (name, extra) in [
-        ("dsa", vec!["--run", out_s, "--dsa-epochs", "1.5"]),
+        (
+            "dsa",
+            vec![
+                "--run",
+                out_s,
+                "--dsa-epochs",
+                "1.5",
+                "--dsa-schedule",
+                "constant",
+            ],
+        ),
         ("iterative", vec!["--run", out_s, "--step-batches", "4"]),
         (
             "dsa",
@@ -335,6 +345,13 @@ fn train_eval_resume_on_mnist() {
         );
         assert!(after <= 0.4 * before && after > 0.3 * before, "{r}");
         assert!(r["top1_finetuned"].as_f64().unwrap() > 0.4, "{r}");
+        // Both DSA runs here take 4-11 ratio steps, too few to learn from: they say so.
+        assert_eq!(
+            stderr(&o).contains("keep-ratio step(s)"),
+            name == "dsa",
+            "{name}: {}",
+            stderr(&o)
+        );
         if name == "dsa" {
             let log = std::fs::read_to_string(target.join("dsa_log.jsonl")).unwrap();
             assert_eq!(log.lines().count(), 3, "{log}");
@@ -345,6 +362,19 @@ fn train_eval_resume_on_mnist() {
             assert!(target.join("keep_ratio_history.png").exists());
         }
         if name == "dsa" && extra[0] == "--run" {
+            // --dsa-schedule constant: the allocation phase's weights train at --lr (0.01 by
+            // default) to its last step, where the cosine schedule would have reached 0.
+            let alloc = std::fs::read_to_string(target.join("allocation/metrics.jsonl")).unwrap();
+            let lrs: Vec<f64> = alloc
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"]
+                        .as_f64()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(lrs.len(), 2, "{alloc}");
+            assert!(lrs.iter().all(|&lr| (lr - 0.01).abs() < 1e-12), "{alloc}");
             let t = target.to_str().unwrap();
             // A second prune into the same folder is refused and points at --resume.
             let mut again = args.clone();

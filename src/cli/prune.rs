@@ -129,6 +129,11 @@ pub struct PruneArgs {
     /// 0.1 from scratch.
     #[arg(long)]
     pub dsa_lr: Option<f64>,
+    /// DSA: the weight learning-rate schedule of the allocation phase from a trained run:
+    /// cosine (decays to 0 by its end) or constant (the rate throughout, as the iterative
+    /// method's brief fine-tuning has it). From scratch it is always cosine after a warm-up.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub dsa_schedule: ScheduleKind,
     /// DSA: one keep-ratio step every this many weight steps.
     #[arg(long, default_value_t = 5)]
     pub ratio_every: usize,
@@ -214,6 +219,9 @@ const COMMAND_FILE: &str = "prune_command.json";
 const PRUNED_DIR: &str = "pruned";
 /// DSA's allocation phase: its own run folder with per-epoch checkpoints.
 const ALLOCATION_DIR: &str = "allocation";
+/// Fewer keep-ratio steps than this and DSA warns: g's quarter epoch on ResNet-20 (17 steps)
+/// let the budget projection cut a residual stream to one channel (BENCHMARKS.md g).
+const MIN_RATIO_STEPS: usize = 20;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedCommand {
@@ -424,6 +432,16 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     .context("DSA needs a validation split: use --val-fraction > 0")?
                     .shuffled(cfg.batch_size);
                 let log = a.out.join("dsa_log.jsonl");
+                let ratio_steps = passes * alloc_data.train.num_batches() / a.ratio_every;
+                if ratio_steps < MIN_RATIO_STEPS {
+                    // Printed even with --quiet, like the collapsed-stream warning: the widths
+                    // will be the budget projection's, not learned.
+                    eprintln!(
+                        "warning: DSA's allocation phase has only {ratio_steps} keep-ratio step(s) (one every {} weight steps over {} batches); the ratios cannot learn from the loss in so few, and the widths will mostly be the budget projection's. Use more --dsa-epochs, a smaller --ratio-every or more training data",
+                        a.ratio_every,
+                        passes * alloc_data.train.num_batches()
+                    );
+                }
                 let mut dsa = Dsa::new(
                     &dense,
                     groups.clone(),
@@ -439,7 +457,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 let mut alloc_cfg = cfg.clone();
                 alloc_cfg.epochs = passes;
                 alloc_cfg.lr = a.dsa_lr.unwrap_or(if a.from_scratch { 0.1 } else { a.lr });
-                alloc_cfg.schedule = ScheduleKind::Cosine;
+                alloc_cfg.schedule = if a.from_scratch {
+                    ScheduleKind::Cosine
+                } else {
+                    a.dsa_schedule
+                };
                 alloc_cfg.warmup_epochs = if a.from_scratch { 0.3 } else { 0.0 };
                 let alloc_run = RunDir::new(a.out.join(ALLOCATION_DIR));
                 let resume_alloc = a.resume && alloc_run.has_checkpoint();
