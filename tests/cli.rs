@@ -102,6 +102,27 @@ fn bad_input_is_one_clear_error_line() {
     let e = stderr(&o);
     assert!(!o.status.success() && e.contains("config.toml"), "{e}");
 
+    // A flag that cannot apply is refused before any data is read.
+    let o = lopper(&[
+        "prune",
+        "--from-scratch",
+        "--model",
+        "lenet5",
+        "--method",
+        "dsa",
+        "--budget",
+        "macs=0.5",
+        "--dsa-schedule",
+        "constant",
+        "--out",
+        dir.path().join("p").to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("--dsa-schedule") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "modle = \"resnet20\"\n").unwrap();
     let o = lopper(&[

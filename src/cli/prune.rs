@@ -307,6 +307,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
     if a.from_scratch && method != Method::Dsa {
         bail!("--from-scratch works with --method dsa only");
     }
+    if a.from_scratch && a.dsa_schedule != ScheduleKind::Cosine {
+        bail!(
+            "--dsa-schedule applies to a prune from a trained run; from scratch the allocation phase trains the new weights with a warm-up and a cosine"
+        );
+    }
     let (mut cfg, dense) = source(&a)?;
     if let Some(d) = &a.data_dir {
         cfg.data_dir = Some(d.clone());
