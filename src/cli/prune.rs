@@ -437,16 +437,6 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     .context("DSA needs a validation split: use --val-fraction > 0")?
                     .shuffled(cfg.batch_size);
                 let log = a.out.join("dsa_log.jsonl");
-                let ratio_steps = passes * alloc_data.train.num_batches() / a.ratio_every;
-                if ratio_steps < MIN_RATIO_STEPS {
-                    // Printed even with --quiet, like the collapsed-stream warning: the widths
-                    // will be the budget projection's, not learned.
-                    eprintln!(
-                        "warning: DSA's allocation phase has only {ratio_steps} keep-ratio step(s) (one every {} weight steps over {} batches); the ratios cannot learn from the loss in so few, and the widths will mostly be the budget projection's. Use more --dsa-epochs, a smaller --ratio-every or more training data",
-                        a.ratio_every,
-                        passes * alloc_data.train.num_batches()
-                    );
-                }
                 let mut dsa = Dsa::new(
                     &dense,
                     groups.clone(),
@@ -459,14 +449,20 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     cfg.seed,
                     Some(log),
                 )?;
+                let (weight_steps, ratio_steps) = dsa.planned_steps();
+                if ratio_steps < MIN_RATIO_STEPS {
+                    // Printed even with --quiet, like the collapsed-stream warning: the widths
+                    // will be the budget projection's, not learned.
+                    eprintln!(
+                        "warning: DSA's allocation phase has only {ratio_steps} keep-ratio step(s) (one every {} weight steps over {weight_steps} batches); the ratios cannot learn from the loss in so few, and the widths will mostly be the budget projection's. Use more --dsa-epochs, a smaller --ratio-every or more training data",
+                        a.ratio_every,
+                    );
+                }
                 let mut alloc_cfg = cfg.clone();
                 alloc_cfg.epochs = passes;
                 alloc_cfg.lr = a.dsa_lr.unwrap_or(if a.from_scratch { 0.1 } else { a.lr });
-                alloc_cfg.schedule = if a.from_scratch {
-                    ScheduleKind::Cosine
-                } else {
-                    a.dsa_schedule
-                };
+                // Always cosine from scratch: anything else was refused above.
+                alloc_cfg.schedule = a.dsa_schedule;
                 alloc_cfg.warmup_epochs = if a.from_scratch { 0.3 } else { 0.0 };
                 let alloc_run = RunDir::new(a.out.join(ALLOCATION_DIR));
                 let resume_alloc = a.resume && alloc_run.has_checkpoint();

@@ -438,6 +438,11 @@ impl Dsa {
         Ok(dsa)
     }
 
+    /// Weight steps of the whole allocation phase, and the ratio steps among them.
+    pub fn planned_steps(&self) -> (usize, usize) {
+        (self.total_steps, self.total_steps / self.cfg.ratio_every)
+    }
+
     /// Current keep ratios, one per group.
     pub fn ratios(&self) -> Vec<f64> {
         self.s.iter().map(|&s| sigmoid(s)).collect()
