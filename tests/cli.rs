@@ -310,14 +310,8 @@ fn train_eval_resume_on_mnist() {
     for (name, extra) in [
         (
             "dsa",
-            vec![
-                "--run",
-                out_s,
-                "--dsa-epochs",
-                "1.5",
-                "--dsa-schedule",
-                "constant",
-            ],
+            // DSA's defaults from a trained run: 1.5 epochs at a constant rate.
+            vec!["--run", out_s],
         ),
         ("iterative", vec!["--run", out_s, "--step-batches", "4"]),
         (
@@ -383,8 +377,9 @@ fn train_eval_resume_on_mnist() {
             assert!(target.join("keep_ratio_history.png").exists());
         }
         if name == "dsa" && extra[0] == "--run" {
-            // --dsa-schedule constant: the allocation phase's weights train at --lr (0.01 by
-            // default) to its last step, where the cosine schedule would have reached 0.
+            // The default schedule from a trained run is constant: the allocation phase's
+            // weights train at --lr (0.01 by default) to its last step, where a cosine would
+            // have reached 0.
             let alloc = std::fs::read_to_string(target.join("allocation/metrics.jsonl")).unwrap();
             let lrs: Vec<f64> = alloc
                 .lines()

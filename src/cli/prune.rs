@@ -122,18 +122,20 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 16)]
     pub taylor_batches: usize,
     /// DSA: epochs of joint weight and keep-ratio training; a fraction (0.5, 1.5) runs
-    /// ceil(x) passes over a random x/ceil(x) share of the training split.
-    #[arg(long, default_value_t = 3.0)]
-    pub dsa_epochs: f64,
-    /// DSA: weight learning rate during allocation (cosine); default --lr from a trained run,
-    /// 0.1 from scratch.
+    /// ceil(x) passes over a random x/ceil(x) share of the training split [default: 1.5 from
+    /// a trained run, 3 from scratch].
+    #[arg(long)]
+    pub dsa_epochs: Option<f64>,
+    /// DSA: weight learning rate during allocation; default --lr from a trained run, 0.1 from
+    /// scratch.
     #[arg(long)]
     pub dsa_lr: Option<f64>,
     /// DSA: the weight learning-rate schedule of the allocation phase from a trained run:
-    /// cosine (decays to 0 by its end) or constant (the rate throughout, as the iterative
-    /// method's brief fine-tuning has it). From scratch it is always cosine after a warm-up.
-    #[arg(long, value_enum, default_value = "cosine")]
-    pub dsa_schedule: ScheduleKind,
+    /// constant (the rate throughout, as the iterative method's brief fine-tuning has it; the
+    /// default) or cosine (decays to 0 by its end). From scratch it is always cosine after a
+    /// warm-up.
+    #[arg(long, value_enum)]
+    pub dsa_schedule: Option<ScheduleKind>,
     /// DSA: one keep-ratio step every this many weight steps.
     #[arg(long, default_value_t = 5)]
     pub ratio_every: usize,
@@ -146,18 +148,20 @@ pub struct PruneArgs {
     pub rho: f64,
     /// DSA: metric of the ADMM penalty and budget projection: euclidean (ALGORITHMS.md) or
     /// cost-share (each group weighted by its share of the cost: a uniform prior) or fisher
-    /// (weighted by the mean squared loss gradient of its ratio: a second-order model).
-    #[arg(long, value_enum, default_value = "euclidean")]
-    pub admm_metric: AdmmMetric,
+    /// (weighted by the mean squared loss gradient of its ratio: a second-order model)
+    /// [default: cost-share from a trained run, euclidean from scratch].
+    #[arg(long, value_enum)]
+    pub admm_metric: Option<AdmmMetric>,
     /// DSA: the channel signal of the keep-ratio gradient: fisher (minus half the running
     /// mean square of the straight-through gradient: the expected loss increase of dropping
     /// the channel) or sampled (the straight-through gradient of one batch, ALGORITHMS.md).
     #[arg(long, value_enum, default_value = "fisher")]
     pub ratio_signal: RatioSignal,
     /// DSA: share of the allocation phase, at its end, whose weight steps train under the
-    /// deterministic masks of the widths that will be kept instead of sampled ones.
-    #[arg(long, default_value_t = 0.0)]
-    pub hard_tail: f64,
+    /// deterministic masks of the widths that will be kept instead of sampled ones [default:
+    /// 0.5 from a trained run, 0 from scratch].
+    #[arg(long)]
+    pub hard_tail: Option<f64>,
     /// DSA: which channels a group's keep ratio keeps: gamma (the BatchNorm scales, as in the
     /// paper) or fisher (the channels whose removal the ratio steps measured to cost most).
     #[arg(long, value_enum, default_value = "gamma")]
@@ -222,6 +226,91 @@ const ALLOCATION_DIR: &str = "allocation";
 /// Fewer keep-ratio steps than this and DSA warns: g's quarter epoch on ResNet-20 (17 steps)
 /// let the budget projection cut a residual stream to one channel (BENCHMARKS.md g).
 const MIN_RATIO_STEPS: usize = 20;
+
+/// DSA's settings with the flow's defaults filled in. From a trained run the defaults are the
+/// setting benchmarked level with the iterative method (BENCHMARKS.md i): 1.5 epochs at a
+/// constant rate, the cost-share metric, the last half under the kept widths' masks. From
+/// scratch that setting was never run, so the defaults stay ALGORITHMS.md's: Euclidean metric,
+/// sampled masks throughout, cosine after a warm-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DsaSettings {
+    epochs: f64,
+    schedule: ScheduleKind,
+    metric: AdmmMetric,
+    hard_tail: f64,
+}
+
+impl DsaSettings {
+    fn resolve(a: &PruneArgs) -> Result<Self> {
+        let s = if a.from_scratch {
+            if a.dsa_schedule.is_some_and(|k| k != ScheduleKind::Cosine) {
+                bail!(
+                    "--dsa-schedule applies to a prune from a trained run; from scratch the allocation phase trains the new weights with a warm-up and a cosine"
+                );
+            }
+            DsaSettings {
+                epochs: a.dsa_epochs.unwrap_or(3.0),
+                schedule: ScheduleKind::Cosine,
+                metric: a.admm_metric.unwrap_or(AdmmMetric::Euclidean),
+                hard_tail: a.hard_tail.unwrap_or(0.0),
+            }
+        } else {
+            DsaSettings {
+                epochs: a.dsa_epochs.unwrap_or(1.5),
+                schedule: a.dsa_schedule.unwrap_or(ScheduleKind::Constant),
+                metric: a.admm_metric.unwrap_or(AdmmMetric::CostShare),
+                hard_tail: a.hard_tail.unwrap_or(0.5),
+            }
+        };
+        if !(s.epochs > 0.0 && s.epochs.is_finite()) {
+            bail!("--dsa-epochs must be positive");
+        }
+        if !(0.0..=1.0).contains(&s.hard_tail) {
+            bail!("--hard-tail is a share of the allocation phase, from 0 to 1");
+        }
+        Ok(s)
+    }
+
+    /// The flags a prune left to their defaults, spelled out, so the command saved for
+    /// `--resume` goes on with the settings it started with even if a later lopper changes
+    /// the defaults.
+    fn defaulted_flags(&self, a: &PruneArgs) -> Vec<String> {
+        let mut flags = vec![];
+        let mut add = |given: bool, name: &str, value: String| {
+            if !given {
+                flags.extend([name.to_owned(), value]);
+            }
+        };
+        add(
+            a.dsa_epochs.is_some(),
+            "--dsa-epochs",
+            self.epochs.to_string(),
+        );
+        add(
+            a.admm_metric.is_some(),
+            "--admm-metric",
+            flag_value(&self.metric),
+        );
+        add(
+            a.hard_tail.is_some(),
+            "--hard-tail",
+            self.hard_tail.to_string(),
+        );
+        // From scratch the schedule is not a choice (and a flag for it is refused).
+        add(
+            a.dsa_schedule.is_some() || a.from_scratch,
+            "--dsa-schedule",
+            flag_value(&self.schedule),
+        );
+        flags
+    }
+}
+
+/// How a value is spelled on the command line (`cost-share`, not `CostShare`).
+fn flag_value<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_owned())
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedCommand {
@@ -307,11 +396,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     if a.from_scratch && method != Method::Dsa {
         bail!("--from-scratch works with --method dsa only");
     }
-    if a.from_scratch && a.dsa_schedule != ScheduleKind::Cosine {
-        bail!(
-            "--dsa-schedule applies to a prune from a trained run; from scratch the allocation phase trains the new weights with a warm-up and a cosine"
-        );
-    }
+    // Checked before any data is read: bad DSA flags are one line, at once.
+    let dsa_settings = DsaSettings::resolve(&a)?;
     let (mut cfg, dense) = source(&a)?;
     if let Some(d) = &a.data_dir {
         cfg.data_dir = Some(d.clone());
@@ -344,9 +430,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     if !a.resume {
+        let mut args: Vec<String> = std::env::args().collect();
+        if method == Method::Dsa {
+            args.extend(dsa_settings.defaulted_flags(&a));
+        }
         let cmd = SavedCommand {
             cwd: std::env::current_dir().context("cannot read the current directory")?,
-            args: std::env::args().collect(),
+            args,
         };
         write_atomic(&a.out.join(COMMAND_FILE), &serde_json::to_vec_pretty(&cmd)?)?;
     }
@@ -395,14 +485,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
         let alloc_started = Instant::now();
         let pruned = match method {
             Method::Dsa => {
-                if !(a.dsa_epochs > 0.0 && a.dsa_epochs.is_finite()) {
-                    bail!("--dsa-epochs must be positive");
-                }
-                if !(0.0..=1.0).contains(&a.hard_tail) {
-                    bail!("--hard-tail is a share of the allocation phase, from 0 to 1");
-                }
-                let passes = a.dsa_epochs.ceil() as usize;
-                let share = a.dsa_epochs / passes as f64;
+                let ds = dsa_settings;
+                let passes = ds.epochs.ceil() as usize;
+                let share = ds.epochs / passes as f64;
                 let alloc_train = if share < 0.999 {
                     let subset = data.train.dataset().split(share, cfg.seed ^ 0xA110C)?.1;
                     data.train.with_dataset(subset, cfg.batch_size)
@@ -424,9 +509,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
                         RatioSignal::Sampled => 0.05,
                     }),
                     rho: a.rho,
-                    metric: a.admm_metric,
+                    metric: ds.metric,
                     signal: a.ratio_signal,
-                    hard_tail: a.hard_tail,
+                    hard_tail: ds.hard_tail,
                     channel_rank: a.channel_rank,
                     fisher_decay: a.fisher_decay,
                     ..DsaConfig::default()
@@ -461,18 +546,20 @@ pub fn run(a: PruneArgs) -> Result<()> {
                 let mut alloc_cfg = cfg.clone();
                 alloc_cfg.epochs = passes;
                 alloc_cfg.lr = a.dsa_lr.unwrap_or(if a.from_scratch { 0.1 } else { a.lr });
-                // Always cosine from scratch: anything else was refused above.
-                alloc_cfg.schedule = a.dsa_schedule;
+                alloc_cfg.schedule = ds.schedule;
                 alloc_cfg.warmup_epochs = if a.from_scratch { 0.3 } else { 0.0 };
                 let alloc_run = RunDir::new(a.out.join(ALLOCATION_DIR));
                 let resume_alloc = a.resume && alloc_run.has_checkpoint();
                 let mut trainer = Trainer::new(alloc_cfg, Some(alloc_run))?;
                 trainer.progress = !a.quiet;
                 say(format!(
-                    "DSA: {} allocation pass(es) over {:.0}% of the training split, one ratio step every {} weight steps{}",
+                    "DSA: {} allocation pass(es) over {:.0}% of the training split, one ratio step every {} weight steps, {} weight lr, {} metric, hard tail {}{}",
                     passes,
                     100.0 * share,
                     a.ratio_every,
+                    flag_value(&ds.schedule),
+                    flag_value(&ds.metric),
+                    ds.hard_tail,
                     if resume_alloc {
                         " (resuming from the last completed epoch)"
                     } else {
@@ -897,4 +984,97 @@ fn write_plots(
         .context("cannot write the keep-ratio history plot")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<PruneArgs> {
+        let cli = <super::super::Cli as clap::Parser>::try_parse_from(
+            [
+                "lopper", "prune", "--method", "dsa", "--budget", "macs=0.5", "--out", "o",
+            ]
+            .iter()
+            .chain(args),
+        )?;
+        let super::super::Command::Prune(p) = cli.command else {
+            unreachable!("a prune command was parsed")
+        };
+        Ok(*p)
+    }
+
+    fn settings(args: &[&str]) -> Result<DsaSettings> {
+        DsaSettings::resolve(&parse(args)?)
+    }
+
+    #[test]
+    fn dsa_defaults_depend_on_the_flow() {
+        let from_run = settings(&["--run", "r"]).unwrap();
+        assert_eq!(
+            from_run,
+            DsaSettings {
+                epochs: 1.5,
+                schedule: ScheduleKind::Constant,
+                metric: AdmmMetric::CostShare,
+                hard_tail: 0.5,
+            }
+        );
+        let scratch = settings(&["--from-scratch", "--model", "mlp"]).unwrap();
+        assert_eq!(
+            scratch,
+            DsaSettings {
+                epochs: 3.0,
+                schedule: ScheduleKind::Cosine,
+                metric: AdmmMetric::Euclidean,
+                hard_tail: 0.0,
+            }
+        );
+        // Flags given win in either flow.
+        let given = [
+            "--dsa-epochs",
+            "0.5",
+            "--admm-metric",
+            "fisher",
+            "--hard-tail",
+            "0.25",
+        ];
+        for flow in [&["--run", "r"][..], &["--from-scratch", "--model", "mlp"]] {
+            let s = settings(&[flow, &given[..]].concat()).unwrap();
+            assert_eq!(
+                (s.epochs, s.metric, s.hard_tail),
+                (0.5, AdmmMetric::Fisher, 0.25)
+            );
+        }
+        // The saved command spells the defaults out, and parses back to the same settings.
+        for flow in [&["--run", "r"][..], &["--from-scratch", "--model", "mlp"]] {
+            let saved = settings(flow).unwrap();
+            let spelled: Vec<String> = flow
+                .iter()
+                .map(|x| x.to_string())
+                .chain(saved.defaulted_flags(&parse(flow).unwrap()))
+                .collect();
+            let spelled: Vec<&str> = spelled.iter().map(String::as_str).collect();
+            assert!(spelled.len() >= flow.len() + 6, "{spelled:?}");
+            assert_eq!(settings(&spelled).unwrap(), saved, "{spelled:?}");
+            let again = parse(&spelled).unwrap();
+            assert!(saved.defaulted_flags(&again).is_empty());
+        }
+        let cosine = settings(&["--run", "r", "--dsa-schedule", "cosine"]).unwrap();
+        assert_eq!(cosine.schedule, ScheduleKind::Cosine);
+        // A constant rate from scratch and out-of-range values are refused.
+        for bad in [
+            &[
+                "--from-scratch",
+                "--model",
+                "mlp",
+                "--dsa-schedule",
+                "constant",
+            ][..],
+            &["--run", "r", "--dsa-epochs", "0"],
+            &["--run", "r", "--hard-tail", "1.5"],
+        ] {
+            assert!(settings(bad).is_err(), "{bad:?}");
+        }
+    }
 }
