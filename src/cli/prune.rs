@@ -168,9 +168,9 @@ pub struct PruneArgs {
     pub channel_rank: ChannelRank,
     /// DSA: share of the Fisher estimate kept from one ratio step to the next (1: the mean
     /// since the start; 0.8: a moving average over about 5 steps, which follows the loss as
-    /// the network thins).
-    #[arg(long, default_value_t = 1.0)]
-    pub fisher_decay: f64,
+    /// the network thins) [default: 0.8 from a trained run, 1 from scratch].
+    #[arg(long)]
+    pub fisher_decay: Option<f64>,
     /// DSA: share of the training data held out for the keep-ratio steps.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -228,8 +228,9 @@ const ALLOCATION_DIR: &str = "allocation";
 const MIN_RATIO_STEPS: usize = 20;
 
 /// DSA's settings with the flow's defaults filled in. From a trained run the defaults are the
-/// setting benchmarked level with the iterative method (BENCHMARKS.md i): 1.5 epochs at a
-/// constant rate, the cost-share metric, the last half under the kept widths' masks. From
+/// setting benchmarked level with the iterative method (BENCHMARKS.md i and j): 1.5 epochs at a
+/// constant rate, the cost-share metric, the last half under the kept widths' masks, a Fisher
+/// estimate that forgets (0.8 per ratio step). From
 /// scratch that setting was never run, so the defaults stay ALGORITHMS.md's: Euclidean metric,
 /// sampled masks throughout, cosine after a warm-up.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -238,6 +239,7 @@ struct DsaSettings {
     schedule: ScheduleKind,
     metric: AdmmMetric,
     hard_tail: f64,
+    fisher_decay: f64,
 }
 
 impl DsaSettings {
@@ -253,6 +255,7 @@ impl DsaSettings {
                 schedule: ScheduleKind::Cosine,
                 metric: a.admm_metric.unwrap_or(AdmmMetric::Euclidean),
                 hard_tail: a.hard_tail.unwrap_or(0.0),
+                fisher_decay: a.fisher_decay.unwrap_or(1.0),
             }
         } else {
             DsaSettings {
@@ -260,6 +263,7 @@ impl DsaSettings {
                 schedule: a.dsa_schedule.unwrap_or(ScheduleKind::Constant),
                 metric: a.admm_metric.unwrap_or(AdmmMetric::CostShare),
                 hard_tail: a.hard_tail.unwrap_or(0.5),
+                fisher_decay: a.fisher_decay.unwrap_or(0.8),
             }
         };
         if !(s.epochs > 0.0 && s.epochs.is_finite()) {
@@ -295,6 +299,11 @@ impl DsaSettings {
             a.hard_tail.is_some(),
             "--hard-tail",
             self.hard_tail.to_string(),
+        );
+        add(
+            a.fisher_decay.is_some(),
+            "--fisher-decay",
+            self.fisher_decay.to_string(),
         );
         // From scratch the schedule is not a choice (and a flag for it is refused).
         add(
@@ -513,7 +522,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     signal: a.ratio_signal,
                     hard_tail: ds.hard_tail,
                     channel_rank: a.channel_rank,
-                    fisher_decay: a.fisher_decay,
+                    fisher_decay: ds.fisher_decay,
                     ..DsaConfig::default()
                 };
                 let val = data
@@ -1018,6 +1027,7 @@ mod tests {
                 schedule: ScheduleKind::Constant,
                 metric: AdmmMetric::CostShare,
                 hard_tail: 0.5,
+                fisher_decay: 0.8,
             }
         );
         let scratch = settings(&["--from-scratch", "--model", "mlp"]).unwrap();
@@ -1028,6 +1038,7 @@ mod tests {
                 schedule: ScheduleKind::Cosine,
                 metric: AdmmMetric::Euclidean,
                 hard_tail: 0.0,
+                fisher_decay: 1.0,
             }
         );
         // Flags given win in either flow.
@@ -1038,12 +1049,14 @@ mod tests {
             "fisher",
             "--hard-tail",
             "0.25",
+            "--fisher-decay",
+            "0.5",
         ];
         for flow in [&["--run", "r"][..], &["--from-scratch", "--model", "mlp"]] {
             let s = settings(&[flow, &given[..]].concat()).unwrap();
             assert_eq!(
-                (s.epochs, s.metric, s.hard_tail),
-                (0.5, AdmmMetric::Fisher, 0.25)
+                (s.epochs, s.metric, s.hard_tail, s.fisher_decay),
+                (0.5, AdmmMetric::Fisher, 0.25, 0.5)
             );
         }
         // The saved command spells the defaults out, and parses back to the same settings.
@@ -1055,7 +1068,7 @@ mod tests {
                 .chain(saved.defaulted_flags(&parse(flow).unwrap()))
                 .collect();
             let spelled: Vec<&str> = spelled.iter().map(String::as_str).collect();
-            assert!(spelled.len() >= flow.len() + 6, "{spelled:?}");
+            assert!(spelled.len() >= flow.len() + 8, "{spelled:?}");
             assert_eq!(settings(&spelled).unwrap(), saved, "{spelled:?}");
             let again = parse(&spelled).unwrap();
             assert!(saved.defaulted_flags(&again).is_empty());
