@@ -279,39 +279,39 @@ impl DsaSettings {
     /// `--resume` goes on with the settings it started with even if a later lopper changes
     /// the defaults.
     fn defaulted_flags(&self, a: &PruneArgs) -> Vec<String> {
-        let mut flags = vec![];
-        let mut add = |given: bool, name: &str, value: String| {
-            if !given {
-                flags.extend([name.to_owned(), value]);
-            }
-        };
-        add(
-            a.dsa_epochs.is_some(),
-            "--dsa-epochs",
-            self.epochs.to_string(),
-        );
-        add(
-            a.admm_metric.is_some(),
-            "--admm-metric",
-            flag_value(&self.metric),
-        );
-        add(
-            a.hard_tail.is_some(),
-            "--hard-tail",
-            self.hard_tail.to_string(),
-        );
-        add(
-            a.fisher_decay.is_some(),
-            "--fisher-decay",
-            self.fisher_decay.to_string(),
-        );
         // From scratch the schedule is not a choice (and a flag for it is refused).
-        add(
-            a.dsa_schedule.is_some() || a.from_scratch,
-            "--dsa-schedule",
-            flag_value(&self.schedule),
-        );
+        let flags = [
+            (
+                a.dsa_epochs.is_some(),
+                "--dsa-epochs",
+                self.epochs.to_string(),
+            ),
+            (
+                a.admm_metric.is_some(),
+                "--admm-metric",
+                flag_value(&self.metric),
+            ),
+            (
+                a.hard_tail.is_some(),
+                "--hard-tail",
+                self.hard_tail.to_string(),
+            ),
+            (
+                a.fisher_decay.is_some(),
+                "--fisher-decay",
+                self.fisher_decay.to_string(),
+            ),
+            (
+                a.dsa_schedule.is_some() || a.from_scratch,
+                "--dsa-schedule",
+                flag_value(&self.schedule),
+            ),
+        ];
         flags
+            .into_iter()
+            .filter(|(given, _, _)| !given)
+            .flat_map(|(_, name, value)| [name.to_owned(), value])
+            .collect()
     }
 }
 
