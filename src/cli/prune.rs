@@ -230,9 +230,9 @@ const MIN_RATIO_STEPS: usize = 20;
 /// DSA's settings with the flow's defaults filled in. From a trained run the defaults are the
 /// setting benchmarked level with the iterative method (BENCHMARKS.md i and j): 1.5 epochs at a
 /// constant rate, the cost-share metric, the last half under the kept widths' masks, a Fisher
-/// estimate that forgets (0.8 per ratio step). From
-/// scratch that setting was never run, so the defaults stay ALGORITHMS.md's: Euclidean metric,
-/// sampled masks throughout, cosine after a warm-up.
+/// estimate that forgets (0.8 per ratio step). From scratch that setting was never run, so the
+/// defaults stay the earlier ones: 3 epochs, ALGORITHMS.md's Euclidean metric, sampled masks
+/// throughout, the Fisher mean since the start, a cosine after a warm-up.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct DsaSettings {
     epochs: f64,
