@@ -10,19 +10,22 @@
 # would leave its compiled kernels to the next. So the script trains the dense model, saves
 # the cache as it is then (what a user who has just trained the dense model on this machine
 # has), and restores that state before every pipeline; the table at the end is
-# bench/dsa_table.py's. Knobs: DEVICE (wgpu), DENSE (a
-# trained run to use instead of training one), EPOCHS (30), FT (2), DSA_EPOCHS (1.5),
-# DSA_FLAGS ("--admm-metric cost-share --dsa-schedule constant --hard-tail 0.5", i's; h used
-# DSA_EPOCHS=0.5 DSA_FLAGS="--admm-metric cost-share"), BUDGETS ("0.5 0.3"), SEEDS ("0 1"), OUT
-# (bench/runs/gpu), PRUNE_FLAGS (added to every prune; e.g. `--train-limit 256` for a smoke
-# test).
+# bench/dsa_table.py's.
+#
+# Knobs: DEVICE (wgpu), DENSE (a trained run to use instead of training one), EPOCHS (30),
+# FT (2), BUDGETS ("0.5 0.3"), SEEDS ("0 1"), OUT (bench/runs/gpu), PRUNE_FLAGS (added to
+# every prune; e.g. `--train-limit 256` for a smoke test), DSA_EPOCHS and DSA_FLAGS (added to
+# the DSA prunes). With neither set the DSA prunes run with DSA's defaults from a trained
+# run: i's setting plus `--fisher-decay 0.8` (j). i ran with DSA_FLAGS="--admm-metric
+# cost-share --dsa-schedule constant --hard-tail 0.5 --fisher-decay 1"; h with DSA_EPOCHS=0.5
+# DSA_FLAGS="--admm-metric cost-share --dsa-schedule cosine --hard-tail 0 --fisher-decay 1".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 export LOPPER_DATA_DIR="${LOPPER_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 lopper="$(realpath "${LOPPER:?set LOPPER to a lopper binary built with --features wgpu}")"
 device="${DEVICE:-wgpu}"
-dsa_flags="${DSA_FLAGS-"--admm-metric cost-share --dsa-schedule constant --hard-tail 0.5"}"
+dsa_flags="${DSA_FLAGS:-}${DSA_EPOCHS:+ --dsa-epochs $DSA_EPOCHS}"
 out="$(realpath -m "${OUT:-bench/runs/gpu}")"
 mkdir -p "$out"
 # A cache of our own: saved and restored whole, and nothing else of the user's is touched.
@@ -58,8 +61,7 @@ run() {
 for b in ${BUDGETS:-0.5 0.3}; do
   for s in ${SEEDS:-0 1}; do
     # shellcheck disable=SC2086
-    run "dsa-$b-s$s" --budget "macs=$b" --method dsa --dsa-epochs "${DSA_EPOCHS:-1.5}" \
-      $dsa_flags --seed "$s"
+    run "dsa-$b-s$s" --budget "macs=$b" --method dsa $dsa_flags --seed "$s"
     run "iterative-$b-s$s" --budget "macs=$b" --method iterative --seed "$s"
   done
 done
