@@ -30,6 +30,8 @@ for run in sys.argv[2:]:
             label += f", {flag('--dsa-schedule', '')} lr"
         if "--hard-tail" in cmd:
             label += f", hard tail {flag('--hard-tail', '')}"
+        if "--fisher-decay" in cmd:
+            label += f", Fisher decay {flag('--fisher-decay', '')}"
         if "--channel-rank" in cmd:
             label += f", {flag('--channel-rank', '')} channel rank"
     elif r["method"] == "iterative":
