@@ -606,10 +606,11 @@ fn decaying_fisher_estimate_follows_the_network() {
 }
 
 /// In the hard tail the weight steps' forward pass (autodiff values) uses the deterministic
-/// top-k masks evaluation uses; before it, sampled masks at the starting hardness (beta2 = 1,
-/// keep probabilities far from 0 and 1) differ from them.
+/// top-k masks of the feasible ADMM iterate z, the widths hardening keeps, even where the keep
+/// ratios a are elsewhere; before it, sampled masks at the starting hardness (beta2 = 1, keep
+/// probabilities far from 0 and 1) differ from them.
 #[test]
-fn hard_tail_trains_under_the_evaluation_masks() {
+fn hard_tail_trains_under_the_masks_of_the_kept_widths() {
     let graph = small_graph();
     let groups = channel_groups(&graph, &[]).unwrap();
     let dev = Device::flex();
@@ -630,25 +631,35 @@ fn hard_tail_trains_under_the_evaluation_masks() {
         false,
     );
     let steps_per_epoch = 10;
-    let mut dsa = Dsa::new(
-        &model,
-        groups.clone(),
-        Box::new(cost),
-        limit,
-        DsaConfig {
-            epochs: 1,
-            hard_tail: 0.3,
-            // Ratios the masks keep a part of: a = sigmoid(0) = 0.5.
-            init_logit: 0.0,
-            ..DsaConfig::default()
-        },
-        val,
-        steps_per_epoch,
-        &dev,
-        1,
-        None,
-    )
-    .unwrap();
+    let allocation = |init_logit: f64| {
+        Dsa::new(
+            &model,
+            groups.clone(),
+            Box::new(cost.clone()),
+            limit,
+            DsaConfig {
+                epochs: 1,
+                hard_tail: 0.3,
+                init_logit,
+                ..DsaConfig::default()
+            },
+            val.clone(),
+            steps_per_epoch,
+            &dev,
+            1,
+            None,
+        )
+        .unwrap()
+    };
+    // Ratios a = sigmoid(0) = 0.5 with z moved to 0.25 (through a saved state), and a second
+    // allocation whose ratios are 0.25: its evaluation masks are z's top-k masks.
+    let mut dsa = allocation(0.0);
+    let mut state = dsa.state().unwrap().unwrap();
+    let z: Vec<f64> = dsa.feasible_ratios().iter().map(|&z| z.min(0.25)).collect();
+    state["z"] = serde_json::json!(z);
+    dsa.restore(state).unwrap();
+    assert_eq!(dsa.feasible_ratios(), &z[..]);
+    let at_z = allocation((0.25f64 / 0.75).ln());
     let mut rng = StdRng::seed_from_u64(2);
     let x: Vec<f32> = (0..8 * 3 * 64)
         .map(|_| rng.random_range(-1.0..1.0))
@@ -666,6 +677,13 @@ fn hard_tail_trains_under_the_evaluation_masks() {
         host_f64(out)
     };
     let evaluation = logits(&dev, &dsa);
+    let kept = logits(&dev, &at_z);
+    assert!(
+        kept.iter()
+            .zip(&evaluation)
+            .any(|(a, b)| (a - b).abs() > 1e-4),
+        "z's masks matched a's"
+    );
     let step = |global_step: usize| StepInfo {
         epoch: 0,
         step_in_epoch: global_step,
@@ -676,16 +694,13 @@ fn hard_tail_trains_under_the_evaluation_masks() {
     for s in 0..7 {
         dsa.before_step(&step(s));
         let train = logits(&ad, &dsa);
-        sampled_differs |= train
-            .iter()
-            .zip(&evaluation)
-            .any(|(a, b)| (a - b).abs() > 1e-4);
+        sampled_differs |= train.iter().zip(&kept).any(|(a, b)| (a - b).abs() > 1e-4);
     }
     assert!(sampled_differs, "sampled masks matched the top-k ones");
     for s in 7..10 {
         dsa.before_step(&step(s));
         let train = logits(&ad, &dsa);
-        for (a, b) in train.iter().zip(&evaluation) {
+        for (a, b) in train.iter().zip(&kept) {
             assert!((a - b).abs() <= 1e-5, "step {s}: {a} vs {b}");
         }
     }

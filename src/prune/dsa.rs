@@ -61,10 +61,10 @@ pub struct DsaConfig {
     #[serde(default)]
     pub signal: RatioSignal,
     /// Share of the allocation phase's weight steps, at its end, that train under the
-    /// deterministic top-k masks of the current keep ratios (the evaluation masks) instead of
-    /// sampled ones, so that the weights adapt to the network that is about to be kept
-    /// (hardening cuts to the feasible ADMM iterate, which the ratios approach; the ratio
-    /// steps still sample).
+    /// deterministic top-k masks of the feasible ADMM iterate `z` instead of sampled ones, so
+    /// that the weights adapt to the network that is about to be kept (hardening cuts to `z`;
+    /// the ratios `a` approach it, but with a noisy signal they can end a third of the budget
+    /// away from it). The ratio steps still sample from `a`.
     #[serde(default)]
     pub hard_tail: f64,
     /// Which channels of a group a keep ratio keeps (the importance `I_i` of the keep
@@ -493,13 +493,13 @@ impl Dsa {
         self.refresh_eval_masks();
     }
 
-    /// The deterministic top-k masks of the current keep ratios, on `device`.
-    fn top_k_masks(&self, device: &Device) -> Vec<Option<Tensor<1>>> {
+    /// The deterministic top-k masks of `ratios` (one per group), on `device`.
+    fn top_k_masks(&self, ratios: &[f64], device: &Device) -> Vec<Option<Tensor<1>>> {
         self.groups
             .iter()
             .map(|g| {
                 g.is_prunable().then(|| {
-                    let m = top_k_mask(&self.log_imp[g.id], sigmoid(self.s[g.id]));
+                    let m = top_k_mask(&self.log_imp[g.id], ratios[g.id]);
                     Tensor::from_data(TensorData::new(m, [g.channels]), device)
                 })
             })
@@ -507,7 +507,7 @@ impl Dsa {
     }
 
     fn refresh_eval_masks(&mut self) {
-        let masks = self.top_k_masks(&self.eval_device);
+        let masks = self.top_k_masks(&self.ratios(), &self.eval_device);
         self.masks.eval = ChannelMasks::new(&self.graph, &self.groups, &masks, &self.eval_device);
     }
 
@@ -745,7 +745,9 @@ impl TrainHook for Dsa {
         let dev = self.train_device.clone();
         let masks: Vec<Option<Tensor<1>>> =
             if self.cfg.hard_tail > 0.0 && info.global_step >= hard_from {
-                self.top_k_masks(&dev)
+                // The feasible iterate, not the ratios: hardening keeps z's widths, and with
+                // a noisy signal the ratios can sit far from z (BENCHMARKS.md l).
+                self.top_k_masks(&self.admm.z, &dev)
             } else {
                 self.sample()
                     .into_iter()
