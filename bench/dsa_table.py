@@ -32,6 +32,8 @@ for run in sys.argv[2:]:
             label += f", hard tail {flag('--hard-tail', '')}"
         if "--fisher-decay" in cmd:
             label += f", Fisher decay {flag('--fisher-decay', '')}"
+        if "--rho" in cmd:
+            label += f", rho {flag('--rho', '')}"
         if "--channel-rank" in cmd:
             label += f", {flag('--channel-rank', '')} channel rank"
     elif r["method"] == "iterative":

@@ -16,9 +16,11 @@
 # FT (2), BUDGETS ("0.5 0.3"), SEEDS ("0 1"), OUT (bench/runs/gpu), PRUNE_FLAGS (added to
 # every prune; e.g. `--train-limit 256` for a smoke test), DSA_EPOCHS and DSA_FLAGS (added to
 # the DSA prunes). With neither set the DSA prunes run with DSA's defaults from a trained
-# run: i's setting plus `--fisher-decay 0.8` (j). i ran with DSA_FLAGS="--admm-metric
-# cost-share --dsa-schedule constant --hard-tail 0.5 --fisher-decay 1"; h with DSA_EPOCHS=0.5
-# DSA_FLAGS="--admm-metric cost-share --dsa-schedule cosine --hard-tail 0 --fisher-decay 1".
+# run: i's setting plus `--fisher-decay 0.8` (j) and `--rho 10` (l). i ran with
+# DSA_FLAGS="--admm-metric cost-share --dsa-schedule constant --hard-tail 0.5 --fisher-decay 1
+# --rho 1"; h with DSA_EPOCHS=0.5 DSA_FLAGS="--admm-metric cost-share --dsa-schedule cosine
+# --hard-tail 0 --fisher-decay 1 --rho 1" (lopper before l also trained i's hard tail under
+# the masks of the ratios a, not of the feasible iterate z).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"

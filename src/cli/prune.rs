@@ -143,9 +143,11 @@ pub struct PruneArgs {
     /// fisher signal, whose scale is normalised; 0.05 with the sampled one).
     #[arg(long)]
     pub ratio_lr: Option<f64>,
-    /// DSA: initial ADMM penalty (it grows ×1.05 per epoch).
-    #[arg(long, default_value_t = 1.0)]
-    pub rho: f64,
+    /// DSA: initial ADMM penalty (it grows ×1.05 per epoch). Large next to the normalised
+    /// Fisher signal keeps the budget projection local, so the widths do not jump between
+    /// far-apart ways of meeting the budget [default: 10 from a trained run, 1 from scratch].
+    #[arg(long)]
+    pub rho: Option<f64>,
     /// DSA: metric of the ADMM penalty and budget projection: euclidean (ALGORITHMS.md) or
     /// cost-share (each group weighted by its share of the cost: a uniform prior) or fisher
     /// (weighted by the mean squared loss gradient of its ratio: a second-order model)
@@ -228,12 +230,13 @@ const ALLOCATION_DIR: &str = "allocation";
 const MIN_RATIO_STEPS: usize = 20;
 
 /// DSA's settings with the flow's defaults filled in. From a trained run the defaults are the
-/// best setting benchmarked against the iterative method (BENCHMARKS.md i–k: level at
-/// macs=0.5 and on the GPU, 0.57 points under at ResNet-20 macs=0.3 on the CPU): 1.5 epochs
-/// at a constant rate, the cost-share metric, the last half under the kept widths' masks, a
-/// Fisher estimate that forgets (0.8 per ratio step). From scratch that setting was never run,
-/// so the defaults stay the earlier ones: 3 epochs, ALGORITHMS.md's Euclidean metric, sampled
-/// masks throughout, the Fisher mean since the start, a cosine after a warm-up.
+/// best setting benchmarked against the iterative method (BENCHMARKS.md i–l): 1.5 epochs at a
+/// constant rate, the cost-share metric, the last half under the kept widths' masks, a Fisher
+/// estimate that forgets (0.8 per ratio step) and an ADMM penalty of 10, large next to the
+/// normalised signal (with 1 the widths jumped between far-apart ways of meeting the budget,
+/// BENCHMARKS.md l). From scratch that setting was never run on ResNet-20, so the defaults stay
+/// the earlier ones: 3 epochs, ALGORITHMS.md's Euclidean metric, sampled masks throughout, the
+/// Fisher mean since the start, a penalty of 1, a cosine after a warm-up.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct DsaSettings {
     epochs: f64,
@@ -241,6 +244,7 @@ struct DsaSettings {
     metric: AdmmMetric,
     hard_tail: f64,
     fisher_decay: f64,
+    rho: f64,
 }
 
 impl DsaSettings {
@@ -257,6 +261,7 @@ impl DsaSettings {
                 metric: a.admm_metric.unwrap_or(AdmmMetric::Euclidean),
                 hard_tail: a.hard_tail.unwrap_or(0.0),
                 fisher_decay: a.fisher_decay.unwrap_or(1.0),
+                rho: a.rho.unwrap_or(1.0),
             }
         } else {
             DsaSettings {
@@ -265,10 +270,14 @@ impl DsaSettings {
                 metric: a.admm_metric.unwrap_or(AdmmMetric::CostShare),
                 hard_tail: a.hard_tail.unwrap_or(0.5),
                 fisher_decay: a.fisher_decay.unwrap_or(0.8),
+                rho: a.rho.unwrap_or(10.0),
             }
         };
         if !(s.epochs > 0.0 && s.epochs.is_finite()) {
             bail!("--dsa-epochs must be positive");
+        }
+        if !(s.rho > 0.0 && s.rho.is_finite()) {
+            bail!("--rho, the ADMM penalty, must be positive");
         }
         if !(0.0..=1.0).contains(&s.hard_tail) {
             bail!("--hard-tail is a share of the allocation phase, from 0 to 1");
@@ -301,6 +310,7 @@ impl DsaSettings {
                 "--fisher-decay",
                 self.fisher_decay.to_string(),
             ),
+            (a.rho.is_some(), "--rho", self.rho.to_string()),
             // From scratch the schedule is not a choice (and a flag for it is refused).
             (
                 a.dsa_schedule.is_some() || a.from_scratch,
@@ -518,7 +528,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
                         RatioSignal::Fisher => 1.0,
                         RatioSignal::Sampled => 0.05,
                     }),
-                    rho: a.rho,
+                    rho: ds.rho,
                     metric: ds.metric,
                     signal: a.ratio_signal,
                     hard_tail: ds.hard_tail,
@@ -1029,6 +1039,7 @@ mod tests {
                 metric: AdmmMetric::CostShare,
                 hard_tail: 0.5,
                 fisher_decay: 0.8,
+                rho: 10.0,
             }
         );
         let scratch = settings(&["--from-scratch", "--model", "mlp"]).unwrap();
@@ -1040,6 +1051,7 @@ mod tests {
                 metric: AdmmMetric::Euclidean,
                 hard_tail: 0.0,
                 fisher_decay: 1.0,
+                rho: 1.0,
             }
         );
         // Flags given win in either flow.
@@ -1052,12 +1064,14 @@ mod tests {
             "0.25",
             "--fisher-decay",
             "0.5",
+            "--rho",
+            "3",
         ];
         for flow in [&["--run", "r"][..], &["--from-scratch", "--model", "mlp"]] {
             let s = settings(&[flow, &given[..]].concat()).unwrap();
             assert_eq!(
-                (s.epochs, s.metric, s.hard_tail, s.fisher_decay),
-                (0.5, AdmmMetric::Fisher, 0.25, 0.5)
+                (s.epochs, s.metric, s.hard_tail, s.fisher_decay, s.rho),
+                (0.5, AdmmMetric::Fisher, 0.25, 0.5, 3.0)
             );
         }
         // The saved command spells the defaults out, and parses back to the same settings.
@@ -1069,7 +1083,7 @@ mod tests {
                 .chain(saved.defaulted_flags(&parse(flow).unwrap()))
                 .collect();
             let spelled: Vec<&str> = spelled.iter().map(String::as_str).collect();
-            assert!(spelled.len() >= flow.len() + 8, "{spelled:?}");
+            assert!(spelled.len() >= flow.len() + 10, "{spelled:?}");
             assert_eq!(settings(&spelled).unwrap(), saved, "{spelled:?}");
             let again = parse(&spelled).unwrap();
             assert!(saved.defaulted_flags(&again).is_empty());
@@ -1087,6 +1101,7 @@ mod tests {
             ][..],
             &["--run", "r", "--dsa-epochs", "0"],
             &["--run", "r", "--hard-tail", "1.5"],
+            &["--run", "r", "--rho", "0"],
         ] {
             assert!(settings(bad).is_err(), "{bad:?}");
         }
