@@ -9,10 +9,12 @@ use lopper::data::{Batcher, Dataset, DatasetName};
 use lopper::graph::GraphBuilder;
 use lopper::model::Model;
 use lopper::prune::allocation::Amount;
+use lopper::prune::importance::{Importance, ScoreHook, Taylor};
 use lopper::prune::{
     Allocation, Budget, Criterion, Metric, Resource, ResourceModel, Selection, allocate,
     channel_groups, channel_scores, collapsed_streams, prune_model,
 };
+use lopper::train::{TrainConfig, TrainData, Trainer};
 
 #[test]
 fn budgets_parse() {
@@ -205,6 +207,38 @@ fn taylor_scores_from_data() {
             grp.id
         );
     }
+
+    // Fed by the gradients of ordinary training steps over the same batches (a ScoreHook in
+    // the training loop, weights frozen in effect), the criterion scores as its extra passes
+    // did.
+    let cfg = TrainConfig {
+        model: "resnet20".into(),
+        dataset: DatasetName::Cifar10,
+        epochs: 1,
+        batch_size: 8,
+        lr: 1e-12,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        seed: 0,
+        ..TrainConfig::default()
+    };
+    let mut taylor = Taylor::default();
+    let train = TrainData {
+        train: batcher,
+        val: None,
+        test: None,
+    };
+    Trainer::new(cfg, None)
+        .unwrap()
+        .fit(model.clone(), &train, &mut [&mut ScoreHook(&mut taylor)])
+        .unwrap();
+    let during = taylor.channel_scores(&model, &groups).unwrap();
+    let mut compared = 0;
+    for (a, b) in s.iter().flatten().zip(during.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-6), "{a} vs {b}");
+        compared += 1;
+    }
+    assert!(compared > 100, "{compared}");
 }
 
 #[test]

@@ -268,32 +268,17 @@ fn hardening_meets_the_budget_exactly_and_uses_it() {
     }
 }
 
-/// Forwards to DSA and stops after `after` epochs, as a kill after that epoch's checkpoint
-/// would.
-struct Interrupt<'a> {
-    inner: &'a mut Dsa,
+/// Stops training after `after` epochs, as a kill after that epoch's checkpoint would.
+struct Interrupt {
     after: usize,
 }
-impl TrainHook for Interrupt<'_> {
-    fn node_hook(&self) -> Option<&dyn lopper::model::NodeHook> {
-        self.inner.node_hook()
-    }
-    fn before_step(&mut self, info: &StepInfo) {
-        self.inner.before_step(info)
-    }
-    fn after_step(&mut self, info: &StepInfo, model: Model) -> lopper::Result<Model> {
-        self.inner.after_step(info, model)
-    }
-    fn after_epoch(&mut self, r: &EpochRecord, m: &Model) -> lopper::Result<ControlFlow<()>> {
-        let _ = self.inner.after_epoch(r, m)?;
+impl TrainHook for Interrupt {
+    fn after_epoch(&mut self, r: &EpochRecord, _: &Model) -> lopper::Result<ControlFlow<()>> {
         Ok(if r.epoch >= self.after {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         })
-    }
-    fn state(&self) -> lopper::Result<Option<serde_json::Value>> {
-        self.inner.state()
     }
 }
 
@@ -346,16 +331,13 @@ fn interrupted_allocation_resumes_where_it_stopped() {
         )
         .unwrap()
     };
-    let trainer = |dir: &std::path::Path| {
-        let mut t = Trainer::new(cfg.clone(), Some(RunDir::new(dir))).unwrap();
-        t.progress = false;
-        t
-    };
+    let trainer =
+        |dir: &std::path::Path| Trainer::new(cfg.clone(), Some(RunDir::new(dir))).unwrap();
 
     let full_dir = tempfile::tempdir().unwrap();
     let mut full_dsa = make(None);
     let full = trainer(full_dir.path())
-        .fit(dense.clone(), &data, &mut full_dsa)
+        .fit(dense.clone(), &data, &mut [&mut full_dsa])
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -365,17 +347,16 @@ fn interrupted_allocation_resumes_where_it_stopped() {
         .fit(
             dense.clone(),
             &data,
-            &mut Interrupt {
-                inner: &mut first,
-                after: 1,
-            },
+            &mut [&mut first, &mut Interrupt { after: 1 }],
         )
         .unwrap();
     assert!(part.stopped_early);
     let after_one = first.ratios();
     // A new process: DSA set up afresh from the dense model, then the checkpoint resumed.
     let mut resumed_dsa = make(Some(log.clone()));
-    let resumed = trainer(dir.path()).resume(&data, &mut resumed_dsa).unwrap();
+    let resumed = trainer(dir.path())
+        .resume(&data, &mut [&mut resumed_dsa])
+        .unwrap();
 
     assert_eq!(resumed.history.len(), 3);
     // The Fisher weights came from the gradients: not uniform, mean 1 over prunable groups.
@@ -534,9 +515,8 @@ fn frozen_allocation_in_stages(
             seed: 3,
             ..TrainConfig::default()
         };
-        let mut t = Trainer::new(train_cfg, None).unwrap();
-        t.progress = false;
-        t.fit(model, &data, &mut dsa).unwrap();
+        let t = Trainer::new(train_cfg, None).unwrap();
+        t.fit(model, &data, &mut [&mut dsa]).unwrap();
     }
     (dsa, cost, limit, conv2)
 }
@@ -689,6 +669,8 @@ fn hard_tail_trains_under_the_masks_of_the_kept_widths() {
         step_in_epoch: global_step,
         global_step,
         lr: 0.1,
+        steps_per_epoch: 10,
+        epochs: 1,
     };
     let mut sampled_differs = false;
     for s in 0..7 {

@@ -62,7 +62,7 @@ fn prune_to(fraction: f64, measure: Option<&dyn Fn(&Model) -> f64>) -> (f64, f64
         &train,
         &Device::flex(),
         measure,
-        false,
+        &mut lopper::train::Silent,
     )
     .unwrap();
     (dense, limit, pruned, steps.len())

@@ -10,8 +10,8 @@ use lopper::data::{Batcher, DatasetName};
 use lopper::model::{Layer, Model};
 use lopper::train::schedule::learning_rate;
 use lopper::train::{
-    EpochRecord, LoadedData, NoTrainHook, RunDir, ScheduleKind, StepInfo, TrainConfig, TrainData,
-    TrainHook, Trainer, batch_data, prepare_data,
+    EpochRecord, LoadedData, OptimizerState, RunDir, ScheduleKind, StepInfo, TrainConfig,
+    TrainData, TrainHook, Trainer, batch_data, prepare_data,
 };
 
 mod common;
@@ -79,26 +79,23 @@ impl TrainHook for StopAfter {
 fn resume_reaches_the_same_weights() {
     let data = synthetic_data(16);
     let full_dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(config(3), Some(RunDir::new(full_dir.path()))).unwrap();
-    t.progress = false;
-    let full = t.fit(lenet(4), &data, &mut NoTrainHook).unwrap();
+    let t = Trainer::new(config(3), Some(RunDir::new(full_dir.path()))).unwrap();
+    let full = t.fit(lenet(4), &data, &mut []).unwrap();
     assert_eq!(full.history.len(), 3);
 
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
-    let mut t = Trainer::new(config(3), Some(run.clone())).unwrap();
-    t.progress = false;
+    let t = Trainer::new(config(3), Some(run.clone())).unwrap();
     let mut stop = StopAfter { n: 1, steps: 0 };
-    let part = t.fit(lenet(4), &data, &mut stop).unwrap();
+    let part = t.fit(lenet(4), &data, &mut [&mut stop]).unwrap();
     assert!(part.stopped_early);
     assert_eq!(
         stop.steps, 6,
         "96 samples in batches of 16 is 6 steps per epoch"
     );
     // A fresh trainer, as after a restart of the process.
-    let mut t = Trainer::new(run.read_config().unwrap(), Some(run.clone())).unwrap();
-    t.progress = false;
-    let resumed = t.resume(&data, &mut NoTrainHook).unwrap();
+    let t = Trainer::new(run.read_config().unwrap(), Some(run.clone())).unwrap();
+    let resumed = t.resume(&data, &mut []).unwrap();
     assert_eq!(resumed.history.len(), 3);
     for (a, b) in full.history.iter().zip(&resumed.history) {
         assert_eq!(
@@ -125,7 +122,12 @@ struct Poison {
     at_step: usize,
 }
 impl TrainHook for Poison {
-    fn after_step(&mut self, info: &StepInfo, model: Model) -> lopper::Result<Model> {
+    fn after_step(
+        &mut self,
+        info: &StepInfo,
+        model: Model,
+        _: &mut OptimizerState,
+    ) -> lopper::Result<Model> {
         if info.global_step != self.at_step {
             return Ok(model);
         }
@@ -150,11 +152,10 @@ fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
     let data = synthetic_data(16);
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
-    let mut t = Trainer::new(config(3), Some(run.clone())).unwrap();
-    t.progress = false;
+    let t = Trainer::new(config(3), Some(run.clone())).unwrap();
     // Step 8 is in the second epoch (6 steps per epoch): epoch 1's checkpoint exists.
     let err = t
-        .fit(lenet(0), &data, &mut Poison { at_step: 8 })
+        .fit(lenet(0), &data, &mut [&mut Poison { at_step: 8 }])
         .err()
         .unwrap()
         .to_string();
@@ -170,7 +171,12 @@ fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
 /// Holds conv1's first filter at zero after every step: a hard mask applied through the hook.
 struct ZeroFilter;
 impl TrainHook for ZeroFilter {
-    fn after_step(&mut self, _: &StepInfo, mut model: Model) -> lopper::Result<Model> {
+    fn after_step(
+        &mut self,
+        _: &StepInfo,
+        mut model: Model,
+        _: &mut OptimizerState,
+    ) -> lopper::Result<Model> {
         if let Some(Some(Layer::Conv(c))) = model.layers.get_mut(1) {
             let w = c.weight.val();
             let o = w.dims()[0];
@@ -187,9 +193,8 @@ impl TrainHook for ZeroFilter {
 #[test]
 fn hooks_can_rewrite_the_model_every_step() {
     let data = synthetic_data(16);
-    let mut t = Trainer::new(config(1), None).unwrap();
-    t.progress = false;
-    let out = t.fit(lenet(0), &data, &mut ZeroFilter).unwrap();
+    let t = Trainer::new(config(1), None).unwrap();
+    let out = t.fit(lenet(0), &data, &mut [&mut ZeroFilter]).unwrap();
     let w = weights(&out.model)
         .into_iter()
         .find(|(n, _)| n == "conv1.weight")
@@ -202,9 +207,8 @@ fn hooks_can_rewrite_the_model_every_step() {
 #[test]
 fn synthetic_task_is_learned() {
     let data = synthetic_data(16);
-    let mut t = Trainer::new(config(10), None).unwrap();
-    t.progress = false;
-    let out = t.fit(lenet(1), &data, &mut NoTrainHook).unwrap();
+    let t = Trainer::new(config(10), None).unwrap();
+    let out = t.fit(lenet(1), &data, &mut []).unwrap();
     let (first, last) = (&out.history[0], out.history.last().unwrap());
     assert!(
         last.train_loss < 0.5 * first.train_loss,
@@ -244,14 +248,9 @@ fn short_mnist_run_loss_falls() {
     let data = prepare_data(&cfg).unwrap();
     assert_eq!(data.train.dataset().len(), 640);
     let g = lopper::zoo::build("mlp", &[1, 28, 28], 10).unwrap();
-    let mut t = Trainer::new(cfg, None).unwrap();
-    t.progress = false;
+    let t = Trainer::new(cfg, None).unwrap();
     let out = t
-        .fit(
-            Model::init(g, 0, &Device::flex()).unwrap(),
-            &data,
-            &mut NoTrainHook,
-        )
+        .fit(Model::init(g, 0, &Device::flex()).unwrap(), &data, &mut [])
         .unwrap();
     let losses: Vec<f64> = out.history.iter().map(|r| r.train_loss).collect();
     assert!(losses[2] < 0.6 * losses[0], "{losses:?}");
@@ -462,4 +461,144 @@ fn one_load_cuts_into_a_held_out_split_and_back_into_the_whole_set() {
     parts.sort();
     whole.sort();
     assert_eq!(parts, whole);
+}
+
+/// Zeroes every optimiser moment after every step, half through `scale` with zero masks and
+/// half through `reset`.
+struct ForgetMoments;
+impl TrainHook for ForgetMoments {
+    fn after_step(
+        &mut self,
+        _: &StepInfo,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> lopper::Result<Model> {
+        let mut masks = vec![];
+        let mut ids = vec![];
+        for layer in model.layers.iter().flatten() {
+            match layer {
+                Layer::Conv(c) => {
+                    let n = c.weight.val().dims().iter().product();
+                    masks.push((c.weight.id, vec![0.0; n]));
+                    ids.extend(c.bias.as_ref().map(|b| b.id));
+                }
+                Layer::Linear(l) => {
+                    ids.push(l.weight.id);
+                    ids.extend(l.bias.as_ref().map(|b| b.id));
+                }
+                Layer::Norm(n) => ids.extend([n.weight.id, n.bias.id]),
+            }
+        }
+        optim.scale(&masks)?;
+        optim.reset(&ids)?;
+        Ok(model)
+    }
+}
+
+/// A hook reaches the optimiser's state: SGD with momentum whose moments are zeroed after every
+/// step trains exactly as SGD without momentum.
+#[test]
+fn hooks_can_reset_the_optimiser_moments() {
+    let data = synthetic_data(16);
+    let plain = TrainConfig {
+        momentum: 0.0,
+        ..config(1)
+    };
+    let train = |cfg: TrainConfig, hooks: &mut [&mut dyn TrainHook]| {
+        weights(
+            &Trainer::new(cfg, None)
+                .unwrap()
+                .fit(lenet(2), &data, hooks)
+                .unwrap()
+                .model,
+        )
+    };
+    let without = train(plain, &mut []);
+    let forgotten = train(config(1), &mut [&mut ForgetMoments]);
+    let with = train(config(1), &mut []);
+    let gap = |a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]| {
+        a.iter()
+            .zip(b)
+            .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        gap(&forgotten, &without) < 1e-6,
+        "{}",
+        gap(&forgotten, &without)
+    );
+    // Momentum does change the result, so the equality above is the reset's doing.
+    assert!(gap(&with, &without) > 1e-4, "{}", gap(&with, &without));
+}
+
+/// Records the steps it sees.
+#[derive(Default)]
+struct Steps(Vec<StepInfo>);
+impl TrainHook for Steps {
+    fn step_done(&mut self, info: &StepInfo, loss: f64, samples: usize) {
+        assert!(loss.is_finite() && samples > 0);
+        self.0.push(*info);
+    }
+}
+
+/// Every hook of the list sees every step with its place in the whole run.
+#[test]
+fn hooks_in_a_list_each_see_the_whole_run() {
+    let data = synthetic_data(16);
+    let (mut a, mut b) = (Steps::default(), Steps::default());
+    let mut stop = StopAfter { n: 9, steps: 0 };
+    Trainer::new(config(2), None)
+        .unwrap()
+        .fit(lenet(0), &data, &mut [&mut a, &mut stop, &mut b])
+        .unwrap();
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.0.len(), 12);
+    assert_eq!(stop.steps, 12);
+    for (i, s) in a.0.iter().enumerate() {
+        assert_eq!((s.global_step, s.steps_per_epoch, s.epochs), (i, 6, 2));
+        assert_eq!(s.total_steps(), 12);
+        assert!((s.progress() - i as f64 / 12.0).abs() < 1e-12);
+    }
+}
+
+/// Rewrites the logits (node `.0`) by `.1`.
+struct MapLogits(usize, fn(Tensor<2>) -> Tensor<2>);
+impl lopper::model::NodeHook for MapLogits {
+    fn after_node(
+        &self,
+        i: usize,
+        _: &lopper::graph::Node,
+        v: lopper::model::Value,
+    ) -> lopper::model::Value {
+        match v {
+            lopper::model::Value::Flat(t) if i == self.0 => lopper::model::Value::Flat((self.1)(t)),
+            v => v,
+        }
+    }
+}
+
+/// Node hooks chain in list order: each sees what the one before left.
+#[test]
+fn node_hooks_chain_in_order() {
+    let model = lenet(3);
+    let last = model.graph.nodes.len() - 1;
+    let x = Tensor::<4>::from_data(
+        TensorData::new(vec![0.5f32; 2 * 784], [2, 1, 28, 28]),
+        &Device::flex(),
+    );
+    let run = |hook: &dyn lopper::model::NodeHook| -> Vec<f32> {
+        match model
+            .forward_hooked(lopper::model::Value::Spatial(x.clone()), false, hook)
+            .unwrap()
+        {
+            lopper::model::Value::Flat(t) => t.into_data().try_to_vec::<f32>().unwrap(),
+            _ => panic!("logits are flat"),
+        }
+    };
+    let plain = run(&lopper::model::NoHook);
+    let (add, double) = (MapLogits(last, |t| t + 1.0), MapLogits(last, |t| t * 2.0));
+    let chained = run(&lopper::train::NodeChain(vec![&add, &double]));
+    for (p, c) in plain.iter().zip(&chained) {
+        assert!((2.0 * (p + 1.0) - c).abs() < 1e-5, "{p} -> {c}");
+    }
 }

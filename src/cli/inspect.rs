@@ -8,6 +8,8 @@ use lopper::count::count;
 use lopper::data::DatasetName;
 use lopper::train::RunDir;
 
+use super::common::JsonFlag;
+
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
     /// A zoo model name.
@@ -34,9 +36,9 @@ pub struct InspectArgs {
     /// List the zoo's models.
     #[arg(long)]
     pub list: bool,
-    /// Print the counts as JSON (totals under "macs" and "params").
-    #[arg(long)]
-    pub json: bool,
+    /// Prints the counts (totals under "macs" and "params") or the groups.
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
@@ -65,10 +67,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
         _ => bail!("give --model NAME or --run DIR (or --list)"),
     };
     if a.groups {
-        return print_groups(&graph, &a.protect, a.json);
+        return print_groups(&graph, &a.protect, a.json.json);
     }
     let counts = count(&graph);
-    if a.json {
+    if a.json.json {
         println!("{}", serde_json::to_string_pretty(&counts)?);
     } else {
         println!("model {} ({} nodes)", graph.name, graph.nodes.len());

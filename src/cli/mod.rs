@@ -1,12 +1,16 @@
 //! Subcommands: `train`, `eval`, `inspect`, `profile`, `prune`, `export`.
 
+mod common;
 mod export;
 mod inspect;
 mod profile;
+mod progress;
 mod prune;
 mod train;
 
 use std::path::PathBuf;
+
+use common::{DataDirFlag, DeviceFlag, JsonFlag, LimitFlags};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -41,15 +45,15 @@ pub struct EvalArgs {
     /// The run folder (written by `lopper train`).
     #[arg(long)]
     pub run: PathBuf,
-    /// Override the data directory recorded in the run.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Override the device recorded in the run (cpu, cuda, wgpu).
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Print {"top1", "top5", "loss", "samples"} as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub data: DataDirFlag,
+    #[command(flatten)]
+    pub limits: LimitFlags,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+    /// Prints {"top1", "top5", "loss", "samples"}.
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -68,11 +72,15 @@ fn eval(a: EvalArgs) -> Result<()> {
     let mut cfg = run
         .read_config()
         .with_context(|| format!("cannot evaluate {}", a.run.display()))?;
-    if let Some(d) = a.data_dir {
+    if let Some(d) = a.data.data_dir {
         cfg.data_dir = Some(d);
     }
-    if let Some(d) = a.device {
+    if let Some(d) = a.device.device {
         cfg.device = d;
+    }
+    // Evaluation reads the test split: a test limit given here replaces the run's.
+    if a.limits.test_limit.is_some() {
+        cfg.test_limit = a.limits.test_limit;
     }
     let device = lopper::device::device(&cfg.device)?;
     let model = run
@@ -88,7 +96,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     )?;
     let test = data.test.context("the test split is empty")?;
     let m = evaluate(&model, &test, &lopper::model::NoHook, &device)?;
-    if a.json {
+    if a.json.json {
         println!("{}", serde_json::to_string(&m)?);
     } else {
         println!(

@@ -8,6 +8,8 @@ use lopper::data::DatasetName;
 use lopper::prune::latency::profile;
 use lopper::train::RunDir;
 
+use super::common::{DeviceFlag, QuietFlag};
+
 #[derive(clap::Args, Debug)]
 pub struct ProfileArgs {
     /// A zoo model name.
@@ -22,9 +24,8 @@ pub struct ProfileArgs {
     /// Where to write the profile (JSON).
     #[arg(long)]
     pub out: PathBuf,
-    /// Device to measure on (cpu, cuda, wgpu).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceFlag,
     /// Batch size the latency is measured at.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -32,8 +33,8 @@ pub struct ProfileArgs {
     /// kept).
     #[arg(long, default_value_t = 9)]
     pub reps: usize,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub quiet: QuietFlag,
 }
 
 pub fn run(a: ProfileArgs) -> Result<()> {
@@ -51,18 +52,20 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let device = lopper::device::device(&a.device)?;
-    let bar = if a.quiet {
+    // A zoo model has no run to take a device from: the CPU unless told otherwise.
+    let device_name = a.device.device.clone().unwrap_or_else(|| "cpu".into());
+    let device = lopper::device::device(&device_name)?;
+    let bar = if a.quiet.quiet {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(graph.nodes.len() as u64)
     };
-    let p = profile(&graph, &device, &a.device, a.batch, a.reps, |i, _| {
+    let p = profile(&graph, &device, &device_name, a.batch, a.reps, |i, _| {
         bar.set_position(i as u64)
     })?;
     bar.finish_and_clear();
     p.save(&a.out)?;
-    if !a.quiet {
+    if !a.quiet.quiet {
         eprintln!(
             "profiled {} nodes of {} at batch {} on {}: dense latency {:.3} ms{}; wrote {}",
             p.nodes.len(),

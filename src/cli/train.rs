@@ -7,9 +7,12 @@ use anyhow::{Context, Result, bail};
 use lopper::data::DatasetName;
 use lopper::model::Model;
 use lopper::train::{
-    NoTrainHook, OptimizerKind, RunDir, ScheduleKind, TrainConfig, Trainer, check_input,
+    OptimizerKind, ProgressHook, RunDir, ScheduleKind, TrainConfig, Trainer, check_input,
     prepare_data,
 };
+
+use super::common::{DataDirFlag, DeviceFlag, JsonFlag, LimitFlags, QuietFlag, SeedFlag};
+use super::progress::Terminal;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct TrainArgs {
@@ -28,9 +31,8 @@ pub struct TrainArgs {
     /// Data set: mnist or cifar10.
     #[arg(long)]
     pub dataset: Option<DatasetName>,
-    /// Data directory (default: LOPPER_DATA_DIR).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataDirFlag,
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]
@@ -63,20 +65,16 @@ pub struct TrainArgs {
     /// Share of the training data held out for validation.
     #[arg(long)]
     pub val_fraction: Option<f64>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// cpu (default), cuda or wgpu (when compiled in).
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Train on the first N training samples only.
-    #[arg(long)]
-    pub train_limit: Option<usize>,
-    /// Test on the first N test samples only.
-    #[arg(long)]
-    pub test_limit: Option<usize>,
-    /// No progress bar or per-epoch lines.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub seed: SeedFlag,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+    #[command(flatten)]
+    pub limits: LimitFlags,
+    #[command(flatten)]
+    pub quiet: QuietFlag,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 impl TrainArgs {
@@ -99,18 +97,22 @@ impl TrainArgs {
             step_every,
             step_gamma,
             label_smoothing,
-            val_fraction,
-            seed,
-            device
+            val_fraction
         );
-        if self.data_dir.is_some() {
-            cfg.data_dir = self.data_dir.clone();
+        if let Some(s) = self.seed.seed {
+            cfg.seed = s;
         }
-        if self.train_limit.is_some() {
-            cfg.train_limit = self.train_limit;
+        if let Some(d) = &self.device.device {
+            cfg.device = d.clone();
         }
-        if self.test_limit.is_some() {
-            cfg.test_limit = self.test_limit;
+        if self.data.data_dir.is_some() {
+            cfg.data_dir = self.data.data_dir.clone();
+        }
+        if self.limits.train_limit.is_some() {
+            cfg.train_limit = self.limits.train_limit;
+        }
+        if self.limits.test_limit.is_some() {
+            cfg.test_limit = self.limits.test_limit;
         }
         if self.nesterov {
             cfg.nesterov = true;
@@ -128,8 +130,16 @@ impl TrainArgs {
                lr => "--lr", momentum => "--momentum", weight_decay => "--weight-decay",
                schedule => "--schedule", warmup_epochs => "--warmup-epochs",
                step_every => "--step-every", step_gamma => "--step-gamma",
-               label_smoothing => "--label-smoothing", val_fraction => "--val-fraction",
-               seed => "--seed", train_limit => "--train-limit", test_limit => "--test-limit");
+               label_smoothing => "--label-smoothing", val_fraction => "--val-fraction");
+        for (given, name) in [
+            (self.seed.seed.is_some(), "--seed"),
+            (self.limits.train_limit.is_some(), "--train-limit"),
+            (self.limits.test_limit.is_some(), "--test-limit"),
+        ] {
+            if given {
+                v.push(name);
+            }
+        }
         if self.nesterov {
             v.push("--nesterov");
         }
@@ -151,10 +161,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let mut cfg = run
             .read_config()
             .with_context(|| format!("cannot resume {}", a.out.display()))?;
-        if a.data_dir.is_some() {
-            cfg.data_dir = a.data_dir.clone();
+        if a.data.data_dir.is_some() {
+            cfg.data_dir = a.data.data_dir.clone();
         }
-        if let Some(d) = &a.device {
+        if let Some(d) = &a.device.device {
             cfg.device = d.clone();
         }
         cfg
@@ -181,22 +191,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.validate()?;
     let data = prepare_data(&cfg).context("cannot load the data set")?;
     let shape = data.train.dataset().shape;
-    let mut trainer = Trainer::new(cfg.clone(), Some(run.clone()))?;
-    trainer.progress = !a.quiet;
+    let trainer = Trainer::new(cfg.clone(), Some(run.clone()))?;
+    let mut terminal = Terminal::new(a.quiet.quiet);
+    let mut shown = ProgressHook::new("training", &mut terminal);
     let outcome = if a.resume {
-        trainer.resume(&data, &mut NoTrainHook)?
+        trainer.resume(&data, &mut [&mut shown])?
     } else {
         let graph = lopper::zoo::build(&cfg.model, &shape, cfg.dataset.num_classes())?;
         check_input(&graph, shape, &cfg.dataset.to_string())?;
         let model = Model::init(graph, cfg.seed, &trainer.device)?;
-        trainer.fit(model, &data, &mut NoTrainHook)?
+        trainer.fit(model, &data, &mut [&mut shown])?
     };
     if let Some(t) = outcome.history.last().and_then(|last| last.test) {
         lopper::fsutil::write_atomic(
             &run.eval_path(),
             serde_json::to_string_pretty(&t)?.as_bytes(),
         )?;
-        if !a.quiet {
+        if a.json.json {
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        if !a.quiet.quiet {
             eprintln!(
                 "done: test top-1 {:.2}%, model in {}",
                 100.0 * t.top1,

@@ -50,6 +50,7 @@ pub struct Admm {
     serde::Deserialize,
     clap::ValueEnum,
 )]
+#[serde(rename_all = "kebab-case")]
 pub enum AdmmMetric {
     /// `|z - v|^2`, as ALGORITHMS.md states it. A group whose ratio carries much cost per
     /// unit (lenet5's conv1, whose width scales conv1 and conv2) is where the projection

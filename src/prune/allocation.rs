@@ -15,6 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::groups::ChannelGroup;
+use super::knapsack::{Knapsack, Price, Scale, ranked_values, scaled_scores};
 use super::latency::{LatencyModel, LatencyProfile};
 use super::mask::Selection;
 use super::resource::{Resource, ResourceModel};
@@ -215,59 +216,6 @@ pub fn counts_cost(groups: &[ChannelGroup], model: &dyn CostModel, counts: &[usi
     model.cost(&a)
 }
 
-/// Each group's channel scores in descending order, over the group's mean score: what the
-/// next channel a group keeps is worth, comparable across groups.
-pub fn ranked_values(scores: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    scores
-        .iter()
-        .map(|s| {
-            let mean = (s.iter().sum::<f64>() / s.len().max(1) as f64).max(1e-30);
-            let mut v: Vec<f64> = s.iter().map(|x| x / mean).collect();
-            v.sort_by(|a, b| b.total_cmp(a));
-            v
-        })
-        .collect()
-}
-
-/// Takes channels away, `unit` at a time from one group, until `cost(counts)` is at most
-/// `target`: each time from the group whose next `unit` channels save the most cost per unit
-/// of value lost (`value(g, rank)`: the worth of group `g`'s channel at that rank, best
-/// first), never below `min[g]`. Stops short of the target when no cut saves anything more.
-/// Returns the cost reached.
-pub fn shrink_to(
-    counts: &mut [usize],
-    target: f64,
-    min: &[usize],
-    unit: usize,
-    value: impl Fn(usize, usize) -> f64,
-    cost: impl Fn(&[usize]) -> f64,
-) -> f64 {
-    let mut current = cost(counts);
-    while current > target {
-        let mut best: Option<(f64, usize, usize, f64)> = None;
-        for g in 0..counts.len() {
-            let k = unit.max(1).min(counts[g].saturating_sub(min[g]));
-            if k == 0 {
-                continue;
-            }
-            let lost: f64 = (counts[g] - k..counts[g]).map(|r| value(g, r)).sum();
-            counts[g] -= k;
-            let c = cost(counts);
-            counts[g] += k;
-            let merit = (current - c) / lost.max(1e-12);
-            if current > c && best.is_none_or(|(m, ..)| merit > m) {
-                best = Some((merit, g, k, c));
-            }
-        }
-        let Some((_, g, k, c)) = best else {
-            return current;
-        };
-        counts[g] -= k;
-        current = c;
-    }
-    current
-}
-
 /// Selection keeping the `counts[g]` highest-scoring channels of each prunable group.
 pub fn select(groups: &[ChannelGroup], scores: &[Vec<f64>], counts: &[usize]) -> Selection {
     let mut sel = Selection::all(groups);
@@ -318,6 +266,7 @@ pub fn allocate(
     if limit >= dense || prunable.is_empty() {
         return Ok(Selection::all(groups));
     }
+    let scaled = scaled_scores(scores, Scale::PerGroupMean);
     // Counts as a function of a scalar knob; cost falls monotonically as `t` rises.
     let counts_at = |t: f64| -> Vec<usize> {
         match allocation {
@@ -337,9 +286,7 @@ pub fn allocate(
                     if !g.is_prunable() {
                         return g.channels;
                     }
-                    let s = &scores[g.id];
-                    let mean = (s.iter().sum::<f64>() / s.len() as f64).max(1e-30);
-                    let above = s.iter().filter(|&&v| v / mean >= t).count();
+                    let above = scaled[g.id].iter().filter(|&&v| v >= t).count();
                     count_for(g.channels, above as f64 / g.channels as f64, round_to)
                 })
                 .collect(),
@@ -351,11 +298,7 @@ pub fn allocate(
             groups
                 .iter()
                 .filter(|g| g.is_prunable())
-                .map(|g| {
-                    let s = &scores[g.id];
-                    let mean = (s.iter().sum::<f64>() / s.len() as f64).max(1e-30);
-                    s.iter().cloned().fold(0.0, f64::max) / mean
-                })
+                .map(|g| scaled[g.id].iter().cloned().fold(0.0, f64::max))
                 .fold(0.0, f64::max)
                 * 1.0001
                 + 1e-12
@@ -403,40 +346,29 @@ pub fn harden(
             }
         })
         .collect();
-    let ranked = ranked_values(scores);
+    let ranked = ranked_values(scores, Scale::PerGroupMean);
     let value = |g: usize, rank: usize| ranked[g][rank];
     let cost = |counts: &[usize]| counts_cost(groups, model, counts);
-    // Every prunable group keeps at least one channel; the others keep all.
+    // Every prunable group keeps at least one channel and at most all; the others keep all.
     let min: Vec<usize> = groups
         .iter()
         .map(|g| if g.is_prunable() { 1 } else { counts[g.id] })
         .collect();
-    let mut current = shrink_to(&mut counts, limit, &min, 1, value, cost);
+    let max: Vec<usize> = groups.iter().map(|g| g.channels).collect();
+    let solver = Knapsack {
+        min: &min,
+        max: &max,
+        unit: 1,
+        value: &value,
+        cost: &cost,
+        price: Price::Marginal,
+    };
+    let current = solver.shrink(&mut counts, limit);
     if current > limit {
         return Err(LopperError::Config(format!(
             "the budget ({limit:.6e}) cannot be met even with one channel per group (cost {current:.6e})"
         )));
     }
-    loop {
-        let mut best: Option<(f64, usize, f64)> = None;
-        for g in groups.iter().filter(|g| g.is_prunable()) {
-            if counts[g.id] >= g.channels {
-                continue;
-            }
-            counts[g.id] += 1;
-            let c = cost(&counts);
-            counts[g.id] -= 1;
-            if c > limit {
-                continue;
-            }
-            let merit = value(g.id, counts[g.id]) / (c - current).max(1e-12);
-            if best.is_none_or(|(m, _, _)| merit > m) {
-                best = Some((merit, g.id, c));
-            }
-        }
-        let Some((_, g, c)) = best else { break };
-        counts[g] += 1;
-        current = c;
-    }
+    solver.grow(&mut counts, limit);
     Ok(select(groups, scores, &counts))
 }

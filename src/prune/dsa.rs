@@ -24,7 +24,7 @@ use crate::error::{LopperError, Result};
 use crate::graph::{Graph, Node};
 use crate::model::{Model, NodeHook, Value};
 use crate::train::loss::cross_entropy;
-use crate::train::{EpochRecord, StepInfo, TrainHook};
+use crate::train::{EpochRecord, OptimizerState, StepInfo, TrainHook};
 
 /// The knobs of DSA; the defaults are the ones marked "design choice" in ALGORITHMS.md.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +88,7 @@ fn no_fisher_decay() -> f64 {
 /// The within-group importance `I_i` that orders a group's channels for the keep
 /// probabilities and for hardening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum ChannelRank {
     /// |gamma| of the group's BatchNorms (L1 of the filters without one), ALGORITHMS.md's.
     #[default]
@@ -102,6 +103,7 @@ pub enum ChannelRank {
 
 /// The per-channel loss signal fed to the implicit ratio gradient (ALGORITHMS.md step 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum RatioSignal {
     /// The straight-through gradient of the sampled mask on one validation batch, as
     /// ALGORITHMS.md states it. From a trained model its mean is near zero (the BatchNorm
@@ -763,7 +765,12 @@ impl TrainHook for Dsa {
         self.masks.train = ChannelMasks::new(&self.graph, &self.groups, &masks, &dev);
     }
 
-    fn after_step(&mut self, info: &StepInfo, model: Model) -> Result<Model> {
+    fn after_step(
+        &mut self,
+        info: &StepInfo,
+        model: Model,
+        _optim: &mut OptimizerState,
+    ) -> Result<Model> {
         if (info.global_step + 1).is_multiple_of(self.cfg.ratio_every) {
             self.ratio_step(&model)?;
         }

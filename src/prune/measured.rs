@@ -5,8 +5,9 @@
 //! both for a method that turns a limit into a channel selection (the one-shot methods and
 //! DSA); the iterative method calibrates its last step.
 
-use super::allocation::{CostModel, counts_cost, ranked_values, select, shrink_to};
+use super::allocation::{CostModel, counts_cost, select};
 use super::groups::ChannelGroup;
+use super::knapsack::{Knapsack, Price, Scale, ranked_values};
 use super::latency::LatencyMeter;
 use super::mask::Selection;
 use super::surgery::prune_model;
@@ -219,9 +220,17 @@ pub fn fill<T>(
         // The group that grows keeps its new width.
         let mut keep = min.to_vec();
         keep[g] = grown[g];
+        let solver = Knapsack {
+            min: &keep,
+            max: &grown,
+            unit,
+            value: &value,
+            cost: &predict,
+            price: Price::Marginal,
+        };
         let shrink = |t: f64| -> Vec<usize> {
             let mut trial = grown.clone();
-            shrink_to(&mut trial, t, &keep, unit, &value, &predict);
+            solver.shrink(&mut trial, t);
             trial
         };
         let start = predict(&grown) - (ms - aim) * to_predicted;
@@ -348,7 +357,7 @@ pub fn meet_latency(
         .iter()
         .map(|g| bound(surgery.unit.min(g.channels), g))
         .collect();
-    let ranked = ranked_values(surgery.scores);
+    let ranked = ranked_values(surgery.scores, Scale::PerGroupMean);
     let (_, model, measured) = fill(
         limit,
         (counts, model, measured),

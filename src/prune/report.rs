@@ -1,8 +1,13 @@
 //! The pruning report: where lopper cut and what it cost, as JSON and Markdown.
 
+use std::path::Path;
+
 use serde::Serialize;
 
+use super::groups::ChannelGroup;
 use crate::count::human;
+use crate::error::Result;
+use crate::graph::Graph;
 
 /// Channels of one group before and after.
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +75,54 @@ pub struct PruneReport {
 }
 
 impl PruneReport {
+    /// The keep-ratio bar chart in `out` (`keep_ratios.{svg,png}`), and for a method with a
+    /// ratio history (DSA) the keep ratios over its epochs (`keep_ratio_history.{svg,png}`).
+    pub fn write_plots(
+        &self,
+        out: &Path,
+        history: &[(usize, Vec<f64>)],
+        groups: &[ChannelGroup],
+        dense: &Graph,
+    ) -> Result<()> {
+        crate::plot::RatioBars {
+            title: format!(
+                "{}: kept channels per group ({}, {}, {})",
+                self.model, self.method, self.allocation, self.budget
+            ),
+            x_label: "keep ratio (channels after / before)".into(),
+            items: self
+                .groups
+                .iter()
+                .map(|g| {
+                    (
+                        format!("g{} {}", g.id, g.producers),
+                        g.after as f64 / g.before as f64,
+                    )
+                })
+                .collect(),
+        }
+        .write(&out.join("keep_ratios"))?;
+        if !history.is_empty() {
+            crate::plot::Lines {
+                title: format!("{}: DSA keep ratios ({})", self.model, self.budget),
+                x_label: "allocation epoch".into(),
+                y_label: "keep ratio a = sigmoid(s)".into(),
+                series: groups
+                    .iter()
+                    .filter(|g| g.is_prunable())
+                    .map(|g| {
+                        (
+                            format!("g{} {}", g.id, g.label(dense)),
+                            history.iter().map(|(e, r)| (*e as f64, r[g.id])).collect(),
+                        )
+                    })
+                    .collect(),
+            }
+            .write(&out.join("keep_ratio_history"))?;
+        }
+        Ok(())
+    }
+
     /// The report as Markdown.
     pub fn markdown(&self) -> String {
         let pct = |x: f64| format!("{:.2}%", 100.0 * x);

@@ -4,8 +4,10 @@
 pub mod batch_norm;
 pub mod config;
 pub mod eval;
+pub mod hooks;
 pub mod loss;
 pub mod optim;
+pub mod progress;
 pub mod run;
 pub mod schedule;
 pub mod trainer;
@@ -13,8 +15,10 @@ pub mod trainer;
 pub use batch_norm::{has_batch_norm, recalibrate_batch_norm};
 pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
 pub use eval::{EvalMetrics, evaluate};
+pub use hooks::{NoTrainHook, NodeChain, OptimizerState, StepInfo, TrainHook};
+pub use progress::{Progress, ProgressHook, Silent};
 pub use run::{EpochRecord, RunDir};
-pub use trainer::{NoTrainHook, StepInfo, TrainData, TrainHook, TrainOutcome, Trainer};
+pub use trainer::{TrainData, TrainOutcome, Trainer};
 
 use std::sync::Arc;
 

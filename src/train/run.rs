@@ -35,6 +35,26 @@ pub struct EpochRecord {
     pub images_per_sec: f64,
 }
 
+impl EpochRecord {
+    /// One line for a log or a terminal: `epoch 2/5: train loss …, test top-1 …`.
+    pub fn summary(&self, epochs: usize) -> String {
+        let mut s = format!(
+            "epoch {}/{epochs}: train loss {:.4}, train top-1 {:.2}%",
+            self.epoch,
+            self.train_loss,
+            100.0 * self.train_top1
+        );
+        if let Some(v) = &self.val {
+            s += &format!(", val top-1 {:.2}%", 100.0 * v.top1);
+        }
+        if let Some(t) = &self.test {
+            s += &format!(", test top-1 {:.2}% (loss {:.4})", 100.0 * t.top1, t.loss);
+        }
+        s += &format!(", {:.0} img/s, {:.1}s", self.images_per_sec, self.seconds);
+        s
+    }
+}
+
 /// The checkpoint's index, written last so it only ever names complete files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointState {

@@ -7,17 +7,121 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::allocation::{CostModel, counts_cost};
-use super::groups::{ChannelGroup, channel_groups};
-use super::importance::{Criterion, channel_scores, comparable_across_groups};
-use super::mask::Selection;
-use super::measured::{CALIBRATION_ROUNDS, calibrate};
-use super::surgery::prune_model;
+use super::{Flow, MethodContext, MethodOutcome, PruneMethod};
 use crate::data::Batcher;
 use crate::error::{LopperError, Result};
 use crate::model::Model;
-use crate::train::{NoTrainHook, TrainConfig, TrainData, Trainer};
+use crate::prune::allocation::{CostModel, counts_cost, select as select_top};
+use crate::prune::groups::{ChannelGroup, channel_groups};
+use crate::prune::importance::{Criterion, channel_scores, comparable_across_groups};
+use crate::prune::knapsack::{Knapsack, Price, Scale, ranked_values};
+use crate::prune::mask::Selection;
+use crate::prune::measured::{CALIBRATION_ROUNDS, calibrate};
+use crate::prune::surgery::prune_model;
+use crate::train::{Progress, ProgressHook, TrainConfig, TrainData, Trainer};
 
+/// The iterative method's settings, as the recipe and the CLI name them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterativePlan {
+    /// Channel importance (taylor or l1 are the usual choices).
+    #[serde(default = "taylor")]
+    pub criterion: Criterion,
+    /// Share of the remaining budget gap closed per step.
+    #[serde(default = "step_share")]
+    pub step_share: f64,
+    /// Training batches of brief fine-tuning after each step.
+    #[serde(default = "step_batches")]
+    pub step_batches: usize,
+    /// Batches for the Taylor criterion.
+    #[serde(default = "super::one_shot::taylor_batches")]
+    pub taylor_batches: usize,
+}
+
+fn taylor() -> Criterion {
+    Criterion::Taylor
+}
+fn step_share() -> f64 {
+    0.3
+}
+fn step_batches() -> usize {
+    100
+}
+
+impl Default for IterativePlan {
+    fn default() -> Self {
+        IterativePlan {
+            criterion: taylor(),
+            step_share: step_share(),
+            step_batches: step_batches(),
+            taylor_batches: super::one_shot::taylor_batches(),
+        }
+    }
+}
+
+impl IterativePlan {
+    pub(crate) fn check(&self, flow: &Flow) -> Result<()> {
+        if flow.from_scratch {
+            return Err(LopperError::Config(
+                "pruning from scratch works with the dsa method only".into(),
+            ));
+        }
+        if !(self.step_share > 0.0 && self.step_share <= 1.0) {
+            return Err(LopperError::Config(
+                "step_share (--step-share), the share of the gap closed per step, must be in (0, 1]"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The plug-in: the prune's fine-tuning rate for the brief steps.
+pub struct Iterative {
+    pub plan: IterativePlan,
+}
+
+impl PruneMethod for Iterative {
+    fn prune(&mut self, cx: &mut MethodContext) -> Result<MethodOutcome> {
+        let icfg = IterativeConfig {
+            criterion: self.plan.criterion,
+            step_share: self.plan.step_share,
+            finetune_batches: self.plan.step_batches,
+            taylor_batches: self.plan.taylor_batches,
+        };
+        let mut ft = cx.cfg.clone();
+        ft.lr = cx.flow.lr;
+        let meter = cx.meter;
+        let measure = meter.map(|meter| move |m: &Model| meter.ms(m));
+        let (model, steps) = iterative_prune(
+            cx.dense.clone(),
+            cx.protect,
+            cx.cost,
+            cx.limit,
+            &icfg,
+            &ft,
+            &cx.data.train,
+            cx.device,
+            measure.as_ref().map(|f| f as _),
+            cx.progress,
+        )?;
+        cx.progress
+            .message(&format!("iterative: {} pruning step(s)", steps.len()));
+        let measured_ms = measure.as_ref().map(|f| f(&model));
+        Ok(MethodOutcome {
+            model,
+            measured_ms,
+            allocation: format!(
+                "iterative ({}, {} steps)",
+                self.plan.criterion.name(),
+                steps.len()
+            ),
+            ratio_history: vec![],
+            cost: None,
+        })
+    }
+}
+
+/// The loop's settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IterativeConfig {
     /// Channel importance (taylor or l1 are the usual choices).
@@ -85,7 +189,7 @@ pub fn iterative_prune(
     train: &Batcher,
     device: &Device,
     measure: Option<Measure>,
-    progress: bool,
+    progress: &mut dyn Progress,
 ) -> Result<(Model, Vec<IterativeStep>)> {
     if !(cfg.step_share > 0.0 && cfg.step_share <= 1.0) {
         return Err(LopperError::Config(
@@ -137,73 +241,49 @@ pub fn iterative_prune(
         // as they are; magnitudes are normalised by their group's mean. Normalising Taylor
         // too would leave the cost per channel alone to pick the group to cut: on resnet20
         // that took the stage-1 residual group from 16 channels to 1.
-        let raw = comparable_across_groups(cfg.criterion, &model, &groups);
+        let values = if comparable_across_groups(cfg.criterion, &model, &groups) {
+            Scale::Raw
+        } else {
+            Scale::PerGroupMean
+        };
+        let ranked = ranked_values(&scores, values);
         let grad = cost.grad(&r);
-        let mut order: Vec<(f64, usize, usize)> = vec![];
-        for g in groups.iter().filter(|g| g.is_prunable()) {
-            let s = &scores[g.id];
-            let mean = if raw {
-                1.0
-            } else {
-                (s.iter().sum::<f64>() / s.len() as f64).max(1e-30)
-            };
-            let per_channel = (grad[g.id] / dense_groups[g.id].channels as f64).max(1e-30);
-            for (i, v) in s.iter().enumerate() {
-                order.push((v / mean / per_channel, g.id, i));
-            }
-        }
-        order.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let per_channel: Vec<f64> = groups
+            .iter()
+            .map(|g| (grad[g.id] / dense_groups[g.id].channels as f64).max(1e-30))
+            .collect();
+        let value = |g: usize, rank: usize| ranked[g][rank];
+        let counts_now: Vec<usize> = groups.iter().map(|g| g.channels).collect();
+        let cost_of = |counts: &[usize]| counts_cost(&dense_groups, cost, counts);
+        // Every prunable group keeps at least one channel; the others all of theirs.
+        let min: Vec<usize> = groups
+            .iter()
+            .map(|g| if g.is_prunable() { 1 } else { g.channels })
+            .collect();
         // The channels to keep for a target in the cost model's units: the least important
-        // per unit of resource go first until the predicted cost is under the target.
+        // per unit of resource (priced at the step's widths) go first until the cost is under
+        // the target; the last cut can overshoot by a whole channel of an expensive group
+        // (one of lenet5's six conv1 channels is several percent of its MACs), so the removed
+        // channels that still fit, most important first, come back.
         let select = |target: f64| -> Result<(Selection, f64, usize)> {
-            let mut keep: Vec<Vec<bool>> = groups.iter().map(|g| vec![true; g.channels]).collect();
-            let mut counts: Vec<usize> = groups.iter().map(|g| g.channels).collect();
-            let mut current = predicted;
-            let mut removed = vec![];
-            for &(_, g, i) in &order {
-                if current <= target {
-                    break;
-                }
-                if counts[g] <= 1 {
-                    continue;
-                }
-                keep[g][i] = false;
-                counts[g] -= 1;
-                removed.push((g, i));
-                current = counts_cost(&dense_groups, cost, &counts);
-            }
-            // The last removal can overshoot the target by a whole channel of an expensive
-            // group (one of lenet5's six conv1 channels is several percent of its MACs): take
-            // back the removed channels, most important first, that still fit under the
-            // target.
-            let mut taken_back = 0;
-            for &(g, i) in removed.iter().rev() {
-                counts[g] += 1;
-                let c = counts_cost(&dense_groups, cost, &counts);
-                if c <= target {
-                    keep[g][i] = true;
-                    current = c;
-                    taken_back += 1;
-                } else {
-                    counts[g] -= 1;
-                }
-            }
-            let removed = removed.len() - taken_back;
+            let solver = Knapsack {
+                min: &min,
+                max: &counts_now,
+                unit: 1,
+                value: &value,
+                cost: &cost_of,
+                price: Price::Linear(&per_channel),
+            };
+            let mut counts = counts_now.clone();
+            solver.shrink(&mut counts, target);
+            let current = solver.grow(&mut counts, target);
+            let removed: usize = counts_now.iter().zip(&counts).map(|(a, b)| a - b).sum();
             if removed == 0 {
                 return Err(LopperError::Config(format!(
                     "iterative pruning is stuck at cost {current:.6e} above the budget {limit:.6e}"
                 )));
             }
-            let selection = Selection {
-                keep: groups
-                    .iter()
-                    .map(|g| {
-                        let k: Vec<usize> = (0..g.channels).filter(|&i| keep[g.id][i]).collect();
-                        (k.len() < g.channels).then_some(k)
-                    })
-                    .collect(),
-            };
-            Ok((selection, current, removed))
+            Ok((select_top(&groups, &scores, &counts), current, removed))
         };
         let build = |target: f64| -> Result<(Model, f64, usize)> {
             let (selection, current, removed) = select(target)?;
@@ -225,11 +305,9 @@ pub fn iterative_prune(
                     build,
                     |(pruned, _, _)| m(pruned),
                     |round, model_limit, measured| {
-                        if progress {
-                            eprintln!(
-                                "iterative step {step}, latency round {round}: predicted limit {model_limit:.3}, measured {measured:.3} (budget {limit:.3})"
-                            );
-                        }
+                        progress.message(&format!(
+                            "iterative step {step}, latency round {round}: predicted limit {model_limit:.3}, measured {measured:.3} (budget {limit:.3})"
+                        ));
                     },
                 )?
                 .0
@@ -242,17 +320,15 @@ pub fn iterative_prune(
             cost: current * scale,
             channels_removed: removed,
         });
-        if progress {
-            eprintln!(
-                "iterative step {step}: removed {removed} channels, cost {:.4} of the budget{}",
-                current * scale / limit,
-                if measure.is_some() {
-                    " (predicted)"
-                } else {
-                    ""
-                }
-            );
-        }
+        progress.message(&format!(
+            "iterative step {step}: removed {removed} channels, cost {:.4} of the budget{}",
+            current * scale / limit,
+            if measure.is_some() {
+                " (predicted)"
+            } else {
+                ""
+            }
+        ));
         if cfg.finetune_batches > 0 {
             let n = (cfg.finetune_batches * ft.batch_size).min(train.dataset().len());
             let fraction = n as f64 / train.dataset().len() as f64;
@@ -273,9 +349,10 @@ pub fn iterative_prune(
             brief.epochs = 1;
             brief.schedule = crate::train::ScheduleKind::Constant;
             brief.warmup_epochs = 0.0;
-            let mut trainer = Trainer::new(brief, None)?;
-            trainer.progress = progress;
-            model = trainer.fit(model, &data, &mut NoTrainHook)?.model.valid();
+            let trainer = Trainer::new(brief, None)?;
+            let phase = format!("iterative step {step}");
+            let mut shown = ProgressHook::new(&phase, progress);
+            model = trainer.fit(model, &data, &mut [&mut shown])?.model.valid();
         }
     }
     Ok((model, log))

@@ -1,0 +1,229 @@
+//! Pruning methods as plug-ins of the prune session ([`super::session`]).
+//!
+//! A method is one [`PruneMethod`]: given the dense model, its channel groups, the budget's
+//! cost model, the data and a folder of its own, it finds what to keep and returns the pruned
+//! model. Everything around it (the source model, data, BatchNorm re-estimation, fine-tuning,
+//! evaluation, resume between phases, the report) is the session's. Each method lives in its
+//! own file here and is named in the registry, [`MethodPlan`]: its settings are one variant,
+//! whose fields are the method's recipe fields (and, with `_` for `-`, its CLI flags). Adding a
+//! method is a file here, a variant of [`MethodPlan`] and the CLI's flags for its settings.
+//!
+//! Methods share the machinery under [`crate::prune`]: criteria ([`Importance`]), allocation
+//! and the [`Knapsack`] solver, surgery, the latency search ([`meet_latency`]) and the training
+//! loop with its hooks.
+//!
+//! **Weight masks.** The next mask kind, per-weight masks (unstructured and N:M) on
+//! convolution and linear weights, plugs in the same way: a method scores weights
+//! ([`Importance::weight_scores`]), keeps a mask per parameter (a reparameterisation of the
+//! weight, or a hook that zeroes masked weights after every optimiser step and resets their
+//! moments through [`OptimizerState`]), and returns a model whose masked weights are zero. The
+//! masks must hold during fine-tuning too, so a method hands the session the hooks to train
+//! with ([`PruneMethod::finetune_hooks`]), and it reports the cost it reached itself
+//! ([`MethodOutcome::cost`]: sparsity is not counted on the graph as channel budgets are).
+//!
+//! [`Importance`]: crate::prune::importance::Importance
+//! [`Importance::weight_scores`]: crate::prune::importance::Importance::weight_scores
+//! [`Knapsack`]: crate::prune::knapsack::Knapsack
+//! [`meet_latency`]: crate::prune::measured::meet_latency
+//! [`OptimizerState`]: crate::train::OptimizerState
+
+pub mod dsa;
+pub mod iterative;
+pub mod one_shot;
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::allocation::{Budget, CostModel};
+use super::groups::ChannelGroup;
+use super::latency::{LatencyMeter, LatencyProfile};
+use super::mask::Selection;
+use super::measured::{LatencyRound, Surgery, meet_latency};
+use crate::error::Result;
+use crate::model::Model;
+use crate::train::{Progress, TrainConfig, TrainData, TrainHook};
+
+/// The registry: every method by its recipe name (`method = "dsa"`), with its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum MethodPlan {
+    /// One shot by the sum of |w| of each output filter (Li et al. 2017).
+    L1(one_shot::OneShotPlan),
+    /// One shot by the L2 norm of each output filter.
+    L2(one_shot::OneShotPlan),
+    /// One shot by BatchNorm |γ| (network slimming).
+    Bn(one_shot::OneShotPlan),
+    /// One shot by first-order Taylor on BatchNorm (Molchanov 2019).
+    Taylor(one_shot::OneShotPlan),
+    /// One shot by random scores (a control).
+    Random(one_shot::OneShotPlan),
+    /// Iterative budgeted pruning: remove a little, fine-tune briefly, repeat.
+    Iterative(iterative::IterativePlan),
+    /// Differentiable sparsity allocation: keep ratios learned under the budget (ADMM).
+    Dsa(dsa::DsaPlan),
+}
+
+impl MethodPlan {
+    /// The method's name, as the recipe and the report spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodPlan::L1(_) => "l1",
+            MethodPlan::L2(_) => "l2",
+            MethodPlan::Bn(_) => "bn",
+            MethodPlan::Taylor(_) => "taylor",
+            MethodPlan::Random(_) => "random",
+            MethodPlan::Iterative(_) => "iterative",
+            MethodPlan::Dsa(_) => "dsa",
+        }
+    }
+
+    /// Fills the defaults that depend on the flow (from a trained run or from scratch) and
+    /// checks the settings, before any data is read.
+    pub fn resolve(&mut self, flow: &Flow) -> Result<()> {
+        match self {
+            MethodPlan::Dsa(p) => p.resolve(flow),
+            MethodPlan::Iterative(p) => p.check(flow),
+            MethodPlan::L1(p)
+            | MethodPlan::L2(p)
+            | MethodPlan::Bn(p)
+            | MethodPlan::Taylor(p)
+            | MethodPlan::Random(p) => p.check(flow),
+        }
+    }
+
+    /// The method, ready to run.
+    pub fn build(&self) -> Box<dyn PruneMethod> {
+        use crate::prune::importance::Criterion;
+        let one_shot = |criterion, p: &one_shot::OneShotPlan| -> Box<dyn PruneMethod> {
+            Box::new(one_shot::OneShot {
+                criterion,
+                plan: p.clone(),
+            })
+        };
+        match self {
+            MethodPlan::L1(p) => one_shot(Criterion::L1, p),
+            MethodPlan::L2(p) => one_shot(Criterion::L2, p),
+            MethodPlan::Bn(p) => one_shot(Criterion::Bn, p),
+            MethodPlan::Taylor(p) => one_shot(Criterion::Taylor, p),
+            MethodPlan::Random(p) => one_shot(Criterion::Random, p),
+            MethodPlan::Iterative(p) => Box::new(iterative::Iterative { plan: p.clone() }),
+            MethodPlan::Dsa(p) => Box::new(dsa::DsaMethod { plan: p.clone() }),
+        }
+    }
+}
+
+/// What the session knows of the prune before reading any data.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    /// Training a new model from random weights while pruning, instead of a trained run.
+    pub from_scratch: bool,
+    /// The fine-tuning learning rate (a method's own rates may default to it).
+    pub lr: f64,
+}
+
+/// Everything a method may use.
+pub struct MethodContext<'a> {
+    /// The model to prune (the trained run's, or a fresh one from scratch), on `device`.
+    pub dense: &'a Model,
+    /// The source's training configuration, with the prune's seed, device, data limits and
+    /// the method's validation share.
+    pub cfg: &'a TrainConfig,
+    pub data: &'a TrainData,
+    pub groups: &'a [ChannelGroup],
+    pub cost: &'a dyn CostModel,
+    pub budget: Budget,
+    /// The budget in the cost model's units.
+    pub limit: f64,
+    /// The latency profile, for latency budgets.
+    pub profile: Option<&'a LatencyProfile>,
+    /// For latency budgets with a profile: measures candidates against the dense model.
+    pub meter: Option<&'a LatencyMeter<'a>>,
+    /// Nodes whose channels must stay.
+    pub protect: &'a [String],
+    /// Widths are kept a multiple of this where the method rounds.
+    pub round_to: usize,
+    pub flow: Flow,
+    /// The plain (non-autodiff) device.
+    pub device: &'a Device,
+    /// A folder of the method's own (checkpoints, logs), inside the prune's run folder.
+    pub work_dir: &'a Path,
+    /// Whether an interrupted prune is being continued (the method's checkpoints are in
+    /// `work_dir`).
+    pub resume: bool,
+    pub progress: &'a mut dyn Progress,
+}
+
+/// What a method found.
+pub struct MethodOutcome {
+    /// The pruned model, made physical (channels removed).
+    pub model: Model,
+    /// For latency budgets: the pruned model's measured latency at the profile's batch.
+    pub measured_ms: Option<f64>,
+    /// How the widths were found, for the report (`uniform`, `dsa`, `iterative (taylor, 5
+    /// steps)`).
+    pub allocation: String,
+    /// Keep ratios per group over the method's epochs (DSA), for the report's line plot.
+    pub ratio_history: Vec<(usize, Vec<f64>)>,
+    /// The cost the method reached in the budget's units, where it is not counted on the
+    /// pruned graph (weight sparsity); `None` for channel budgets.
+    pub cost: Option<f64>,
+}
+
+/// A pruning method.
+pub trait PruneMethod {
+    /// The share of the training split the method holds out for itself (DSA's keep ratios
+    /// learn on data the weights do not see); fine-tuning gets it back.
+    fn held_out(&self) -> Option<f64> {
+        None
+    }
+    /// Finds what to keep under the budget and returns the pruned model.
+    fn prune(&mut self, cx: &mut MethodContext) -> Result<MethodOutcome>;
+    /// Hooks the fine-tuning after this method trains with (weight masks that must stay
+    /// applied); none for channel methods, whose result is already physically smaller.
+    fn finetune_hooks(&mut self) -> Vec<Box<dyn TrainHook>> {
+        vec![]
+    }
+}
+
+/// The pruned model for the budget (see [`meet_latency`]): the selection at the limit, or for
+/// a measured latency budget the build-and-measure search, its builds reported.
+pub fn build_for_budget(
+    cx: &mut MethodContext,
+    surgery: &Surgery,
+    select_at: impl Fn(f64) -> Result<Selection>,
+) -> Result<(Model, Option<f64>)> {
+    let limit = cx.limit;
+    let progress = &mut *cx.progress;
+    meet_latency(limit, cx.meter, surgery, select_at, |r| {
+        match r {
+        LatencyRound::Calibration {
+            round,
+            model_limit,
+            measured,
+        } => progress.message(&format!(
+            "latency calibration round {round}: predicted limit {model_limit:.3} ms, measured {measured:.3} ms (budget {limit:.3} ms)"
+        )),
+        LatencyRound::Fill(step) => {
+            let paid: Vec<String> = step
+                .removed
+                .iter()
+                .map(|(h, k)| format!("group {h} -{k}"))
+                .collect();
+            progress.message(&format!(
+                "latency fill: group {} +{} channel(s){}, measured {:.3} ms (budget {limit:.3} ms){}",
+                step.group,
+                step.added,
+                if paid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {}", paid.join(", "))
+                },
+                step.measured,
+                if step.accepted { "" } else { ": not kept" }
+            ));
+        }
+    }
+    })
+}

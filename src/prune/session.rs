@@ -1,0 +1,679 @@
+//! The prune session: a [`PrunePlan`] in, a pruned, fine-tuned run folder and a
+//! [`PruneReport`] out. It runs the phases every method shares:
+//!
+//! 1. the source model (a trained run, or a zoo model from random weights) and the data;
+//! 2. the method ([`super::methods`]) finds what to keep under the budget and makes it physical;
+//! 3. BatchNorm statistics re-estimated on the pruned widths, then an evaluation;
+//! 4. fine-tuning; 5. latency measurement, the report and its plots.
+//!
+//! Each phase's result is on disk before the next starts, so an interrupted prune resumes
+//! where it stopped ([`PruneSession::resume`]): the method's widths are not searched again,
+//! fine-tuning goes on from its last epoch, and DSA's allocation from its last epoch. The plan
+//! is saved in the run folder as a recipe with every default spelled out (`recipe.toml`), so a
+//! resumed prune runs with the settings it started with even if a later lopper changes a
+//! default. Progress goes to a [`Progress`] callback: the CLI draws bars, a library user logs.
+//!
+//! ```text
+//! OUT/
+//!   recipe.toml            the resolved plan
+//!   allocation/            the method's own files (DSA: the allocation phase's run folder)
+//!   dsa_log.jsonl          DSA's per-epoch keep ratios
+//!   pruned/                the pruned model before fine-tuning; allocation.json marks it done
+//!   config.toml, model.*, metrics.jsonl, checkpoint/    the fine-tuning run (as `lopper train`)
+//!   prune_report.{json,md}, keep_ratios.{svg,png}, keep_ratio_history.{svg,png}
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use serde::{Deserialize, Serialize};
+
+use super::allocation::{Budget, Metric};
+use super::groups::{ChannelGroup, channel_groups, collapsed_streams};
+use super::latency::{
+    LatencyMeter, LatencyProfile, MODEL_REPS, model_latency_ms, relative_latency,
+};
+use super::methods::iterative::width_ratios;
+use super::methods::{Flow, MethodContext, MethodOutcome, MethodPlan};
+use super::report::{BeforeAfter, GroupReport, PruneReport};
+use crate::count::{count, human};
+use crate::data::DatasetName;
+use crate::error::{LopperError, Result};
+use crate::fsutil::write_atomic;
+use crate::model::{Model, NoHook};
+use crate::train::{
+    Progress, ProgressHook, RunDir, ScheduleKind, TrainConfig, TrainHook, Trainer, batch_data,
+    check_input, evaluate, has_batch_norm, load_data, recalibrate_batch_norm,
+};
+
+/// The resolved plan in a prune's run folder.
+pub const RECIPE_FILE: &str = "recipe.toml";
+/// The pruned model before fine-tuning, and how it was found (`allocation.json`).
+const PRUNED_DIR: &str = "pruned";
+/// The method's own files.
+const METHOD_DIR: &str = "allocation";
+
+/// Everything a prune needs to know. Its fields are the recipe's (`lopper prune --recipe`),
+/// and with `-` for `_` the CLI's flags; the method's settings sit beside them, tagged by
+/// `method`. `Option` fields left `None` take a default from the source run (seed, device,
+/// data directory) or from the flow ([`PrunePlan::resolve`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrunePlan {
+    /// The trained run to prune.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<PathBuf>,
+    /// DSA only: learn the widths while training a new model from random weights.
+    #[serde(default)]
+    pub from_scratch: bool,
+    /// From scratch: the zoo model to train, and its data set (default: the model's usual).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetName>,
+    /// The data directory (default: the source run's, then `LOPPER_DATA_DIR`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Use only the first N training / test samples (quick trials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_limit: Option<usize>,
+    /// Seed of data order, held-out splits, masks and the random criterion (default: the
+    /// source run's; from scratch, also the initial weights).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// cpu, cuda or wgpu (default: the source run's; cpu from scratch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Resource budget: `macs=0.5`, `macs=20M`, `params=0.3`, `latency=2.5ms`, ...
+    pub budget: String,
+    /// Latency profile from `lopper profile`, for latency budgets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<PathBuf>,
+    /// Nodes whose channels must stay.
+    #[serde(default)]
+    pub protect: Vec<String>,
+    /// Keep channel counts a multiple of this (one-shot methods).
+    #[serde(default = "one")]
+    pub round_to: usize,
+    /// Training batches the BatchNorm statistics are re-estimated on after the cut (0: keep
+    /// the unpruned network's).
+    #[serde(default = "bn_batches")]
+    pub bn_batches: usize,
+    /// Fine-tuning epochs after pruning (0: none).
+    #[serde(default)]
+    pub finetune_epochs: usize,
+    /// Fine-tuning learning rate (cosine schedule).
+    #[serde(default = "lr")]
+    pub lr: f64,
+    /// The method and its settings.
+    #[serde(flatten)]
+    pub method: MethodPlan,
+}
+
+fn one() -> usize {
+    1
+}
+fn bn_batches() -> usize {
+    32
+}
+fn lr() -> f64 {
+    0.01
+}
+
+impl PrunePlan {
+    /// A plan with every default: prune `run` by `method` to `budget`.
+    pub fn new(run: impl Into<PathBuf>, method: MethodPlan, budget: &str) -> PrunePlan {
+        PrunePlan {
+            run: Some(run.into()),
+            from_scratch: false,
+            model: None,
+            dataset: None,
+            data_dir: None,
+            train_limit: None,
+            test_limit: None,
+            seed: None,
+            device: None,
+            budget: budget.into(),
+            profile: None,
+            protect: vec![],
+            round_to: one(),
+            bn_batches: bn_batches(),
+            finetune_epochs: 0,
+            lr: lr(),
+            method,
+        }
+    }
+
+    /// The budget, parsed.
+    pub fn budget(&self) -> Result<Budget> {
+        self.budget.parse()
+    }
+
+    /// Reads a plan from recipe fields. A field the plan does not have, or one the chosen
+    /// method does not use, is an error naming it (a typo must not be silently ignored).
+    pub fn from_table(table: toml::Table) -> Result<PrunePlan> {
+        if !table.contains_key("method") {
+            return Err(LopperError::Config(
+                "the recipe names no method (method = \"l1\", \"taylor\", \"iterative\", \"dsa\", ...)".into(),
+            ));
+        }
+        let plan: PrunePlan =
+            toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    LopperError::Config(format!("invalid recipe: {}", e.message()))
+                })?;
+        let known = plan.to_table()?;
+        if let Some(key) = table.keys().find(|k| !known.contains_key(*k)) {
+            return Err(LopperError::Config(format!(
+                "recipe field '{key}' is unknown or not used by method {} (flags: --{})",
+                plan.method.name(),
+                key.replace('_', "-")
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// Reads a recipe file (see [`PrunePlan::from_table`]).
+    pub fn from_toml_file(path: &Path) -> Result<PrunePlan> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LopperError::bad_file(path, format!("cannot read the recipe: {e}")))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| LopperError::bad_file(path, e.message().to_owned()))?;
+        Self::from_table(table).map_err(|e| LopperError::bad_file(path, e.to_string()))
+    }
+
+    /// The plan as recipe fields.
+    pub fn to_table(&self) -> Result<toml::Table> {
+        toml::Table::try_from(self)
+            .map_err(|e| LopperError::Config(format!("cannot write the recipe: {e}")))
+    }
+
+    /// The plan as a recipe file's text.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self)
+            .map_err(|e| LopperError::Config(format!("cannot write the recipe: {e}")))
+    }
+
+    /// The flow this plan prunes in (from a trained run or from scratch).
+    pub fn flow(&self) -> Flow {
+        Flow {
+            from_scratch: self.from_scratch,
+            lr: self.lr,
+        }
+    }
+
+    /// Checks the plan and fills every default that does not need the source run, so that
+    /// the saved recipe spells them out. Bad settings are one error, before any data is read.
+    pub fn resolve(&mut self) -> Result<()> {
+        self.budget()?;
+        match (&self.run, self.from_scratch, &self.model) {
+            (Some(_), true, _) => {
+                return Err(LopperError::Config(
+                    "a prune starts from a trained run (run) or from scratch (from_scratch with model), not both".into(),
+                ));
+            }
+            (None, false, _) => {
+                return Err(LopperError::Config(
+                    "nothing to prune: give a trained run (--run DIR) or --from-scratch --model NAME".into(),
+                ));
+            }
+            (None, true, None) => {
+                return Err(LopperError::Config(
+                    "pruning from scratch needs a zoo model (--model NAME)".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.from_scratch && self.dataset.is_none() {
+            let model = self.model.as_deref().unwrap_or_default();
+            self.dataset = Some(DatasetName::default_for_model(model));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(LopperError::Config("lr (--lr) must be positive".into()));
+        }
+        let flow = self.flow();
+        self.method.resolve(&flow)
+    }
+
+    /// Relative paths (run, data, profile) made absolute against `base`, so a saved recipe
+    /// means the same from any directory.
+    pub fn absolute(mut self, base: &Path) -> PrunePlan {
+        for p in [&mut self.run, &mut self.data_dir, &mut self.profile]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        self
+    }
+}
+
+/// What the method found, saved with the pruned model so a resumed run skips the search.
+#[derive(Serialize, Deserialize)]
+struct AllocationRecord {
+    allocation: String,
+    measured_ms: Option<f64>,
+    ratio_history: Vec<(usize, Vec<f64>)>,
+    seconds: f64,
+    #[serde(default)]
+    cost: Option<f64>,
+}
+
+/// A prune in a run folder: started fresh from a plan, or resumed from the folder's recipe.
+pub struct PruneSession {
+    plan: PrunePlan,
+    out: PathBuf,
+    resume: bool,
+}
+
+impl PruneSession {
+    /// A new prune of `plan` into `out`, which must not hold a prune's progress already (a
+    /// folder where a prune failed before any phase finished may be reused).
+    pub fn new(mut plan: PrunePlan, out: impl Into<PathBuf>) -> Result<PruneSession> {
+        let out = out.into();
+        let progress = [METHOD_DIR, PRUNED_DIR, "config.toml"]
+            .iter()
+            .any(|p| out.join(p).exists());
+        if progress {
+            return Err(LopperError::Config(format!(
+                "{} already holds a prune run; resume it (--resume), or choose another output folder",
+                out.display()
+            )));
+        }
+        plan.resolve()?;
+        Ok(PruneSession {
+            plan,
+            out,
+            resume: false,
+        })
+    }
+
+    /// Continues the interrupted prune in `out` with the plan saved there.
+    pub fn resume(out: impl Into<PathBuf>) -> Result<PruneSession> {
+        let out = out.into();
+        let path = out.join(RECIPE_FILE);
+        if !path.exists() {
+            return Err(LopperError::bad_file(
+                &path,
+                format!(
+                    "cannot resume {}: no saved recipe (not a folder a prune started)",
+                    out.display()
+                ),
+            ));
+        }
+        let mut plan = PrunePlan::from_toml_file(&path)?;
+        plan.resolve()?;
+        Ok(PruneSession {
+            plan,
+            out,
+            resume: true,
+        })
+    }
+
+    /// The plan (resolved: every default filled in).
+    pub fn plan(&self) -> &PrunePlan {
+        &self.plan
+    }
+
+    /// Replaces where the data is read from (a resumed prune on another machine).
+    pub fn set_data_dir(&mut self, dir: PathBuf) {
+        self.plan.data_dir = Some(dir);
+    }
+
+    /// Replaces the device (a resumed prune on another machine).
+    pub fn set_device(&mut self, device: String) {
+        self.plan.device = Some(device);
+    }
+
+    /// Runs every phase (skipping those a resumed prune finished) and writes the report.
+    pub fn run(self, progress: &mut dyn Progress) -> Result<PruneReport> {
+        let started = Instant::now();
+        let PruneSession { plan, out, resume } = self;
+        let budget = plan.budget()?;
+        let mut method = plan.method.build();
+        let (mut cfg, dense) = source(&plan)?;
+        let source_val_fraction = cfg.val_fraction;
+        if let Some(share) = method.held_out() {
+            cfg.val_fraction = share;
+        }
+        // The plan with the source's seed and device is what the run folder keeps.
+        let mut saved = plan.clone();
+        saved.seed = Some(cfg.seed);
+        saved.device = Some(cfg.device.clone());
+        let device = crate::device::device(&cfg.device)?;
+        let loaded = load_data(&cfg)?;
+        let data = batch_data(&cfg, &loaded)?;
+        check_input(
+            &dense.graph,
+            cfg.dataset.input_shape(),
+            &cfg.dataset.to_string(),
+        )?;
+        let test = data
+            .test
+            .as_ref()
+            .ok_or_else(|| LopperError::Config("the test split is empty".into()))?;
+        std::fs::create_dir_all(&out).map_err(|e| LopperError::io(&out, e))?;
+        if !resume {
+            write_atomic(&out.join(RECIPE_FILE), saved.to_toml()?.as_bytes())?;
+        }
+
+        let top1_dense = evaluate(&dense, test, &NoHook, &device)?.top1;
+        progress.message(&format!(
+            "{} model: test top-1 {:.2}%",
+            if plan.from_scratch {
+                "initial"
+            } else {
+                "dense"
+            },
+            100.0 * top1_dense
+        ));
+        let groups = channel_groups(&dense.graph, &plan.protect)?;
+        let profile = match &plan.profile {
+            Some(p) => Some(LatencyProfile::load(p)?),
+            None => None,
+        };
+        let cost_model = budget.cost_model(&dense.graph, &groups, profile.as_ref())?;
+        let limit = budget.limit(cost_model.dense_cost());
+        // Latency budgets are checked by timing candidates against the dense model, off the
+        // autodiff device.
+        let dense_inference = dense.valid();
+        let meter = match (&profile, budget.resource) {
+            (Some(p), Metric::Latency) => {
+                Some(LatencyMeter::for_profile(&dense_inference, p, &device))
+            }
+            _ => None,
+        };
+
+        // Phase 2: the method.
+        let pruned_dir = RunDir::new(out.join(PRUNED_DIR));
+        let record_path = pruned_dir.root.join("allocation.json");
+        let (found, allocation_seconds) = if resume && record_path.exists() {
+            let rec: AllocationRecord = serde_json::from_slice(&crate::fsutil::read(&record_path)?)
+                .map_err(|e| LopperError::bad_file(&record_path, e.to_string()))?;
+            let model = pruned_dir.load_model(&device)?;
+            progress.message(&format!(
+                "resuming: the widths were found before ({}), fine-tuning goes on",
+                rec.allocation
+            ));
+            let found = MethodOutcome {
+                model,
+                measured_ms: rec.measured_ms,
+                allocation: rec.allocation,
+                ratio_history: rec.ratio_history,
+                cost: rec.cost,
+            };
+            (found, rec.seconds)
+        } else {
+            let alloc_started = Instant::now();
+            let mut cx = MethodContext {
+                dense: &dense,
+                cfg: &cfg,
+                data: &data,
+                groups: &groups,
+                cost: cost_model.as_ref(),
+                budget,
+                limit,
+                profile: profile.as_ref(),
+                meter: meter.as_ref(),
+                protect: &plan.protect,
+                round_to: plan.round_to,
+                flow: plan.flow(),
+                device: &device,
+                work_dir: &out,
+                resume,
+                progress: &mut *progress,
+            };
+            let found = method.prune(&mut cx)?;
+            let seconds = alloc_started.elapsed().as_secs_f64();
+            // The pruned model first, then the record that marks the phase complete.
+            pruned_dir.write_model_and_metrics(&found.model, &[])?;
+            let rec = AllocationRecord {
+                allocation: found.allocation.clone(),
+                measured_ms: found.measured_ms,
+                ratio_history: found.ratio_history.clone(),
+                seconds,
+                cost: found.cost,
+            };
+            write_atomic(&record_path, &to_json(&rec)?)?;
+            (found, seconds)
+        };
+
+        let after_groups = channel_groups(&found.model.graph, &plan.protect)?;
+        let warnings = collapse_warnings(&dense, &groups, &after_groups);
+        for w in &warnings {
+            progress.warning(w);
+        }
+        let ratios = width_ratios(&groups, &after_groups);
+        let (before, after) = (count(&dense.graph), count(&found.model.graph));
+        // MACs and parameters are counted on the pruned graph; latency is measured (or, where
+        // no measurement was taken, the profile's prediction).
+        let cost = found.cost.unwrap_or_else(|| match budget.resource {
+            Metric::Macs => after.macs as f64,
+            Metric::Params => after.params as f64,
+            Metric::Latency => found
+                .measured_ms
+                .unwrap_or_else(|| cost_model.cost(&ratios)),
+        });
+
+        // Phase 3: BatchNorm statistics of the pruned widths.
+        let bn_started = Instant::now();
+        // Models without BatchNorm have nothing to re-estimate; the report then says 0 batches.
+        let bn_used = if has_batch_norm(&found.model.graph) {
+            plan.bn_batches
+        } else {
+            0
+        };
+        let pruned = recalibrate_batch_norm(&found.model, &data.train, bn_used, &device)?;
+        let bn_seconds = bn_started.elapsed().as_secs_f64();
+        let top1_pruned = evaluate(&pruned, test, &NoHook, &device)?.top1;
+        progress.message(&format!(
+            "pruned to {} MACs, {} parameters: test top-1 {:.2}% before fine-tuning{}",
+            human(after.macs),
+            human(after.params),
+            100.0 * top1_pruned,
+            if bn_used > 0 {
+                format!(
+                    " (BatchNorm statistics re-estimated on {bn_used} batches in {bn_seconds:.1} s)"
+                )
+            } else {
+                String::new()
+            }
+        ));
+
+        // Phase 4: fine-tuning, in the run folder itself (it resumes as `lopper train` does).
+        let ft_started = Instant::now();
+        let mut ft_cfg = cfg.clone();
+        ft_cfg.epochs = plan.finetune_epochs.max(1);
+        ft_cfg.lr = plan.lr;
+        ft_cfg.schedule = ScheduleKind::Cosine;
+        ft_cfg.warmup_epochs = 0.0;
+        // A method that held a validation split out gives it back: fine-tuning trains on the
+        // whole training set, as the other methods have it.
+        ft_cfg.val_fraction = source_val_fraction;
+        let full_data;
+        let ft_data = if ft_cfg.val_fraction != cfg.val_fraction && plan.finetune_epochs > 0 {
+            full_data = batch_data(&ft_cfg, &loaded)?;
+            &full_data
+        } else {
+            &data
+        };
+        let run_dir = RunDir::new(&out);
+        let (final_model, finetuned) = if plan.finetune_epochs > 0 {
+            let trainer = Trainer::new(ft_cfg, Some(run_dir.clone()))?;
+            let resuming = resume && run_dir.has_checkpoint();
+            if resuming {
+                progress.message("fine-tuning resumes from its last completed epoch");
+            }
+            let mut extra = method.finetune_hooks();
+            let mut shown = ProgressHook::new("fine-tuning", &mut *progress);
+            let mut hooks: Vec<&mut dyn TrainHook> = extra
+                .iter_mut()
+                .map(|h| h.as_mut() as &mut dyn TrainHook)
+                .collect();
+            hooks.push(&mut shown);
+            let outcome = if resuming {
+                trainer.resume(ft_data, &mut hooks)?
+            } else {
+                trainer.fit(pruned, ft_data, &mut hooks)?
+            };
+            let t = outcome.history.last().and_then(|r| r.test);
+            (outcome.model, t)
+        } else {
+            run_dir.write_config(&ft_cfg)?;
+            run_dir.write_model_and_metrics(&pruned, &[])?;
+            (pruned, None)
+        };
+        let finetune_seconds = ft_started.elapsed().as_secs_f64();
+
+        // Phase 5: latency (inference mode, off the autodiff device), the report, the plots.
+        let final_model = final_model.valid();
+        // The dense time alone, the pruned one as the dense time times their paired ratio
+        // (the statistic the latency search uses).
+        let latency = |batch: usize| {
+            let before = model_latency_ms(&dense_inference, batch, MODEL_REPS, &device);
+            BeforeAfter {
+                before,
+                after: before
+                    * relative_latency(&final_model, &dense_inference, batch, MODEL_REPS, &device),
+            }
+        };
+        let report = PruneReport {
+            model: dense.graph.name.clone(),
+            method: plan.method.name().into(),
+            allocation: found.allocation,
+            budget: budget.to_string(),
+            budget_limit: limit,
+            budget_cost: cost,
+            budget_met: cost <= limit,
+            from_scratch: plan.from_scratch,
+            resumed: resume,
+            macs: BeforeAfter {
+                before: before.macs as f64,
+                after: after.macs as f64,
+            },
+            params: BeforeAfter {
+                before: before.params as f64,
+                after: after.params as f64,
+            },
+            top1_dense,
+            top1_pruned,
+            top1_finetuned: finetuned.map(|m| m.top1),
+            finetune_epochs: plan.finetune_epochs,
+            bn_batches: bn_used,
+            latency_ms_batch1: latency(1),
+            latency_ms_batch64: latency(64),
+            warnings,
+            groups: groups
+                .iter()
+                .zip(&after_groups)
+                .filter(|(g, _)| g.is_prunable())
+                .map(|(g, p)| GroupReport {
+                    id: g.id,
+                    producers: g.label(&dense.graph),
+                    before: g.channels,
+                    after: p.channels,
+                })
+                .collect(),
+            allocation_seconds,
+            finetune_seconds,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        report.write_plots(&out, &found.ratio_history, &groups, &dense.graph)?;
+        write_atomic(&out.join("prune_report.json"), &to_json(&report)?)?;
+        write_atomic(&out.join("prune_report.md"), report.markdown().as_bytes())?;
+        if let Some(m) = finetuned {
+            write_atomic(&run_dir.eval_path(), &to_json(&m)?)?;
+        }
+        if !report.budget_met {
+            if budget.resource == Metric::Latency {
+                progress.warning(&format!(
+                    "the measured latency {cost:.3} ms is over the budget {limit:.3} ms (latency measurements vary run to run; see BENCHMARKS.md)"
+                ));
+            } else {
+                return Err(LopperError::Config(format!(
+                    "internal error: the pruned model misses the budget ({cost} > {limit})"
+                )));
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| LopperError::Config(e.to_string()))
+}
+
+/// Warnings for residual streams cut to one channel: the model is likely to be useless.
+fn collapse_warnings(
+    dense: &Model,
+    groups: &[ChannelGroup],
+    after: &[ChannelGroup],
+) -> Vec<String> {
+    collapsed_streams(groups, after)
+        .into_iter()
+        .map(|id| {
+            let g = &groups[id];
+            format!(
+                "group {id} ({}) keeps 1 of {} channels; {} layers write it (a residual stream), and all they carry now passes through that channel. Fine-tuning seldom recovers from this. For DSA, more allocation epochs (--dsa-epochs) or --admm-metric cost-share kept such a group whole on ResNet-20; --protect keeps it whole with any method",
+                g.label(&dense.graph),
+                g.channels,
+                g.producers()
+            )
+        })
+        .collect()
+}
+
+/// The dense model and the configuration to train with: a trained run's, or a fresh model for
+/// pruning from scratch; the plan's seed, device, data directory and limits replace the
+/// configuration's.
+fn source(plan: &PrunePlan) -> Result<(TrainConfig, Model)> {
+    let with_plan = |mut cfg: TrainConfig| {
+        cfg.seed = plan.seed.unwrap_or(cfg.seed);
+        if let Some(d) = &plan.device {
+            cfg.device = d.clone();
+        }
+        if plan.data_dir.is_some() {
+            cfg.data_dir = plan.data_dir.clone();
+        }
+        if plan.train_limit.is_some() {
+            cfg.train_limit = plan.train_limit;
+        }
+        if plan.test_limit.is_some() {
+            cfg.test_limit = plan.test_limit;
+        }
+        cfg
+    };
+    if let Some(run) = &plan.run {
+        let src = RunDir::new(run);
+        let cfg = with_plan(src.read_config()?);
+        let device = crate::device::device(&cfg.device)?;
+        let dense = src.load_model(&device)?;
+        return Ok((cfg, dense));
+    }
+    let name = plan
+        .model
+        .as_deref()
+        .ok_or_else(|| LopperError::Config("pruning from scratch needs --model".into()))?;
+    let dataset = plan
+        .dataset
+        .unwrap_or_else(|| DatasetName::default_for_model(name));
+    let scratch_lr = match &plan.method {
+        MethodPlan::Dsa(p) => p.dsa_lr.unwrap_or(0.1),
+        _ => 0.1,
+    };
+    let cfg = with_plan(TrainConfig {
+        model: name.into(),
+        dataset,
+        lr: scratch_lr,
+        ..TrainConfig::default()
+    });
+    let device = crate::device::device(&cfg.device)?;
+    let graph = crate::zoo::build(name, &dataset.input_shape(), dataset.num_classes())?;
+    Ok((cfg.clone(), Model::init(graph, cfg.seed, &device)?))
+}
