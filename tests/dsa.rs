@@ -249,7 +249,19 @@ fn hardening_meets_the_budget_exactly_and_uses_it() {
                     }
                 })
                 .collect();
-            let sel = harden(&groups, &scores, &ratios, &cost, limit).unwrap();
+            // Widths in steps of 8 channels meet the budget too.
+            let rounded = harden(&groups, &scores, &ratios, &cost, limit, 8).unwrap();
+            let r8 = keep_ratios(&groups, &rounded);
+            assert!(cost.cost(&r8) <= limit);
+            for g in groups.iter().filter(|g| g.is_prunable()) {
+                let kept = rounded.kept(&groups, g.id).len();
+                assert!(
+                    kept.is_multiple_of(8) || kept == g.channels,
+                    "group {}: {kept}",
+                    g.id
+                );
+            }
+            let sel = harden(&groups, &scores, &ratios, &cost, limit, 1).unwrap();
             let pruned =
                 lopper::prune::prune_model(&model, &groups, &sel, &Device::flex()).unwrap();
             let macs = lopper::count::count(&pruned.graph).macs as f64;

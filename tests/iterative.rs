@@ -37,6 +37,15 @@ fn setup() -> (Model, Batcher, TrainConfig) {
 /// given: `limit = fraction * measure(dense)`). Returns the dense MACs, the limit, the pruned
 /// model and the number of steps.
 fn prune_to(fraction: f64, measure: Option<&dyn Fn(&Model) -> f64>) -> (f64, f64, Model, usize) {
+    prune_rounded(fraction, measure, 1)
+}
+
+/// [`prune_to`] with widths in steps of `round_to` channels.
+fn prune_rounded(
+    fraction: f64,
+    measure: Option<&dyn Fn(&Model) -> f64>,
+    round_to: usize,
+) -> (f64, f64, Model, usize) {
     let (model, train, ft) = setup();
     let groups = channel_groups(&model.graph, &[]).unwrap();
     let cost = "macs=1"
@@ -51,6 +60,7 @@ fn prune_to(fraction: f64, measure: Option<&dyn Fn(&Model) -> f64>) -> (f64, f64
         step_share: 0.3,
         finetune_batches: 1,
         taylor_batches: 1,
+        round_to,
     };
     let (pruned, steps) = iterative_prune(
         model,
@@ -76,6 +86,25 @@ fn stops_once_the_budget_holds() {
     // Closing the gap in shares of 0.3 takes several steps, and the last one lands close.
     assert!(steps >= 3, "{steps} steps");
     assert!(macs >= 0.9 * limit, "overshot: {macs} vs {limit}");
+}
+
+/// With `round_to` every width the iterative method leaves is a multiple of it (resnet20's
+/// groups are 16, 32 and 64 wide), and the budget still holds.
+#[test]
+fn rounded_widths_stay_multiples() {
+    let (_, limit, pruned, _) = prune_rounded(0.5, None, 8);
+    let macs = count(&pruned.graph).macs as f64;
+    assert!(macs <= limit, "{macs} > {limit}");
+    for g in channel_groups(&pruned.graph, &[]).unwrap() {
+        if g.is_prunable() {
+            assert!(
+                g.channels.is_multiple_of(8),
+                "group {} keeps {}",
+                g.id,
+                g.channels
+            );
+        }
+    }
 }
 
 /// A "device" whose cost is 40% fixed overhead plus 60% of the MACs: the MACs model

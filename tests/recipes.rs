@@ -91,7 +91,14 @@ fn every_recipe_runs() {
             }
         } else {
             // From scratch the recipe's own allocation epochs train the model, on more data.
-            args.extend(["--train-limit", "4096", "--test-limit", "256", "--ratio-every", "1"]);
+            args.extend([
+                "--train-limit",
+                "4096",
+                "--test-limit",
+                "256",
+                "--ratio-every",
+                "1",
+            ]);
         }
         let o = lopper(&args, &data);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
@@ -115,8 +122,14 @@ fn every_recipe_runs() {
             .parse()
             .unwrap();
         for (k, v) in &table {
-            if !["run", "finetune_epochs", "dsa_epochs", "ratio_every", "train_limit"]
-                .contains(&k.as_str())
+            if ![
+                "run",
+                "finetune_epochs",
+                "dsa_epochs",
+                "ratio_every",
+                "train_limit",
+            ]
+            .contains(&k.as_str())
             {
                 assert!(
                     same(saved.get(k), v),

@@ -328,19 +328,22 @@ pub fn allocate(
 /// DSA, ALGORITHMS.md step 7): keep `round(ratio * C)` of each group's most important
 /// channels, then repair the rounding greedily. While over the limit, drop the channel that
 /// saves the most cost per unit of (group-normalised) importance; then, while some channel
-/// still fits, take back the one that buys the most importance per unit of cost.
+/// still fits, take back the one that buys the most importance per unit of cost. Widths are
+/// multiples of `round_to` channels (or a whole group), and move by `round_to` at a time.
 pub fn harden(
     groups: &[ChannelGroup],
     scores: &[Vec<f64>],
     ratios: &[f64],
     model: &dyn CostModel,
     limit: f64,
+    round_to: usize,
 ) -> Result<Selection> {
+    let unit = round_to.max(1);
     let mut counts: Vec<usize> = groups
         .iter()
         .map(|g| {
             if g.is_prunable() {
-                count_for(g.channels, ratios[g.id], 1)
+                count_for(g.channels, ratios[g.id], unit)
             } else {
                 g.channels
             }
@@ -349,16 +352,23 @@ pub fn harden(
     let ranked = ranked_values(scores, Scale::PerGroupMean);
     let value = |g: usize, rank: usize| ranked[g][rank];
     let cost = |counts: &[usize]| counts_cost(groups, model, counts);
-    // Every prunable group keeps at least one channel and at most all; the others keep all.
+    // Every prunable group keeps at least one unit of channels and at most all; the others
+    // keep all.
     let min: Vec<usize> = groups
         .iter()
-        .map(|g| if g.is_prunable() { 1 } else { counts[g.id] })
+        .map(|g| {
+            if g.is_prunable() {
+                unit.min(g.channels)
+            } else {
+                counts[g.id]
+            }
+        })
         .collect();
     let max: Vec<usize> = groups.iter().map(|g| g.channels).collect();
     let solver = Knapsack {
         min: &min,
         max: &max,
-        unit: 1,
+        unit,
         value: &value,
         cost: &cost,
         price: Price::Marginal,
@@ -366,7 +376,7 @@ pub fn harden(
     let current = solver.shrink(&mut counts, limit);
     if current > limit {
         return Err(LopperError::Config(format!(
-            "the budget ({limit:.6e}) cannot be met even with one channel per group (cost {current:.6e})"
+            "the budget ({limit:.6e}) cannot be met even with {unit} channel(s) per group (cost {current:.6e})"
         )));
     }
     solver.grow(&mut counts, limit);

@@ -94,7 +94,7 @@ pub struct PrunePlan {
     /// Nodes whose channels must stay.
     #[serde(default)]
     pub protect: Vec<String>,
-    /// Keep channel counts a multiple of this (one-shot methods).
+    /// Keep channel counts a multiple of this (hardware-friendly widths), in every method.
     #[serde(default = "one")]
     pub round_to: usize,
     /// Training batches the BatchNorm statistics are re-estimated on after the cut (0: keep

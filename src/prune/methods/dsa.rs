@@ -261,12 +261,19 @@ impl PruneMethod for DsaMethod {
             groups: cx.groups,
             scores: &importance,
             cost: cx.cost,
-            unit: 1,
+            unit: cx.round_to.max(1),
             device: cx.device,
         };
-        let (groups, cost) = (cx.groups, cx.cost);
+        let (groups, cost, round_to) = (cx.groups, cx.cost, cx.round_to);
         let (model, measured_ms) = build_for_budget(cx, &surgery, |lim| {
-            harden(groups, &importance, dsa.feasible_ratios(), cost, lim)
+            harden(
+                groups,
+                &importance,
+                dsa.feasible_ratios(),
+                cost,
+                lim,
+                round_to,
+            )
         })?;
         Ok(MethodOutcome {
             model,

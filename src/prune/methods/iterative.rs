@@ -87,6 +87,7 @@ impl PruneMethod for Iterative {
             step_share: self.plan.step_share,
             finetune_batches: self.plan.step_batches,
             taylor_batches: self.plan.taylor_batches,
+            round_to: cx.round_to,
         };
         let mut ft = cx.cfg.clone();
         ft.lr = cx.flow.lr;
@@ -133,6 +134,14 @@ pub struct IterativeConfig {
     pub finetune_batches: usize,
     /// Batches for the Taylor criterion.
     pub taylor_batches: usize,
+    /// Widths move by this many channels at a time (`--round-to`), and a group keeps at least
+    /// this many.
+    #[serde(default = "one")]
+    pub round_to: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for IterativeConfig {
@@ -142,6 +151,7 @@ impl Default for IterativeConfig {
             step_share: 0.3,
             finetune_batches: 100,
             taylor_batches: 16,
+            round_to: 1,
         }
     }
 }
@@ -255,10 +265,17 @@ pub fn iterative_prune(
         let value = |g: usize, rank: usize| ranked[g][rank];
         let counts_now: Vec<usize> = groups.iter().map(|g| g.channels).collect();
         let cost_of = |counts: &[usize]| counts_cost(&dense_groups, cost, counts);
-        // Every prunable group keeps at least one channel; the others all of theirs.
+        // Every prunable group keeps at least one unit of channels; the others all of theirs.
+        let unit = cfg.round_to.max(1);
         let min: Vec<usize> = groups
             .iter()
-            .map(|g| if g.is_prunable() { 1 } else { g.channels })
+            .map(|g| {
+                if g.is_prunable() {
+                    unit.min(g.channels)
+                } else {
+                    g.channels
+                }
+            })
             .collect();
         // The channels to keep for a target in the cost model's units: the least important
         // per unit of resource (priced at the step's widths) go first until the cost is under
@@ -269,7 +286,7 @@ pub fn iterative_prune(
             let solver = Knapsack {
                 min: &min,
                 max: &counts_now,
-                unit: 1,
+                unit,
                 value: &value,
                 cost: &cost_of,
                 price: Price::Linear(&per_channel),

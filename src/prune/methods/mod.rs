@@ -142,7 +142,7 @@ pub struct MethodContext<'a> {
     pub meter: Option<&'a LatencyMeter<'a>>,
     /// Nodes whose channels must stay.
     pub protect: &'a [String],
-    /// Widths are kept a multiple of this where the method rounds.
+    /// Widths are kept a multiple of this many channels (or a whole group), and move by it.
     pub round_to: usize,
     pub flow: Flow,
     /// The plain (non-autodiff) device.
