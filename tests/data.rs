@@ -305,3 +305,70 @@ fn batches_are_normalised_deterministic_and_augmented() {
             .any(|img| !plain.chunks(48).any(|p| p == img))
     );
 }
+
+/// Sample limits take a seeded, class-balanced subset: a data set stored in class order (as
+/// CIFAR-10's image folders are) still gives every class, each about equally.
+#[test]
+fn limits_are_seeded_and_class_balanced() {
+    let n_per = 50;
+    let ordered = Dataset {
+        // Each sample's two pixels spell its index.
+        images: (0..10 * n_per)
+            .flat_map(|i| [(i / 256) as u8, (i % 256) as u8])
+            .collect(),
+        labels: (0..10 * n_per).map(|i| (i / n_per) as u8).collect(),
+        shape: [1, 1, 2],
+        classes: (0..10).map(|i| i.to_string()).collect(),
+    };
+    let count = |d: &Dataset| {
+        let mut c = [0usize; 10];
+        for &y in &d.labels {
+            c[y as usize] += 1;
+        }
+        c
+    };
+    let a = ordered.limit(105, 7);
+    assert_eq!(a.len(), 105);
+    let c = count(&a);
+    assert!(c.iter().all(|&k| k == 10 || k == 11), "{c:?}");
+    // The same seed picks the same samples; another seed others; the order is kept.
+    assert_eq!(a.images, ordered.limit(105, 7).images);
+    assert_ne!(a.images, ordered.limit(105, 8).images);
+    let index: Vec<usize> = a
+        .images
+        .chunks(2)
+        .map(|p| 256 * p[0] as usize + p[1] as usize)
+        .collect();
+    assert!(index.windows(2).all(|w| w[0] < w[1]), "{index:?}");
+    // A class with few samples gives what it has and the others fill in.
+    let skewed = ordered.subset(&(0..(9 * n_per + 3)).collect::<Vec<_>>());
+    let c = count(&skewed.limit(100, 1));
+    assert_eq!(c[9], 3, "{c:?}");
+    assert_eq!(c.iter().sum::<usize>(), 100);
+    // A limit at or over the size keeps everything.
+    assert_eq!(ordered.limit(10_000, 3).len(), ordered.len());
+}
+
+/// The CIFAR-10 archive is stored in class order: a limited load still has all ten classes.
+#[test]
+fn limited_cifar10_has_every_class() {
+    let Some(dir) = std::env::var_os("LOPPER_DATA_DIR") else {
+        eprintln!("LOPPER_DATA_DIR is not set: skipping the real-data test");
+        return;
+    };
+    let cfg = lopper::train::TrainConfig {
+        dataset: DatasetName::Cifar10,
+        data_dir: Some(dir.into()),
+        train_limit: Some(200),
+        test_limit: Some(100),
+        ..lopper::train::TrainConfig::default()
+    };
+    let data = lopper::train::load_data(&cfg).unwrap();
+    for (split, d) in [("train", &data.train), ("test", &*data.test)] {
+        let mut c = [0usize; 10];
+        for &y in &d.labels {
+            c[y as usize] += 1;
+        }
+        assert!(c.iter().all(|&k| k == d.len() / 10), "{split}: {c:?}");
+    }
+}

@@ -147,6 +147,30 @@ fn bad_files_are_clear_errors() {
         "{e}"
     );
 
+    // A weight that is not finite (a diverged run's, or a tampered file) is named on load.
+    let tensors = m.named_tensors();
+    let nan = Model::from_tensors(m.graph.clone(), &dev, |node, name, _| {
+        let full = format!("{}.{name}", node.name);
+        let d = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
+        if full != "conv2.weight" {
+            return Ok(d);
+        }
+        let mut v = d.try_to_vec::<f32>().unwrap();
+        v[7] = f32::NAN;
+        Ok(burn::tensor::TensorData::new(v, d.shape().clone()))
+    })
+    .unwrap();
+    let (na, nw) = (
+        dir.path().join("nan.json"),
+        dir.path().join("nan.safetensors"),
+    );
+    save_model(&nan, &na, &nw).unwrap();
+    let e = load_model(&na, &nw, &dev).unwrap_err().to_string();
+    assert!(
+        e.contains("nan.safetensors") && e.contains("conv2.weight") && e.contains("non-finite"),
+        "{e}"
+    );
+
     // Missing file.
     let e = load_model(&dir.path().join("nope.json"), &w, &dev)
         .unwrap_err()

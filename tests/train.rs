@@ -602,3 +602,35 @@ fn node_hooks_chain_in_order() {
         assert!((2.0 * (p + 1.0) - c).abs() < 1e-5, "{p} -> {c}");
     }
 }
+
+/// A model whose outputs are NaN scores 0%, not 100%: a non-finite logit never counts as
+/// correct, and the metrics say how many samples gave one.
+#[test]
+fn non_finite_outputs_are_never_correct() {
+    let model = lenet(0);
+    let tensors = model.named_tensors();
+    let broken = Model::from_tensors(model.graph.clone(), &Device::flex(), |node, name, _| {
+        let full = format!("{}.{name}", node.name);
+        let d = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
+        Ok(if full == "fc3.bias" {
+            TensorData::new(vec![f32::NAN; 10], [10])
+        } else {
+            d
+        })
+    })
+    .unwrap();
+    let data = synthetic_data(16);
+    let test = data.test.as_ref().unwrap();
+    let m =
+        lopper::train::evaluate(&broken, test, &lopper::model::NoHook, &Device::flex()).unwrap();
+    assert_eq!(
+        (m.top1, m.top5, m.non_finite, m.samples),
+        (0.0, 0.0, 64, 64)
+    );
+    assert!(m.loss.is_nan());
+    assert!(m.non_finite_warning("x").unwrap().contains("64 of 64"));
+    let fine =
+        lopper::train::evaluate(&model, test, &lopper::model::NoHook, &Device::flex()).unwrap();
+    assert_eq!(fine.non_finite, 0);
+    assert!(fine.non_finite_warning("x").is_none());
+}

@@ -16,11 +16,11 @@ pub struct DataDirFlag {
 /// How much of the data to use.
 #[derive(clap::Args, Debug, Clone, Default, Serialize)]
 pub struct LimitFlags {
-    /// Use only the first N training samples (quick trials).
+    /// Use a seeded, class-balanced subset of N training samples (quick trials).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
-    /// Use only the first N test samples (quick trials).
+    /// Use a seeded, class-balanced subset of N test samples (quick trials).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_limit: Option<usize>,

@@ -96,6 +96,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     )?;
     let test = data.test.context("the test split is empty")?;
     let m = evaluate(&model, &test, &lopper::model::NoHook, &device)?;
+    if let Some(w) = m.non_finite_warning(&a.run.display().to_string()) {
+        eprintln!("warning: {w}");
+    }
     if a.json.json {
         println!("{}", serde_json::to_string(&m)?);
     } else {

@@ -207,6 +207,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             &run.eval_path(),
             serde_json::to_string_pretty(&t)?.as_bytes(),
         )?;
+        if let Some(w) = t.non_finite_warning("the trained model") {
+            eprintln!("warning: {w}");
+        }
         if a.json.json {
             println!("{}", serde_json::to_string(&t)?);
         }

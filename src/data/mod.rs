@@ -62,9 +62,37 @@ impl Dataset {
         }
     }
 
-    /// The first `n` samples (all if fewer).
-    pub fn take(&self, n: usize) -> Dataset {
-        let idx: Vec<usize> = (0..n.min(self.len())).collect();
+    /// A seeded, class-balanced subset of `n` samples (all of them if there are fewer): each
+    /// class's samples in a seeded order, taken from the classes in turn, so every class has
+    /// `n / classes` samples give or take one (fewer only where a class runs out). The samples
+    /// keep their order in the data set. A prefix would not do: archives stored in class order
+    /// (CIFAR-10's image folders) would give a single class.
+    pub fn limit(&self, n: usize, seed: u64) -> Dataset {
+        if n >= self.len() {
+            return self.clone();
+        }
+        let mut per_class: Vec<Vec<usize>> = vec![vec![]; self.classes.len().max(1)];
+        for (i, &y) in self.labels.iter().enumerate() {
+            let y = (y as usize).min(per_class.len() - 1);
+            per_class[y].push(i);
+        }
+        let mut rng = StdRng::seed_from_u64(seed ^ LIMIT_SALT);
+        for c in &mut per_class {
+            c.shuffle(&mut rng);
+        }
+        let mut idx = Vec::with_capacity(n);
+        let mut round = 0;
+        while idx.len() < n {
+            for c in &per_class {
+                if idx.len() < n
+                    && let Some(&i) = c.get(round)
+                {
+                    idx.push(i);
+                }
+            }
+            round += 1;
+        }
+        idx.sort_unstable();
         self.subset(&idx)
     }
 
@@ -89,6 +117,8 @@ impl Dataset {
 
 /// A salt so the split's stream differs from the shuffling stream of the same seed.
 const SPLIT_SALT: u64 = 0x5EED_5B11;
+/// The same for the sample limits' subsets.
+const LIMIT_SALT: u64 = 0x11A1_7ED5;
 
 /// The data sets lopper knows by name, with their normalisation and augmentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

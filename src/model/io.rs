@@ -150,6 +150,15 @@ pub fn load_weights(graph: Graph, path: &Path, device: &Device) -> Result<Model>
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(LopperError::bad_file(
+                path,
+                format!(
+                    "tensor '{full}' holds a non-finite value ({} at index {i}): the weights are corrupt or came from a diverged run",
+                    values[i]
+                ),
+            ));
+        }
         Ok(TensorData::new(values, shape.to_vec()))
     })?;
     if used != st.len() {

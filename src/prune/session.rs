@@ -74,7 +74,7 @@ pub struct PrunePlan {
     /// The data directory (default: the source run's, then `LOPPER_DATA_DIR`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
-    /// Use only the first N training / test samples (quick trials).
+    /// Use a seeded, class-balanced subset of N training / test samples (quick trials).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -363,7 +363,16 @@ impl PruneSession {
             write_atomic(&out.join(RECIPE_FILE), saved.to_toml()?.as_bytes())?;
         }
 
-        let top1_dense = evaluate(&dense, test, &NoHook, &device)?.top1;
+        let dense_eval = evaluate(&dense, test, &NoHook, &device)?;
+        let top1_dense = dense_eval.top1;
+        let mut output_warnings: Vec<String> = dense_eval
+            .non_finite_warning(if plan.from_scratch {
+                "the initial model"
+            } else {
+                "the dense model"
+            })
+            .into_iter()
+            .collect();
         progress.message(&format!(
             "{} model: test top-1 {:.2}%",
             if plan.from_scratch {
@@ -445,10 +454,7 @@ impl PruneSession {
         };
 
         let after_groups = channel_groups(&found.model.graph, &plan.protect)?;
-        let warnings = collapse_warnings(&dense, &groups, &after_groups);
-        for w in &warnings {
-            progress.warning(w);
-        }
+        let mut warnings = collapse_warnings(&dense, &groups, &after_groups);
         let ratios = width_ratios(&groups, &after_groups);
         let (before, after) = (count(&dense.graph), count(&found.model.graph));
         // MACs and parameters are counted on the pruned graph; latency is measured (or, where
@@ -471,7 +477,9 @@ impl PruneSession {
         };
         let pruned = recalibrate_batch_norm(&found.model, &data.train, bn_used, &device)?;
         let bn_seconds = bn_started.elapsed().as_secs_f64();
-        let top1_pruned = evaluate(&pruned, test, &NoHook, &device)?.top1;
+        let pruned_eval = evaluate(&pruned, test, &NoHook, &device)?;
+        let top1_pruned = pruned_eval.top1;
+        output_warnings.extend(pruned_eval.non_finite_warning("the pruned model"));
         progress.message(&format!(
             "pruned to {} MACs, {} parameters: test top-1 {:.2}% before fine-tuning{}",
             human(after.macs),
@@ -530,6 +538,15 @@ impl PruneSession {
             (pruned, None)
         };
         let finetune_seconds = ft_started.elapsed().as_secs_f64();
+        output_warnings.extend(
+            finetuned
+                .as_ref()
+                .and_then(|m| m.non_finite_warning("the fine-tuned model")),
+        );
+        warnings.extend(output_warnings);
+        for w in &warnings {
+            progress.warning(w);
+        }
 
         // Phase 5: latency (inference mode, off the autodiff device), the report, the plots.
         let final_model = final_model.valid();

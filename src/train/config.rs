@@ -55,9 +55,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu` (Burn flex), `cuda` or `wgpu` when compiled in.
     pub device: String,
-    /// Use only the first N training samples (before the split); for quick runs and tests.
+    /// Use a seeded, class-balanced subset of N training samples (before the split); for
+    /// quick runs and tests.
     pub train_limit: Option<usize>,
-    /// Use only the first N test samples.
+    /// Use a seeded, class-balanced subset of N test samples.
     pub test_limit: Option<usize>,
 }
 

@@ -13,8 +13,24 @@ use crate::model::{Model, NodeHook, Value};
 pub struct EvalMetrics {
     pub top1: f64,
     pub top5: f64,
+    /// Mean cross-entropy; NaN (`null` in JSON) when some outputs were not finite.
     pub loss: f64,
     pub samples: usize,
+    /// Samples whose outputs held a NaN or an infinity: never counted as correct.
+    #[serde(default)]
+    pub non_finite: usize,
+}
+
+impl EvalMetrics {
+    /// A warning when some outputs were not finite, for every place that shows metrics.
+    pub fn non_finite_warning(&self, what: &str) -> Option<String> {
+        (self.non_finite > 0).then(|| {
+            format!(
+                "{what}: {} of {} samples gave non-finite outputs (NaN or infinity); they count as wrong, and the loss is undefined",
+                self.non_finite, self.samples
+            )
+        })
+    }
 }
 
 /// Running sums of loss and hits over batches of logits.
@@ -24,6 +40,7 @@ pub struct Tally {
     top1: usize,
     top5: usize,
     n: usize,
+    non_finite: usize,
 }
 
 impl Tally {
@@ -32,6 +49,21 @@ impl Tally {
         let classes = logits.len() / labels.len().max(1);
         for (row, &y) in logits.chunks_exact(classes).zip(labels) {
             let y = y as usize;
+            // A NaN compares false with everything, so it would "beat" no logit and rank the
+            // true class first: a model of NaNs would score 100%. Non-finite rows are wrong.
+            if row.iter().any(|z| !z.is_finite()) {
+                self.non_finite += 1;
+                self.loss_sum = f64::NAN;
+                self.n += 1;
+                continue;
+            }
+            // A label the model has no output for is wrong (data sets are checked against the
+            // model's classes when loaded; this only keeps a bad one from panicking).
+            if y >= row.len() {
+                self.loss_sum = f64::NAN;
+                self.n += 1;
+                continue;
+            }
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = max
                 + row
@@ -64,6 +96,7 @@ impl Tally {
             top5: self.top5 as f64 / n,
             loss: self.loss_sum / n,
             samples: self.n,
+            non_finite: self.non_finite,
         }
     }
 }

@@ -26,7 +26,8 @@ use crate::data::{Batcher, Dataset, resolve_data_dir};
 use crate::error::{LopperError, Result};
 use crate::graph::Graph;
 
-/// The configured data set as read from disk, with the sample limits applied, before it is cut
+/// The configured data set as read from disk, with the sample limits applied (seeded,
+/// class-balanced subsets), before it is cut
 /// into batchers. Reading it (decoding 60,000 images for CIFAR-10) is the expensive part, so a
 /// command that needs two cuts of the same data (DSA's held-out split, then fine-tuning on the
 /// whole training set) reads it once.
@@ -41,11 +42,11 @@ pub fn load_data(cfg: &TrainConfig) -> Result<LoadedData> {
     let dir = resolve_data_dir(cfg.data_dir.as_deref())?;
     let (train, test) = cfg.dataset.load(&dir)?;
     let train = match cfg.train_limit {
-        Some(n) => train.take(n),
+        Some(n) => train.limit(n, cfg.seed),
         None => train,
     };
     let test = match cfg.test_limit {
-        Some(n) => test.take(n),
+        Some(n) => test.limit(n, cfg.seed),
         None => test,
     };
     Ok(LoadedData {
