@@ -372,3 +372,55 @@ fn limited_cifar10_has_every_class() {
         assert!(c.iter().all(|&k| k == d.len() / 10), "{split}: {c:?}");
     }
 }
+
+/// Image folders: one class list for both splits. A class folder in one split only is one
+/// clear error at load time (an extra one in train used to panic after an epoch, a missing one
+/// in test shifted its labels); so is a class count the data set does not have.
+#[test]
+fn image_folder_splits_share_their_classes() {
+    let d = tempfile::tempdir().unwrap();
+    let write = |split: &str, class: &str| {
+        let dir = d.path().join("cifar10").join(split).join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("0.png"), png(3, 2, 7)).unwrap();
+    };
+    let classes = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    for c in classes {
+        write("train", c);
+        write("test", c);
+    }
+    let (train, test) = DatasetName::Cifar10.load(d.path()).unwrap();
+    assert_eq!(train.classes, test.classes);
+    assert_eq!(test.labels, (0..10).collect::<Vec<u8>>());
+
+    // A class the test split lacks: an error naming it, not shifted labels.
+    std::fs::remove_dir_all(d.path().join("cifar10/test/c")).unwrap();
+    let e = DatasetName::Cifar10.load(d.path()).unwrap_err().to_string();
+    assert!(e.contains("'c'") && e.contains("test"), "{e}");
+    write("test", "c");
+    // An extra class in the training split only.
+    write("train", "k");
+    let e = DatasetName::Cifar10.load(d.path()).unwrap_err().to_string();
+    assert!(e.contains("'k'") && e.contains("test"), "{e}");
+    // Eleven classes in both: CIFAR-10 has ten.
+    write("test", "k");
+    let e = DatasetName::Cifar10.load(d.path()).unwrap_err().to_string();
+    assert!(e.contains("11 class folders") && e.contains("10 classes"), "{e}");
+
+    // The same checks on the archive form.
+    std::fs::remove_dir_all(d.path().join("cifar10/test/k")).unwrap();
+    let archive = d.path().join("cifar10-jpg.tar.gz");
+    {
+        let f = std::fs::File::create(&archive).unwrap();
+        let mut t = tar::Builder::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        ));
+        t.append_dir_all(".", d.path().join("cifar10")).unwrap();
+        t.into_inner().unwrap().finish().unwrap();
+    }
+    let e = read_image_folder_archive(&archive, &["train", "test"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'k'") && e.contains("test"), "{e}");
+}

@@ -94,31 +94,44 @@ fn decode_all(items: Vec<Encoded>, classes: &[String], what: &Path) -> Result<Da
     })
 }
 
-/// Reads `root/<class>/*.{jpg,png}`.
-pub fn read_image_folder(root: &Path) -> Result<Dataset> {
-    let read_dir = |d: &Path| -> Result<Vec<PathBuf>> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
-            .map_err(|e| LopperError::io(d, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        v.sort();
-        Ok(v)
-    };
-    let classes: Vec<PathBuf> = read_dir(root)?.into_iter().filter(|p| p.is_dir()).collect();
-    if classes.len() > 256 {
-        return Err(LopperError::bad_file(root, "more than 256 class folders"));
-    }
-    let names: Vec<String> = classes
-        .iter()
+fn sorted_entries(d: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+        .map_err(|e| LopperError::io(d, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The class folders of `root`, by name, sorted.
+fn class_names(root: &Path) -> Result<Vec<String>> {
+    let names: Vec<String> = sorted_entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
         .map(|p| {
             p.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         })
         .collect();
+    if names.len() > 256 {
+        return Err(LopperError::bad_file(root, "more than 256 class folders"));
+    }
+    Ok(names)
+}
+
+/// Reads `root/<class>/*.{jpg,png}` with the labels of `classes` (a class folder not in the
+/// list is an error).
+fn read_classes(root: &Path, classes: &[String]) -> Result<Dataset> {
     let mut items = vec![];
-    for (dir, class) in classes.iter().zip(&names) {
-        for f in read_dir(dir)? {
+    for class in class_names(root)? {
+        if !classes.contains(&class) {
+            return Err(LopperError::bad_file(
+                root.join(&class),
+                "a class folder the other split does not have",
+            ));
+        }
+        for f in sorted_entries(&root.join(&class))? {
             if f.is_file() && is_image(&f.to_string_lossy()) {
                 items.push(Encoded {
                     bytes: fsutil::read(&f)?,
@@ -128,7 +141,44 @@ pub fn read_image_folder(root: &Path) -> Result<Dataset> {
             }
         }
     }
-    decode_all(items, &names, root)
+    decode_all(items, classes, root)
+}
+
+/// Reads `root/<class>/*.{jpg,png}`; the classes are its folders in sorted order.
+pub fn read_image_folder(root: &Path) -> Result<Dataset> {
+    read_classes(root, &class_names(root)?)
+}
+
+/// The same classes in every split, or an error naming the first class a split lacks: each
+/// split listing its own classes would shift the labels of the one with a class missing.
+fn same_classes(per_split: &[(String, Vec<String>)], origin: &Path) -> Result<Vec<String>> {
+    let all: std::collections::BTreeSet<&String> =
+        per_split.iter().flat_map(|(_, c)| c.iter()).collect();
+    for (split, classes) in per_split {
+        if let Some(missing) = all.iter().find(|c| !classes.contains(c)) {
+            return Err(LopperError::bad_file(
+                origin,
+                format!(
+                    "class '{missing}' is in another split but not in '{split}': every split needs the same class folders"
+                ),
+            ));
+        }
+    }
+    Ok(all.into_iter().cloned().collect())
+}
+
+/// Reads `root/<split>/<class>/*` for each split with one class list: every split must have
+/// the same class folders.
+pub fn read_image_folder_splits(root: &Path, splits: &[&str]) -> Result<Vec<Dataset>> {
+    let per_split = splits
+        .iter()
+        .map(|s| Ok((s.to_string(), class_names(&root.join(s))?)))
+        .collect::<Result<Vec<_>>>()?;
+    let classes = same_classes(&per_split, root)?;
+    splits
+        .iter()
+        .map(|s| read_classes(&root.join(s), &classes))
+        .collect()
 }
 
 /// Reads image folders straight from a `.tar.gz`: for each split name (e.g. `train`), the
@@ -165,14 +215,24 @@ pub fn read_image_folder_archive(archive: &Path, splits: &[&str]) -> Result<Vec<
             bytes,
         });
     }
-    let mut classes: Vec<String> = per_split
-        .values()
-        .flatten()
-        .map(|e| e.class.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    classes.dedup();
+    let listed = splits
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let classes: std::collections::BTreeSet<String> = per_split
+                .get(&i)
+                .into_iter()
+                .flatten()
+                .map(|e| e.class.clone())
+                .collect();
+            (name.to_string(), classes.into_iter().collect::<Vec<String>>())
+        })
+        .collect::<Vec<_>>();
+    let classes = if listed.iter().all(|(_, c)| !c.is_empty()) {
+        same_classes(&listed, archive)?
+    } else {
+        vec![]
+    };
     let mut out = vec![];
     for (s, name) in splits.iter().enumerate() {
         let mut items = per_split.remove(&s).unwrap_or_default();

@@ -9,7 +9,7 @@ mod mnist;
 
 pub use batcher::{Batch, BatchIter, Batcher, mix as seed_mix};
 pub use cifar::{CIFAR10_CLASSES, read_cifar10_binary};
-pub use folder::{read_image_folder, read_image_folder_archive};
+pub use folder::{read_image_folder, read_image_folder_archive, read_image_folder_splits};
 pub use mnist::{read_idx_images, read_idx_labels, read_mnist};
 
 use std::path::{Path, PathBuf};
@@ -207,6 +207,23 @@ impl DatasetName {
     /// order of preference: `cifar-10-batches-bin/` (official binary), `cifar10-jpg.tar.gz`
     /// (image folders in an archive, read without extracting), or `cifar10/{train,test}/`
     /// image folders (also accepted directly as `train/` and `test/` under `dir`).
+    /// Image folders name their own classes: they must be as many as the data set has (the
+    /// models are built for that many outputs), or a label would fall outside the model.
+    fn check_classes(self, origin: &Path, sets: (Dataset, Dataset)) -> Result<(Dataset, Dataset)> {
+        let found = sets.0.classes.len();
+        if found != self.num_classes() {
+            return Err(LopperError::bad_file(
+                origin,
+                format!(
+                    "{found} class folders ({}), but {self} has {} classes",
+                    sets.0.classes.join(", "),
+                    self.num_classes()
+                ),
+            ));
+        }
+        Ok(sets)
+    }
+
     pub fn load(self, dir: &Path) -> Result<(Dataset, Dataset)> {
         if !dir.is_dir() {
             return Err(LopperError::bad_file(
@@ -235,14 +252,14 @@ impl DatasetName {
                     let mut sets = read_image_folder_archive(&archive, &["train", "test"])?;
                     let test = sets.pop().expect("two splits");
                     let train = sets.pop().expect("two splits");
-                    return Ok((train, test));
+                    return self.check_classes(&archive, (train, test));
                 }
                 for root in [dir.join("cifar10"), dir.to_path_buf()] {
                     if root.join("train").is_dir() && root.join("test").is_dir() {
-                        return Ok((
-                            read_image_folder(&root.join("train"))?,
-                            read_image_folder(&root.join("test"))?,
-                        ));
+                        let mut sets = read_image_folder_splits(&root, &["train", "test"])?;
+                        let test = sets.pop().expect("two splits");
+                        let train = sets.pop().expect("two splits");
+                        return self.check_classes(&root, (train, test));
                     }
                 }
                 Err(LopperError::bad_file(
