@@ -35,3 +35,55 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| LopperError::io(path, e))
 }
+
+/// The lock file in a run folder.
+pub const LOCK_FILE: &str = ".lopper.lock";
+
+/// An exclusive lock on a run folder, held while a process trains or prunes into it (released
+/// when dropped, or by the system when the process dies): two processes writing one folder
+/// would leave it mixing two runs.
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+impl FolderLock {
+    /// Takes the lock of `dir` (creating the folder), or fails at once if another process
+    /// holds it.
+    pub fn acquire(dir: &Path) -> Result<FolderLock> {
+        std::fs::create_dir_all(dir).map_err(|e| LopperError::io(dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LopperError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(FolderLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(LopperError::Config(format!(
+                "{} is in use by another lopper process; wait for it to finish, or choose another folder",
+                dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(LopperError::io(&path, e)),
+        }
+    }
+}
+
+/// Refuses to write a run into `dir` when it holds files but none of `markers` (the files a
+/// lopper run of that kind leaves first): a typo in `--out` must not scatter a run among
+/// someone's files.
+pub fn check_run_folder(dir: &Path, markers: &[&str]) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let foreign = entries
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name() != LOCK_FILE);
+    if foreign && !markers.iter().any(|m| dir.join(m).exists()) {
+        return Err(LopperError::Config(format!(
+            "{} is not empty and holds no lopper run; choose a new or empty folder",
+            dir.display()
+        )));
+    }
+    Ok(())
+}

@@ -449,3 +449,68 @@ fn train_eval_resume_on_mnist() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A run folder is one process's at a time; a folder of someone else's files is not a run
+/// folder; a training run killed before its first epoch finished starts over on --resume.
+#[test]
+fn run_folders_are_locked_and_guarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("busy");
+    let out_s = out.to_str().unwrap();
+    let lock = lopper::fsutil::FolderLock::acquire(&out).unwrap();
+    for args in [
+        &["train", "--model", "mlp", "--dataset", "mnist", "--out", out_s][..],
+        &[
+            "prune", "--run", "r", "--method", "l1", "--budget", "macs=0.5", "--out", out_s,
+        ],
+    ] {
+        let o = lopper(args);
+        let e = stderr(&o);
+        assert!(
+            !o.status.success() && e.contains("in use by another lopper process"),
+            "{args:?}: {e}"
+        );
+    }
+    drop(lock);
+
+    let foreign = dir.path().join("photos");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("holiday.jpg"), b"not lopper's").unwrap();
+    let f = foreign.to_str().unwrap();
+    for args in [
+        &["train", "--model", "mlp", "--dataset", "mnist", "--out", f][..],
+        &[
+            "prune", "--run", "r", "--method", "l1", "--budget", "macs=0.5", "--out", f,
+        ],
+    ] {
+        let o = lopper(args);
+        let e = stderr(&o);
+        assert!(
+            !o.status.success() && e.contains("holds no lopper run"),
+            "{args:?}: {e}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 1);
+
+    // Killed before the first checkpoint: the configuration is there, no checkpoint.
+    let Some(data) = data_dir() else { return };
+    let early = dir.path().join("early");
+    std::fs::create_dir_all(&early).unwrap();
+    let cfg = format!(
+        "model = \"mlp\"\ndataset = \"mnist\"\ndata_dir = {:?}\nepochs = 1\nbatch_size = 64\nlr = 0.05\ntrain_limit = 256\ntest_limit = 128\n",
+        data.to_str().unwrap()
+    );
+    let e = early.to_str().unwrap();
+    let tmp_cfg = dir.path().join("cfg.toml");
+    std::fs::write(&tmp_cfg, cfg).unwrap();
+    let o = lopper(&["train", "--config", tmp_cfg.to_str().unwrap(), "--out", e, "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_dir_all(early.join("checkpoint")).unwrap();
+    let o = lopper(&["train", "--out", e, "--resume"]);
+    assert!(
+        o.status.success() && stderr(&o).contains("starts over"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(early.join("checkpoint").exists());
+}

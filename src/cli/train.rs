@@ -149,6 +149,9 @@ impl TrainArgs {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let run = RunDir::new(&a.out);
+    lopper::fsutil::check_run_folder(&a.out, &["config.toml"])?;
+    // Held until training ends: a second process on the same folder is refused.
+    let _lock = lopper::fsutil::FolderLock::acquire(&a.out)?;
     let cfg = if a.resume {
         let flags = a.recipe_flags();
         if !flags.is_empty() {
@@ -194,7 +197,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let trainer = Trainer::new(cfg.clone(), Some(run.clone()))?;
     let mut terminal = Terminal::new(a.quiet.quiet);
     let mut shown = ProgressHook::new("training", &mut terminal);
-    let outcome = if a.resume {
+    // A run killed before its first epoch finished has its configuration but no checkpoint:
+    // resuming it starts it over.
+    let restart = a.resume && !run.has_checkpoint();
+    if restart {
+        shown
+            .progress
+            .message("no epoch had finished: training starts over with the saved configuration");
+    }
+    let outcome = if a.resume && !restart {
         trainer.resume(&data, &mut [&mut shown])?
     } else {
         let graph = lopper::zoo::build(&cfg.model, &shape, cfg.dataset.num_classes())?;

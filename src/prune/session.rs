@@ -40,7 +40,7 @@ use super::report::{BeforeAfter, GroupReport, PruneReport};
 use crate::count::{count, human};
 use crate::data::DatasetName;
 use crate::error::{LopperError, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{FolderLock, write_atomic};
 use crate::model::{Model, NoHook};
 use crate::train::{
     Progress, ProgressHook, RunDir, ScheduleKind, TrainConfig, TrainHook, Trainer, batch_data,
@@ -254,6 +254,21 @@ impl PrunePlan {
     }
 }
 
+/// A new prune may write into `out`: it does not hold a prune's progress already (a folder
+/// where a prune failed before any phase finished may be reused) nor someone else's files.
+fn check_fresh(out: &Path) -> Result<()> {
+    let progress = [METHOD_DIR, PRUNED_DIR, "config.toml"]
+        .iter()
+        .any(|p| out.join(p).exists());
+    if progress {
+        return Err(LopperError::Config(format!(
+            "{} already holds a prune run; resume it (--resume), or choose another output folder",
+            out.display()
+        )));
+    }
+    crate::fsutil::check_run_folder(out, &[RECIPE_FILE])
+}
+
 /// What the method found, saved with the pruned model so a resumed run skips the search.
 #[derive(Serialize, Deserialize)]
 struct AllocationRecord {
@@ -277,15 +292,7 @@ impl PruneSession {
     /// folder where a prune failed before any phase finished may be reused).
     pub fn new(mut plan: PrunePlan, out: impl Into<PathBuf>) -> Result<PruneSession> {
         let out = out.into();
-        let progress = [METHOD_DIR, PRUNED_DIR, "config.toml"]
-            .iter()
-            .any(|p| out.join(p).exists());
-        if progress {
-            return Err(LopperError::Config(format!(
-                "{} already holds a prune run; resume it (--resume), or choose another output folder",
-                out.display()
-            )));
-        }
+        check_fresh(&out)?;
         plan.resolve()?;
         Ok(PruneSession {
             plan,
@@ -335,6 +342,12 @@ impl PruneSession {
     pub fn run(self, progress: &mut dyn Progress) -> Result<PruneReport> {
         let started = Instant::now();
         let PruneSession { plan, out, resume } = self;
+        // Held until the report is written; checked again under the lock, since another
+        // process may have started here after this session was set up.
+        let _lock = FolderLock::acquire(&out)?;
+        if !resume {
+            check_fresh(&out)?;
+        }
         let budget = plan.budget()?;
         let mut method = plan.method.build();
         let (mut cfg, dense) = source(&plan)?;
@@ -358,7 +371,6 @@ impl PruneSession {
             .test
             .as_ref()
             .ok_or_else(|| LopperError::Config("the test split is empty".into()))?;
-        std::fs::create_dir_all(&out).map_err(|e| LopperError::io(&out, e))?;
         if !resume {
             write_atomic(&out.join(RECIPE_FILE), saved.to_toml()?.as_bytes())?;
         }
