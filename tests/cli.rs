@@ -514,3 +514,34 @@ fn run_folders_are_locked_and_guarded() {
     );
     assert!(early.join("checkpoint").exists());
 }
+
+/// A relative --data-dir is stored absolute, so the run evaluates from any directory; eval
+/// takes its own --test-limit.
+#[test]
+fn stored_data_paths_work_from_anywhere() {
+    let Some(data) = data_dir() else { return };
+    let data = std::path::absolute(data).unwrap();
+    let (parent, name) = (data.parent().unwrap(), data.file_name().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlp");
+    let o = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .current_dir(parent)
+        .env_remove("LOPPER_DATA_DIR")
+        .args(["train", "--model", "mlp", "--dataset", "mnist", "--epochs", "1"])
+        .args(["--train-limit", "256", "--test-limit", "64", "--quiet", "--data-dir"])
+        .arg(name)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .current_dir(dir.path())
+        .env_remove("LOPPER_DATA_DIR")
+        .args(["eval", "--json", "--test-limit", "100", "--run", "mlp"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(m["samples"], 100);
+}

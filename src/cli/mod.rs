@@ -72,9 +72,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     let mut cfg = run
         .read_config()
         .with_context(|| format!("cannot evaluate {}", a.run.display()))?;
-    if let Some(d) = a.data.data_dir {
-        cfg.data_dir = Some(d);
-    }
+    cfg.data_dir =
+        lopper::data::data_dir_for_run(a.data.data_dir.as_deref(), cfg.data_dir.as_deref());
     if let Some(d) = a.device.device {
         cfg.device = d;
     }

@@ -164,9 +164,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let mut cfg = run
             .read_config()
             .with_context(|| format!("cannot resume {}", a.out.display()))?;
-        if a.data.data_dir.is_some() {
-            cfg.data_dir = a.data.data_dir.clone();
-        }
+        cfg.data_dir = lopper::data::data_dir_for_run(
+            a.data.data_dir.as_deref(),
+            cfg.data_dir.as_deref(),
+        );
         if let Some(d) = &a.device.device {
             cfg.device = d.clone();
         }
@@ -187,7 +188,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         a.apply(&mut cfg);
         if cfg.data_dir.is_none() {
-            cfg.data_dir = std::env::var_os("LOPPER_DATA_DIR").map(PathBuf::from);
+            cfg.data_dir = lopper::data::env_data_dir();
+        }
+        // Stored absolute, so the run reads the same folder from any directory.
+        if let Some(d) = &cfg.data_dir {
+            cfg.data_dir = Some(
+                std::path::absolute(d)
+                    .with_context(|| format!("cannot resolve {}", d.display()))?,
+            );
         }
         cfg
     };

@@ -273,6 +273,23 @@ impl DatasetName {
 }
 
 /// The data directory: the given one, else `LOPPER_DATA_DIR`.
+/// The data directory the environment names (`LOPPER_DATA_DIR`), if any.
+pub fn env_data_dir() -> Option<PathBuf> {
+    std::env::var_os("LOPPER_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Where a run that stored `stored` reads its data now: `given` (a flag), else the
+/// environment's `LOPPER_DATA_DIR`, else the stored folder (a run moved to another machine,
+/// or evaluated from another directory, finds its data where the user says it is now).
+pub fn data_dir_for_run(given: Option<&Path>, stored: Option<&Path>) -> Option<PathBuf> {
+    given
+        .map(Path::to_path_buf)
+        .or_else(env_data_dir)
+        .or_else(|| stored.map(Path::to_path_buf))
+}
+
 pub fn resolve_data_dir(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = given {
         return Ok(d.to_path_buf());

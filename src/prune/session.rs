@@ -667,9 +667,7 @@ fn source(plan: &PrunePlan) -> Result<(TrainConfig, Model)> {
         if let Some(d) = &plan.device {
             cfg.device = d.clone();
         }
-        if plan.data_dir.is_some() {
-            cfg.data_dir = plan.data_dir.clone();
-        }
+        cfg.data_dir = crate::data::data_dir_for_run(plan.data_dir.as_deref(), cfg.data_dir.as_deref());
         if plan.train_limit.is_some() {
             cfg.train_limit = plan.train_limit;
         }
