@@ -30,6 +30,10 @@ fn budgets_parse() {
         (b.resource, b.amount),
         (Metric::Params, Amount::Absolute(150e3))
     );
+    let b: Budget = "macs=1".parse().unwrap();
+    assert_eq!(b.amount, Amount::Fraction(1.0));
+    let b: Budget = "latency=0.6".parse().unwrap();
+    assert_eq!(b.amount, Amount::Fraction(0.6));
     let b: Budget = "latency=3ms".parse().unwrap();
     assert_eq!(
         (b.resource, b.amount),
@@ -42,6 +46,14 @@ fn budgets_parse() {
         "macs=abc",
         "macs=0",
         "latency=xms",
+        // A bare number over 1 is neither a fraction nor an amount with its unit.
+        "macs=1.5",
+        "params=150000",
+        "latency=2.5",
+        "latency=2K",
+        "macs=5ms",
+        "macs=nanM",
+        "macs=infK",
     ] {
         assert!(bad.parse::<Budget>().is_err(), "{bad}");
     }
@@ -291,4 +303,41 @@ fn a_residual_stream_cut_to_one_channel_is_flagged() {
     // Two channels, or a single-producer group at one channel, are narrow but not collapsed.
     assert!(collapsed_streams(&groups, &pruned_groups(&[(stream.id, 2)])).is_empty());
     assert!(collapsed_streams(&groups, &pruned_groups(&[(inner.id, 1)])).is_empty());
+}
+
+/// Global allocation uses the budget even when every score ties (all zero): the threshold
+/// would cut every group to one channel at once; the fill gives back what fits, until no
+/// group can take one more channel.
+#[test]
+fn global_allocation_fills_the_budget_when_scores_tie() {
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let rm = ResourceModel::new(Resource::Macs, &g, &groups);
+    let scores: Vec<Vec<f64>> = groups
+        .iter()
+        .map(|x| {
+            if x.is_prunable() {
+                vec![0.0; x.channels]
+            } else {
+                vec![]
+            }
+        })
+        .collect();
+    let budget: Budget = "macs=0.5".parse().unwrap();
+    let limit = budget.limit(rm.dense());
+    let sel = allocate(&groups, &scores, &budget, &rm, Allocation::Global, 1).unwrap();
+    let r = lopper::prune::keep_ratios(&groups, &sel);
+    let cost = rm.eval(&r);
+    assert!(cost <= limit, "{cost} > {limit}");
+    assert!(
+        cost > 0.8 * limit,
+        "the budget is left unused: {cost} of {limit}"
+    );
+    for grp in groups.iter().filter(|x| x.is_prunable()) {
+        if sel.kept(&groups, grp.id).len() < grp.channels {
+            let mut r2 = r.clone();
+            r2[grp.id] += 1.0 / grp.channels as f64;
+            assert!(rm.eval(&r2) > limit, "group {} has room", grp.id);
+        }
+    }
 }

@@ -459,7 +459,15 @@ fn run_folders_are_locked_and_guarded() {
     let out_s = out.to_str().unwrap();
     let lock = lopper::fsutil::FolderLock::acquire(&out).unwrap();
     for args in [
-        &["train", "--model", "mlp", "--dataset", "mnist", "--out", out_s][..],
+        &[
+            "train",
+            "--model",
+            "mlp",
+            "--dataset",
+            "mnist",
+            "--out",
+            out_s,
+        ][..],
         &[
             "prune", "--run", "r", "--method", "l1", "--budget", "macs=0.5", "--out", out_s,
         ],
@@ -503,7 +511,14 @@ fn run_folders_are_locked_and_guarded() {
     let e = early.to_str().unwrap();
     let tmp_cfg = dir.path().join("cfg.toml");
     std::fs::write(&tmp_cfg, cfg).unwrap();
-    let o = lopper(&["train", "--config", tmp_cfg.to_str().unwrap(), "--out", e, "--quiet"]);
+    let o = lopper(&[
+        "train",
+        "--config",
+        tmp_cfg.to_str().unwrap(),
+        "--out",
+        e,
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::remove_dir_all(early.join("checkpoint")).unwrap();
     let o = lopper(&["train", "--out", e, "--resume"]);
@@ -527,8 +542,23 @@ fn stored_data_paths_work_from_anywhere() {
     let o = Command::new(env!("CARGO_BIN_EXE_lopper"))
         .current_dir(parent)
         .env_remove("LOPPER_DATA_DIR")
-        .args(["train", "--model", "mlp", "--dataset", "mnist", "--epochs", "1"])
-        .args(["--train-limit", "256", "--test-limit", "64", "--quiet", "--data-dir"])
+        .args([
+            "train",
+            "--model",
+            "mlp",
+            "--dataset",
+            "mnist",
+            "--epochs",
+            "1",
+        ])
+        .args([
+            "--train-limit",
+            "256",
+            "--test-limit",
+            "64",
+            "--quiet",
+            "--data-dir",
+        ])
         .arg(name)
         .arg("--out")
         .arg(&out)

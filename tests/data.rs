@@ -405,7 +405,10 @@ fn image_folder_splits_share_their_classes() {
     // Eleven classes in both: CIFAR-10 has ten.
     write("test", "k");
     let e = DatasetName::Cifar10.load(d.path()).unwrap_err().to_string();
-    assert!(e.contains("11 class folders") && e.contains("10 classes"), "{e}");
+    assert!(
+        e.contains("11 class folders") && e.contains("10 classes"),
+        "{e}"
+    );
 
     // The same checks on the archive form.
     std::fs::remove_dir_all(d.path().join("cifar10/test/k")).unwrap();

@@ -282,6 +282,15 @@ pub fn run(a: PruneArgs) -> Result<()> {
     } else if !a.quiet.quiet {
         print!("{}", report.markdown());
     }
+    if !report.budget_met {
+        bail!(
+            "the pruned model misses the budget {} (cost {:.4e} over the limit {:.4e}); it is kept in {} with its report",
+            report.budget,
+            report.budget_cost,
+            report.budget_limit,
+            a.out.display()
+        );
+    }
     Ok(())
 }
 

@@ -164,10 +164,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let mut cfg = run
             .read_config()
             .with_context(|| format!("cannot resume {}", a.out.display()))?;
-        cfg.data_dir = lopper::data::data_dir_for_run(
-            a.data.data_dir.as_deref(),
-            cfg.data_dir.as_deref(),
-        );
+        cfg.data_dir =
+            lopper::data::data_dir_for_run(a.data.data_dir.as_deref(), cfg.data_dir.as_deref());
         if let Some(d) = &a.device.device {
             cfg.device = d.clone();
         }

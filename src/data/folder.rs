@@ -225,7 +225,10 @@ pub fn read_image_folder_archive(archive: &Path, splits: &[&str]) -> Result<Vec<
                 .flatten()
                 .map(|e| e.class.clone())
                 .collect();
-            (name.to_string(), classes.into_iter().collect::<Vec<String>>())
+            (
+                name.to_string(),
+                classes.into_iter().collect::<Vec<String>>(),
+            )
         })
         .collect::<Vec<_>>();
     let classes = if listed.iter().all(|(_, c)| !c.is_empty()) {

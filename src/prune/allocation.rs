@@ -112,22 +112,31 @@ impl FromStr for Budget {
                 amount: Amount::Absolute(x),
             });
         }
-        let (num, mult) = match v.chars().last() {
-            Some('K' | 'k') => (&v[..v.len() - 1], Some(1e3)),
-            Some('M' | 'm') => (&v[..v.len() - 1], Some(1e6)),
-            Some('G' | 'g') => (&v[..v.len() - 1], Some(1e9)),
+        let (num, mult) = match (resource, v.chars().last()) {
+            (Metric::Latency, _) => (v, None),
+            (_, Some('K' | 'k')) => (&v[..v.len() - 1], Some(1e3)),
+            (_, Some('M' | 'm')) => (&v[..v.len() - 1], Some(1e6)),
+            (_, Some('G' | 'g')) => (&v[..v.len() - 1], Some(1e9)),
             _ => (v, None),
         };
-        let x: f64 = num.parse().map_err(|_| bad("the value is not a number"))?;
-        let amount = match mult {
-            Some(m) => Amount::Absolute(x * m),
-            None if x > 0.0 && x <= 1.0 => Amount::Fraction(x),
-            None if x > 1.0 => Amount::Absolute(x),
-            None => return Err(bad("the value must be positive")),
-        };
+        let x: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| bad("the value is not a number"))?;
         if !(x.is_finite() && x > 0.0) {
             return Err(bad("the value must be positive"));
         }
+        // A bare number is a fraction of the dense model; an amount needs its unit, so that
+        // `macs=1.5` cannot silently mean one and a half multiply-accumulates.
+        let amount = match mult {
+            Some(m) => Amount::Absolute(x * m),
+            None if x <= 1.0 => Amount::Fraction(x),
+            None => {
+                return Err(bad(
+                    "a bare number is a fraction of the dense model, in (0, 1]; give an absolute amount with its unit (K, M or G for macs and params, ms for latency)",
+                ));
+            }
+        };
         Ok(Budget { resource, amount })
     }
 }
@@ -306,22 +315,41 @@ pub fn allocate(
     };
     // Invariant: cost(lo) > limit, cost(hi) <= limit.
     let (mut lo, mut hi) = (0.0, hi_start);
-    if cost(&counts_at(hi)) > limit {
-        // Even the knob's end leaves more than the floor (rounding): fall back to the floor.
-        return Ok(select(groups, scores, &min_counts));
-    }
-    for _ in 0..100 {
-        let mid = 0.5 * (lo + hi);
-        if cost(&counts_at(mid)) <= limit {
-            hi = mid;
-        } else {
-            lo = mid;
+    let mut counts = if cost(&counts_at(hi)) > limit {
+        // Even the knob's end leaves more than the floor (rounding): start from the floor.
+        min_counts.clone()
+    } else {
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            if cost(&counts_at(mid)) <= limit {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+            if hi - lo < 1e-12 {
+                break;
+            }
         }
-        if hi - lo < 1e-12 {
-            break;
+        counts_at(hi)
+    };
+    if allocation == Allocation::Global || cost(&counts) < limit && counts == min_counts {
+        // A threshold moves every channel with the same score at once: with ties (all-zero
+        // scores at worst) the last step can drop many channels, leaving the budget unused.
+        // Give back what still fits, the most importance per unit of cost first.
+        let ranked = ranked_values(scores, Scale::PerGroupMean);
+        let value = |g: usize, r: usize| ranked[g][r];
+        let max: Vec<usize> = groups.iter().map(|g| g.channels).collect();
+        Knapsack {
+            min: &min_counts,
+            max: &max,
+            unit: round_to.max(1),
+            value: &value,
+            cost: &cost,
+            price: Price::Marginal,
         }
+        .grow(&mut counts, limit);
     }
-    Ok(select(groups, scores, &counts_at(hi)))
+    Ok(select(groups, scores, &counts))
 }
 
 /// Turns continuous keep ratios into a selection that meets `limit` exactly (the last step of

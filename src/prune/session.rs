@@ -667,7 +667,8 @@ fn source(plan: &PrunePlan) -> Result<(TrainConfig, Model)> {
         if let Some(d) = &plan.device {
             cfg.device = d.clone();
         }
-        cfg.data_dir = crate::data::data_dir_for_run(plan.data_dir.as_deref(), cfg.data_dir.as_deref());
+        cfg.data_dir =
+            crate::data::data_dir_for_run(plan.data_dir.as_deref(), cfg.data_dir.as_deref());
         if plan.train_limit.is_some() {
             cfg.train_limit = plan.train_limit;
         }
