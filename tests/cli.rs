@@ -575,3 +575,78 @@ fn stored_data_paths_work_from_anywhere() {
     let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(m["samples"], 100);
 }
+
+/// A result at chance accuracy is reported as collapsed and the prune exits with an error
+/// (the folder keeps the result): here a run whose last layer's weights are zero, so every
+/// input gets the same logits and the class-balanced test subset scores exactly 10%.
+#[test]
+fn a_collapsed_result_is_an_error() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("dead");
+    let run_s = run.to_str().unwrap();
+    let d = data.to_str().unwrap();
+    let o = lopper(&[
+        "train",
+        "--model",
+        "lenet5",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        d,
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "100",
+        "--quiet",
+        "--out",
+        run_s,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dev = burn::tensor::Device::flex();
+    let (arch, weights) = (run.join("model.json"), run.join("model.safetensors"));
+    let m = lopper::model::load_model(&arch, &weights, &dev).unwrap();
+    let tensors = m.named_tensors();
+    let dead = lopper::model::Model::from_tensors(m.graph.clone(), &dev, |node, name, _| {
+        let full = format!("{}.{name}", node.name);
+        let t = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
+        Ok(if full == "fc3.weight" {
+            burn::tensor::TensorData::zeros::<f32, _>(t.shape().clone())
+        } else {
+            t
+        })
+    })
+    .unwrap();
+    lopper::model::save_model(&dead, &arch, &weights).unwrap();
+
+    let out = dir.path().join("pruned");
+    let o = lopper(&[
+        "prune",
+        "--run",
+        run_s,
+        "--method",
+        "l1",
+        "--budget",
+        "macs=0.5",
+        "--data-dir",
+        d,
+        "--test-limit",
+        "100",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("collapsed") && e.contains("10.00%"),
+        "{e}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("prune_report.json")).unwrap()).unwrap();
+    assert!(
+        report["collapsed"].as_str().unwrap().contains("chance"),
+        "{report}"
+    );
+}

@@ -282,6 +282,12 @@ pub fn run(a: PruneArgs) -> Result<()> {
     } else if !a.quiet.quiet {
         print!("{}", report.markdown());
     }
+    if let Some(why) = &report.collapsed {
+        bail!(
+            "the pruned model collapsed: {why}. Try a gentler budget, more fine-tuning (--finetune-epochs), a lower weight rate for DSA (--dsa-lr) or another method; the result is kept in {} with its report",
+            a.out.display()
+        );
+    }
     if !report.budget_met {
         bail!(
             "the pruned model misses the budget {} (cost {:.4e} over the limit {:.4e}); it is kept in {} with its report",

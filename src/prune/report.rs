@@ -67,6 +67,10 @@ pub struct PruneReport {
     /// channel).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Why the result is useless, when it is: accuracy at chance level, or a method phase
+    /// whose training loss rose to chance level. `lopper prune` then exits with an error.
+    #[serde(default)]
+    pub collapsed: Option<String>,
     /// Wall time of finding the widths (one-shot scoring, DSA's allocation epochs, or the
     /// iterative loop with its brief fine-tuning), of the final fine-tuning, and in total.
     pub allocation_seconds: f64,
@@ -156,6 +160,9 @@ impl PruneReport {
             "\nBudget met: {} (cost {:.6e}, limit {:.6e}).\n\n",
             self.budget_met, self.budget_cost, self.budget_limit
         );
+        if let Some(c) = &self.collapsed {
+            s += &format!("**Collapsed:** {c}\n\n");
+        }
         for w in &self.warnings {
             s += &format!("**Warning:** {w}\n\n");
         }

@@ -278,6 +278,8 @@ struct AllocationRecord {
     seconds: f64,
     #[serde(default)]
     cost: Option<f64>,
+    #[serde(default)]
+    collapse: Option<String>,
 }
 
 /// A prune in a run folder: started fresh from a plan, or resumed from the folder's recipe.
@@ -428,6 +430,7 @@ impl PruneSession {
                 allocation: rec.allocation,
                 ratio_history: rec.ratio_history,
                 cost: rec.cost,
+                collapse: rec.collapse,
             };
             (found, rec.seconds)
         } else {
@@ -460,6 +463,7 @@ impl PruneSession {
                 ratio_history: found.ratio_history.clone(),
                 seconds,
                 cost: found.cost,
+                collapse: found.collapse.clone(),
             };
             write_atomic(&record_path, &to_json(&rec)?)?;
             (found, seconds)
@@ -556,6 +560,17 @@ impl PruneSession {
                 .and_then(|m| m.non_finite_warning("the fine-tuned model")),
         );
         warnings.extend(output_warnings);
+        let classes: usize = dense.graph.output_shape().iter().product();
+        let final_top1 = finetuned.map_or(top1_pruned, |m| m.top1);
+        let collapsed = found.collapse.clone().or_else(|| {
+            (final_top1 <= 1.5 / classes as f64).then(|| {
+                format!(
+                    "the result's test top-1 is {:.2}%, chance level for {classes} classes (the dense model had {:.2}%)",
+                    100.0 * final_top1,
+                    100.0 * top1_dense
+                )
+            })
+        });
         for w in &warnings {
             progress.warning(w);
         }
@@ -598,6 +613,7 @@ impl PruneSession {
             latency_ms_batch1: latency(1),
             latency_ms_batch64: latency(64),
             warnings,
+            collapsed,
             groups: groups
                 .iter()
                 .zip(&after_groups)

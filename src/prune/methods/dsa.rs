@@ -254,6 +254,14 @@ impl PruneMethod for DsaMethod {
                 trainer.fit(cx.dense.clone(), &alloc_data, &mut [&mut dsa, &mut shown])?
             }
         };
+        // From a trained run the allocation starts from a network that knows the task; a loss
+        // at chance level at its end means the masks or the rate destroyed it.
+        let collapse = if cx.flow.from_scratch {
+            None
+        } else {
+            let classes = cx.dense.graph.output_shape().iter().product();
+            super::loss_collapse("DSA's allocation phase", &outcome.history, classes)
+        };
         let trained = outcome.model.valid();
         let importance = dsa.importance();
         let surgery = Surgery {
@@ -285,6 +293,7 @@ impl PruneMethod for DsaMethod {
                 .map(|e| (e.epoch, e.ratios.clone()))
                 .collect(),
             cost: None,
+            collapse,
         })
     }
 }

@@ -118,6 +118,7 @@ impl PruneMethod for Iterative {
             ),
             ratio_history: vec![],
             cost: None,
+            collapse: None,
         })
     }
 }

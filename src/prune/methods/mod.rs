@@ -169,6 +169,26 @@ pub struct MethodOutcome {
     /// The cost the method reached in the budget's units, where it is not counted on the
     /// pruned graph (weight sparsity); `None` for channel budgets.
     pub cost: Option<f64>,
+    /// Why the method's own training collapsed (its loss rose to chance level), if it did.
+    pub collapse: Option<String>,
+}
+
+/// Whether a training phase that started from a trained model ended with its training loss
+/// at chance level (at least 90% of ln(classes), the loss of a uniform guess): the method
+/// destroyed what the network knew. Returns why, for the report.
+pub fn loss_collapse(
+    phase: &str,
+    history: &[crate::train::EpochRecord],
+    classes: usize,
+) -> Option<String> {
+    let chance = (classes.max(2) as f64).ln();
+    let last = history.last()?;
+    (last.train_loss >= 0.9 * chance).then(|| {
+        format!(
+            "{phase}'s training loss rose to {:.3}, chance level for {classes} classes (ln {classes} = {chance:.3})",
+            last.train_loss
+        )
+    })
 }
 
 /// A pruning method.
@@ -226,4 +246,32 @@ pub fn build_for_budget(
         }
     }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loss_collapse;
+    use crate::train::EpochRecord;
+
+    fn epoch(train_loss: f64) -> EpochRecord {
+        EpochRecord {
+            epoch: 1,
+            lr: 0.01,
+            train_loss,
+            train_top1: 0.1,
+            val: None,
+            test: None,
+            seconds: 1.0,
+            images_per_sec: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_loss_at_chance_level_is_a_collapse() {
+        // ln 10 = 2.303: DSA's collapsed LeNet-5 allocations ended there.
+        let why = loss_collapse("DSA", &[epoch(0.1), epoch(2.30)], 10).unwrap();
+        assert!(why.contains("2.300") && why.contains("ln 10"), "{why}");
+        assert!(loss_collapse("DSA", &[epoch(2.2), epoch(0.4)], 10).is_none());
+        assert!(loss_collapse("DSA", &[], 10).is_none());
+    }
 }

@@ -87,6 +87,7 @@ impl PruneMethod for OneShot {
             allocation: format!("{allocation:?}").to_lowercase(),
             ratio_history: vec![],
             cost: None,
+            collapse: None,
         })
     }
 }
