@@ -77,7 +77,7 @@ fn main() -> lopper::Result<()> {
         }),
         "macs=0.5",
     );
-    plan.finetune_epochs = 1;
+    plan.finetune_epochs = Some(1);
     println!("recipe:\n{}", plan.to_toml()?);
     let report = PruneSession::new(plan, root.join("pruned"))?.run(&mut log)?;
     print!("{}", report.markdown());

@@ -16,6 +16,34 @@ pub const MODEL_NAMES: &[&str] = &[
     "mobilenet_v2",
 ];
 
+/// What a zoo model trains well with when the user does not say: run configurations and flags
+/// override it. The networks without BatchNorm (mlp, lenet5) diverge or stall at the rate
+/// that suits the BatchNorm networks (0.1 gave LeNet-5 93.6–97% in 2 epochs, 0.05 with batch 64
+/// gives 99%, BENCHMARKS.md b).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    pub lr: f64,
+    pub batch_size: usize,
+    /// Fine-tuning epochs of a prune of this model.
+    pub finetune_epochs: usize,
+}
+
+/// The default recipe of a model; models lopper does not know get the BatchNorm networks'.
+pub fn recipe(name: &str) -> Recipe {
+    match name {
+        "mlp" | "lenet5" => Recipe {
+            lr: 0.05,
+            batch_size: 64,
+            finetune_epochs: 1,
+        },
+        _ => Recipe {
+            lr: 0.1,
+            batch_size: 128,
+            finetune_epochs: 2,
+        },
+    }
+}
+
 /// Builds the named model for inputs of per-sample shape `[C, H, W]` and `classes` outputs.
 pub fn build(name: &str, input_shape: &[usize], classes: usize) -> Result<Graph> {
     if input_shape.len() != 3 {

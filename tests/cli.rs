@@ -634,6 +634,8 @@ fn a_collapsed_result_is_an_error() {
         d,
         "--test-limit",
         "100",
+        "--finetune-epochs",
+        "0",
         "--quiet",
         "--out",
         out.to_str().unwrap(),
@@ -648,5 +650,65 @@ fn a_collapsed_result_is_an_error() {
     assert!(
         report["collapsed"].as_str().unwrap().contains("chance"),
         "{report}"
+    );
+}
+
+/// Each zoo model trains with its own recipe where the user says nothing: LeNet-5 and the MLP
+/// (no BatchNorm) with lr 0.05 and batch 64, the others with lr 0.1 and batch 128; a flag or a
+/// run configuration's field wins.
+#[test]
+fn models_train_with_their_own_recipe() {
+    let Some(data) = data_dir() else { return };
+    let d = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let train = |name: &str, dataset: &str, extra: &[&str]| -> toml::Table {
+        let out = dir.path().join(format!("{name}-{}", extra.len()));
+        let mut args = vec![
+            "train",
+            "--model",
+            name,
+            "--dataset",
+            dataset,
+            "--data-dir",
+            d,
+            "--epochs",
+            "1",
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--quiet",
+            "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        let o = lopper(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        std::fs::read_to_string(out.join("config.toml"))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let c = train("lenet5", "mnist", &[]);
+    assert_eq!(
+        (c["lr"].as_float(), c["batch_size"].as_integer()),
+        (Some(0.05), Some(64))
+    );
+    let c = train("lenet5", "mnist", &["--lr", "0.02"]);
+    assert_eq!(
+        (c["lr"].as_float(), c["batch_size"].as_integer()),
+        (Some(0.02), Some(64))
+    );
+    let file = dir.path().join("run.toml");
+    std::fs::write(&file, "batch_size = 32\n").unwrap();
+    let c = train("mlp", "mnist", &["--config", file.to_str().unwrap()]);
+    assert_eq!(
+        (c["lr"].as_float(), c["batch_size"].as_integer()),
+        (Some(0.05), Some(32))
+    );
+    let c = train("resnet20", "cifar10", &[]);
+    assert_eq!(
+        (c["lr"].as_float(), c["batch_size"].as_integer()),
+        (Some(0.1), Some(128))
     );
 }

@@ -83,7 +83,8 @@ pub struct PruneArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<PathBuf>,
-    /// Fine-tuning epochs after pruning [default: 0, none].
+    /// Fine-tuning epochs after pruning, 0 for none [default: the model's recipe, 1 for
+    /// lenet5 and mlp, 2 for the others].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finetune_epochs: Option<usize>,

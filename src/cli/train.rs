@@ -147,6 +147,16 @@ impl TrainArgs {
     }
 }
 
+/// The fields a run configuration file sets.
+fn config_fields(path: &std::path::Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not TOML", path.display()))?;
+    Ok(table.keys().cloned().collect())
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let run = RunDir::new(&a.out);
     lopper::fsutil::check_run_folder(&a.out, &["config.toml"])?;
@@ -177,14 +187,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 a.out.display()
             );
         }
-        let mut cfg = match &a.config {
-            Some(p) => TrainConfig::from_toml_file(p)?,
-            None => TrainConfig::default(),
+        let (mut cfg, in_file) = match &a.config {
+            Some(p) => (TrainConfig::from_toml_file(p)?, config_fields(p)?),
+            None => (TrainConfig::default(), vec![]),
         };
         if a.config.is_none() && (a.model.is_none() || a.dataset.is_none()) {
             bail!("give --model and --dataset (or a --config file that sets them)");
         }
         a.apply(&mut cfg);
+        // What neither the file nor a flag set comes from the model's own recipe.
+        let recipe = lopper::zoo::recipe(&cfg.model);
+        if a.lr.is_none() && !in_file.iter().any(|k| k == "lr") {
+            cfg.lr = recipe.lr;
+        }
+        if a.batch_size.is_none() && !in_file.iter().any(|k| k == "batch_size") {
+            cfg.batch_size = recipe.batch_size;
+        }
         if cfg.data_dir.is_none() {
             cfg.data_dir = lopper::data::env_data_dir();
         }

@@ -9,7 +9,7 @@
 //! ```no_run
 //! use lopper::prune::{PrunePlan, PruneSession, methods::{MethodPlan, one_shot::OneShotPlan}};
 //! let mut plan = PrunePlan::new("runs/lenet5", MethodPlan::L1(OneShotPlan::default()), "macs=0.5");
-//! plan.finetune_epochs = 1;
+//! plan.finetune_epochs = Some(1);
 //! let report = PruneSession::new(plan, "runs/lenet5-l1")?.run(&mut lopper::train::Silent)?;
 //! println!("{}", report.markdown());
 //! # Ok::<(), lopper::LopperError>(())

@@ -101,9 +101,10 @@ pub struct PrunePlan {
     /// the unpruned network's).
     #[serde(default = "bn_batches")]
     pub bn_batches: usize,
-    /// Fine-tuning epochs after pruning (0: none).
-    #[serde(default)]
-    pub finetune_epochs: usize,
+    /// Fine-tuning epochs after pruning (0: none; default: the model's recipe, 1 for
+    /// LeNet-5 and the MLP, 2 for the others, see [`crate::zoo::recipe`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune_epochs: Option<usize>,
     /// Fine-tuning learning rate (cosine schedule).
     #[serde(default = "lr")]
     pub lr: f64,
@@ -140,7 +141,7 @@ impl PrunePlan {
             protect: vec![],
             round_to: one(),
             bn_batches: bn_batches(),
-            finetune_epochs: 0,
+            finetune_epochs: None,
             lr: lr(),
             method,
         }
@@ -358,9 +359,13 @@ impl PruneSession {
             cfg.val_fraction = share;
         }
         // The plan with the source's seed and device is what the run folder keeps.
+        let finetune_epochs = plan
+            .finetune_epochs
+            .unwrap_or_else(|| crate::zoo::recipe(&dense.graph.name).finetune_epochs);
         let mut saved = plan.clone();
         saved.seed = Some(cfg.seed);
         saved.device = Some(cfg.device.clone());
+        saved.finetune_epochs = Some(finetune_epochs);
         let device = crate::device::device(&cfg.device)?;
         let loaded = load_data(&cfg)?;
         let data = batch_data(&cfg, &loaded)?;
@@ -513,7 +518,7 @@ impl PruneSession {
         // Phase 4: fine-tuning, in the run folder itself (it resumes as `lopper train` does).
         let ft_started = Instant::now();
         let mut ft_cfg = cfg.clone();
-        ft_cfg.epochs = plan.finetune_epochs.max(1);
+        ft_cfg.epochs = finetune_epochs.max(1);
         ft_cfg.lr = plan.lr;
         ft_cfg.schedule = ScheduleKind::Cosine;
         ft_cfg.warmup_epochs = 0.0;
@@ -521,14 +526,14 @@ impl PruneSession {
         // whole training set, as the other methods have it.
         ft_cfg.val_fraction = source_val_fraction;
         let full_data;
-        let ft_data = if ft_cfg.val_fraction != cfg.val_fraction && plan.finetune_epochs > 0 {
+        let ft_data = if ft_cfg.val_fraction != cfg.val_fraction && finetune_epochs > 0 {
             full_data = batch_data(&ft_cfg, &loaded)?;
             &full_data
         } else {
             &data
         };
         let run_dir = RunDir::new(&out);
-        let (final_model, finetuned) = if plan.finetune_epochs > 0 {
+        let (final_model, finetuned) = if finetune_epochs > 0 {
             let trainer = Trainer::new(ft_cfg, Some(run_dir.clone()))?;
             let resuming = resume && run_dir.has_checkpoint();
             if resuming {
@@ -608,7 +613,7 @@ impl PruneSession {
             top1_dense,
             top1_pruned,
             top1_finetuned: finetuned.map(|m| m.top1),
-            finetune_epochs: plan.finetune_epochs,
+            finetune_epochs,
             bn_batches: bn_used,
             latency_ms_batch1: latency(1),
             latency_ms_batch64: latency(64),
