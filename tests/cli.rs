@@ -712,3 +712,46 @@ fn models_train_with_their_own_recipe() {
         (Some(0.1), Some(128))
     );
 }
+
+/// Small frictions: the documented `--input-shape C,H,W` form works, `--protect` without
+/// `--groups` is refused instead of ignored, messages name things as users write them, and
+/// `profile` checks where it will write before measuring.
+#[test]
+fn frictions_are_gone() {
+    let o = lopper(&[
+        "inspect",
+        "--model",
+        "resnet20",
+        "--input-shape",
+        "3,32,32",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = lopper(&["inspect", "--model", "resnet20", "--input-shape", "3,32"]);
+    assert!(!o.status.success() && stderr(&o).contains("three numbers"));
+    let o = lopper(&["inspect", "--model", "resnet20", "--protect", "conv1"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--groups"),
+        "{}",
+        stderr(&o)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("no/such/folder/p.json");
+    let started = std::time::Instant::now();
+    let o = lopper(&[
+        "profile",
+        "--model",
+        "resnet20",
+        "--out",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("p.json"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "it measured before failing"
+    );
+}

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 
 use lopper::export::{Format, export};
 use lopper::fsutil::write_atomic;
@@ -30,10 +31,13 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let bytes =
         export(&model, a.format).with_context(|| format!("cannot export {}", a.run.display()))?;
     write_atomic(&a.out, &bytes)?;
+    let format = a
+        .format
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned());
     eprintln!(
-        "wrote {} ({:?}, {} bytes)",
+        "wrote {} ({format}, {} bytes)",
         a.out.display(),
-        a.format,
         bytes.len()
     );
     Ok(())

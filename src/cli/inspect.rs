@@ -22,7 +22,7 @@ pub struct InspectArgs {
     #[arg(long, conflicts_with = "input_shape")]
     pub dataset: Option<DatasetName>,
     /// Size the zoo model for this per-sample input shape, e.g. 3,32,32.
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    #[arg(long, value_delimiter = ',')]
     pub input_shape: Option<Vec<usize>>,
     /// Number of classes of the zoo model.
     #[arg(long, default_value_t = 10)]
@@ -31,7 +31,7 @@ pub struct InspectArgs {
     #[arg(long)]
     pub groups: bool,
     /// With --groups: nodes whose channels must stay, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', requires = "groups")]
     pub protect: Vec<String>,
     /// List the zoo's models.
     #[arg(long)]
@@ -51,7 +51,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let graph = match (&a.model, &a.run) {
         (Some(name), None) => {
             let shape = match (&a.input_shape, a.dataset) {
-                (Some(s), _) => s.clone(),
+                (Some(s), _) if s.len() == 3 => s.clone(),
+                (Some(s), _) => bail!(
+                    "--input-shape takes three numbers, channels,height,width (e.g. 3,32,32), not {} value(s)",
+                    s.len()
+                ),
                 (None, d) => d
                     .unwrap_or_else(|| DatasetName::default_for_model(name))
                     .input_shape()

@@ -52,6 +52,22 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    // Measuring takes a while: find out first that the result can be written.
+    if a.out.is_dir() {
+        bail!(
+            "{} is a folder; --out takes the profile's file name",
+            a.out.display()
+        );
+    }
+    let existed = a.out.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&a.out)
+        .with_context(|| format!("cannot write the profile to {}", a.out.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(&a.out);
+    }
     // A zoo model has no run to take a device from: the CPU unless told otherwise.
     let device_name = a.device.device.clone().unwrap_or_else(|| "cpu".into());
     let device = lopper::device::device(&device_name)?;

@@ -1,5 +1,9 @@
-//! The terminal's view of the library's progress: a bar per training epoch (drawn only on a
-//! terminal), a line per epoch and per message, warnings always.
+//! The terminal's view of the library's progress: a bar per training epoch on a terminal, a
+//! progress line at least every 30 seconds in a log (an epoch can take 13 minutes), a line
+//! per epoch and per message, warnings always.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -8,18 +12,26 @@ use lopper::train::{EpochRecord, Progress, StepInfo};
 /// Progress on stderr; `quiet` keeps only the warnings.
 pub struct Terminal {
     quiet: bool,
+    /// Bars on a terminal; lines every [`LOG_EVERY`] otherwise.
+    tty: bool,
     bar: Option<ProgressBar>,
     images: usize,
-    started: std::time::Instant,
+    started: Instant,
+    last_line: Instant,
 }
+
+/// How often a log gets a progress line during training.
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl Terminal {
     pub fn new(quiet: bool) -> Terminal {
         Terminal {
             quiet,
+            tty: std::io::stderr().is_terminal(),
             bar: None,
             images: 0,
-            started: std::time::Instant::now(),
+            started: Instant::now(),
+            last_line: Instant::now(),
         }
     }
 
@@ -35,6 +47,7 @@ impl Progress for Terminal {
         if !self.quiet {
             self.clear();
             eprintln!("{text}");
+            self.last_line = Instant::now();
         }
     }
 
@@ -45,6 +58,26 @@ impl Progress for Terminal {
 
     fn step(&mut self, phase: &str, info: &StepInfo, loss: f64, samples: usize) {
         if self.quiet {
+            return;
+        }
+        if !self.tty {
+            if info.step_in_epoch == 0 {
+                self.images = 0;
+                self.started = Instant::now();
+            }
+            self.images += samples;
+            if self.last_line.elapsed() >= LOG_EVERY {
+                self.last_line = Instant::now();
+                let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+                eprintln!(
+                    "{phase}: epoch {}/{}, step {}/{}, loss {loss:.4}, {:.0} img/s",
+                    info.epoch + 1,
+                    info.epochs,
+                    info.step_in_epoch + 1,
+                    info.steps_per_epoch,
+                    self.images as f64 / secs
+                );
+            }
             return;
         }
         if info.step_in_epoch == 0 || self.bar.is_none() {
@@ -75,6 +108,7 @@ impl Progress for Terminal {
     fn epoch(&mut self, phase: &str, record: &EpochRecord, epochs: usize) {
         if !self.quiet {
             self.clear();
+            self.last_line = Instant::now();
             let line = record.summary(epochs);
             if phase == "training" {
                 eprintln!("{line}");

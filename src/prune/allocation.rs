@@ -33,6 +33,16 @@ pub enum Metric {
     Latency,
 }
 
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Metric::Macs => "MACs",
+            Metric::Params => "parameters",
+            Metric::Latency => "latency",
+        })
+    }
+}
+
 /// A cost as a function of the per-group keep ratios.
 pub trait CostModel {
     fn cost(&self, a: &[f64]) -> f64;
@@ -263,7 +273,7 @@ pub fn allocate(
     let floor = cost(&min_counts);
     if limit < floor - 1e-6 {
         return Err(LopperError::Config(format!(
-            "budget {budget} ({} {:?}) cannot be met: the smallest reachable cost, with every prunable group at {} channel(s), is {} ({:.4} of the dense {})",
+            "budget {budget} ({} {}) cannot be met: the smallest reachable cost, with every prunable group at {} channel(s), is {} ({:.4} of the dense {})",
             show(limit, budget.resource),
             budget.resource,
             round_to.max(1),

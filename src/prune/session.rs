@@ -491,11 +491,17 @@ impl PruneSession {
         // Phase 3: BatchNorm statistics of the pruned widths.
         let bn_started = Instant::now();
         // Models without BatchNorm have nothing to re-estimate; the report then says 0 batches.
+        // (The report says how many batches there were, not how many were asked for.)
         let bn_used = if has_batch_norm(&found.model.graph) {
-            plan.bn_batches
+            plan.bn_batches.min(data.train.num_batches())
         } else {
             0
         };
+        if bn_used > 0 {
+            progress.message(&format!(
+                "re-estimating the BatchNorm statistics of the pruned widths on {bn_used} training batches"
+            ));
+        }
         let pruned = recalibrate_batch_norm(&found.model, &data.train, bn_used, &device)?;
         let bn_seconds = bn_started.elapsed().as_secs_f64();
         let pruned_eval = evaluate(&pruned, test, &NoHook, &device)?;
@@ -582,6 +588,7 @@ impl PruneSession {
 
         // Phase 5: latency (inference mode, off the autodiff device), the report, the plots.
         let final_model = final_model.valid();
+        progress.message("measuring the dense and pruned models' latency at batch 1 and 64");
         // The dense time alone, the pruned one as the dense time times their paired ratio
         // (the statistic the latency search uses).
         let latency = |batch: usize| {
