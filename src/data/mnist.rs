@@ -39,8 +39,14 @@ pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
         be_u32(&b, 8) as usize,
         be_u32(&b, 12) as usize,
     );
-    let expected = 16 + n * rows * cols;
-    if b.len() != expected {
+    // Checked: a corrupt header's sizes can multiply past usize.
+    let expected = n
+        .checked_mul(rows)
+        .and_then(|x| x.checked_mul(cols))
+        .and_then(|x| x.checked_add(16));
+    if expected != Some(b.len()) {
+        let expected =
+            expected.map_or_else(|| "more than can be addressed".into(), |e| e.to_string());
         return Err(LopperError::bad_file(
             path,
             format!(

@@ -443,7 +443,52 @@ impl LatencyProfile {
                 ),
             ));
         }
+        p.check()
+            .map_err(|what| LopperError::bad_file(path, what))?;
         Ok(p)
+    }
+
+    /// What a profile must hold for the latency model to use it: positive finite times, and
+    /// per node increasing channel-fraction grids in (0, 1] with a time for every pair.
+    fn check(&self) -> std::result::Result<(), String> {
+        let time = |x: f64| x.is_finite() && x >= 0.0;
+        if !(self.dense_ms.is_finite() && self.dense_ms > 0.0) {
+            return Err(format!(
+                "the dense latency {} ms is not a positive time",
+                self.dense_ms
+            ));
+        }
+        if self.floor_ms.is_some_and(|f| !time(f)) {
+            return Err("the floor latency is not a time".into());
+        }
+        if self.batch == 0 {
+            return Err("the batch size is 0".into());
+        }
+        for t in &self.nodes {
+            let grid_ok = |g: &[f64]| {
+                !g.is_empty()
+                    && g.iter().all(|x| x.is_finite() && *x > 0.0 && *x <= 1.0)
+                    && g.windows(2).all(|w| w[0] < w[1])
+            };
+            if !grid_ok(&t.in_grid) || !grid_ok(&t.out_grid) {
+                return Err(format!(
+                    "node '{}': its channel-fraction grids must increase within (0, 1]",
+                    t.name
+                ));
+            }
+            if t.ms.len() != t.in_grid.len()
+                || t.ms.iter().any(|row| row.len() != t.out_grid.len())
+                || t.ms.iter().flatten().any(|x| !time(*x))
+            {
+                return Err(format!(
+                    "node '{}': its table needs a time for each of {} x {} grid points",
+                    t.name,
+                    t.in_grid.len(),
+                    t.out_grid.len()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -513,7 +558,16 @@ impl LatencyModel {
                 ))
             })?;
             let node = &graph.nodes[i];
-            let fin = (t.in_grid.len() > 1).then(|| frac[node.inputs[0]].clone());
+            let fin = match (t.in_grid.len() > 1, node.inputs.first()) {
+                (false, _) => None,
+                (true, Some(&input)) => Some(frac[input].clone()),
+                (true, None) => {
+                    return Err(LopperError::Config(format!(
+                        "the latency profile varies node '{}' with its input's channels, but it has no input",
+                        t.name
+                    )));
+                }
+            };
             terms.push((t.clone(), fin, frac[i].clone()));
         }
         let mut model = LatencyModel {
