@@ -356,6 +356,7 @@ pub fn allocate(
             value: &value,
             cost: &cost,
             price: Price::Marginal,
+            land: false,
         }
         .grow(&mut counts, limit);
     }
@@ -410,6 +411,7 @@ pub fn harden(
         value: &value,
         cost: &cost,
         price: Price::Marginal,
+        land: false,
     };
     let current = solver.shrink(&mut counts, limit);
     if current > limit {

@@ -60,6 +60,11 @@ pub struct Knapsack<'a> {
     pub value: &'a dyn Fn(usize, usize) -> f64,
     pub cost: &'a dyn Fn(&[usize]) -> f64,
     pub price: Price<'a>,
+    /// Land close under the target: near it, cut (by merit) only what keeps the cost above
+    /// the target while there is such a cut, and finish with the cut that crosses it least.
+    /// Without it a cheap-to-lose but expensive channel (a sixth of LeNet-5's first
+    /// convolution) can end the cut far under the target, the budget unused.
+    pub land: bool,
 }
 
 impl Knapsack<'_> {
@@ -70,7 +75,10 @@ impl Knapsack<'_> {
     pub fn shrink(&self, counts: &mut [usize], target: f64) -> f64 {
         let mut current = (self.cost)(counts);
         while current > target {
+            // The best cut by merit among those that stay above the target, and among those
+            // that cross it the one that crosses least (see `land`).
             let mut best: Option<(f64, usize, usize, f64)> = None;
+            let mut closest: Option<(f64, usize, usize, f64)> = None;
             for g in 0..counts.len() {
                 let k = self.unit.max(1).min(counts[g].saturating_sub(self.min[g]));
                 if k == 0 {
@@ -86,11 +94,15 @@ impl Knapsack<'_> {
                     Price::Linear(per_channel) => per_channel[g] * k as f64,
                 };
                 let merit = saved / lost.max(1e-12);
-                if best.is_none_or(|(m, ..)| merit > m) {
+                if self.land && c < target {
+                    if closest.is_none_or(|(_, .., cc)| c > cc) {
+                        closest = Some((merit, g, k, c));
+                    }
+                } else if best.is_none_or(|(m, ..)| merit > m) {
                     best = Some((merit, g, k, c));
                 }
             }
-            let Some((_, g, k, c)) = best else {
+            let Some((_, g, k, c)) = best.or(closest) else {
                 return current;
             };
             counts[g] -= k;

@@ -227,6 +227,7 @@ pub fn fill<T>(
             value: &value,
             cost: &predict,
             price: Price::Marginal,
+            land: false,
         };
         let shrink = |t: f64| -> Vec<usize> {
             let mut trial = grown.clone();

@@ -291,6 +291,10 @@ pub fn iterative_prune(
                 value: &value,
                 cost: &cost_of,
                 price: Price::Linear(&per_channel),
+                // Channels removed in a step are gone for the next: a step that ends far under
+                // its target (LeNet-5 at macs=0.4 ended at 0.285, whole conv1 channels at a
+                // time) leaves budget no later step can give back.
+                land: true,
             };
             let mut counts = counts_now.clone();
             solver.shrink(&mut counts, target);
