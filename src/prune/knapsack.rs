@@ -95,7 +95,7 @@ impl Knapsack<'_> {
                 };
                 let merit = saved / lost.max(1e-12);
                 if self.land && c < target {
-                    if closest.is_none_or(|(_, .., cc)| c > cc) {
+                    if closest.is_none_or(|(.., cc)| c > cc) {
                         closest = Some((merit, g, k, c));
                     }
                 } else if best.is_none_or(|(m, ..)| merit > m) {
