@@ -201,15 +201,7 @@ fn image_folder_and_archive() {
 
     // The same folders in a .tar.gz, read without extracting.
     let archive = d.path().join("cifar10-jpg.tar.gz");
-    {
-        let f = std::fs::File::create(&archive).unwrap();
-        let mut t = tar::Builder::new(flate2::write::GzEncoder::new(
-            f,
-            flate2::Compression::fast(),
-        ));
-        t.append_dir_all(".", d.path().join("cifar10")).unwrap();
-        t.into_inner().unwrap().finish().unwrap();
-    }
+    tar_gz(&d.path().join("cifar10"), &archive);
     let sets = read_image_folder_archive(&archive, &["train", "test"]).unwrap();
     assert_eq!(sets[0].images, train.images);
     assert_eq!(sets[0].labels, train.labels);
@@ -230,6 +222,17 @@ fn image_folder_and_archive() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("cut.tar.gz"), "{e}");
+}
+
+/// Packs the folder `from` into the `.tar.gz` `to`.
+fn tar_gz(from: &Path, to: &Path) {
+    let f = std::fs::File::create(to).unwrap();
+    let mut t = tar::Builder::new(flate2::write::GzEncoder::new(
+        f,
+        flate2::Compression::fast(),
+    ));
+    t.append_dir_all(".", from).unwrap();
+    t.into_inner().unwrap().finish().unwrap();
 }
 
 fn toy(n: usize) -> Dataset {
@@ -413,15 +416,7 @@ fn image_folder_splits_share_their_classes() {
     // The same checks on the archive form.
     std::fs::remove_dir_all(d.path().join("cifar10/test/k")).unwrap();
     let archive = d.path().join("cifar10-jpg.tar.gz");
-    {
-        let f = std::fs::File::create(&archive).unwrap();
-        let mut t = tar::Builder::new(flate2::write::GzEncoder::new(
-            f,
-            flate2::Compression::fast(),
-        ));
-        t.append_dir_all(".", d.path().join("cifar10")).unwrap();
-        t.into_inner().unwrap().finish().unwrap();
-    }
+    tar_gz(&d.path().join("cifar10"), &archive);
     let e = read_image_folder_archive(&archive, &["train", "test"])
         .unwrap_err()
         .to_string();

@@ -216,6 +216,21 @@ fn count_for(channels: usize, ratio: f64, round_to: usize) -> usize {
     (k.div_ceil(m) * m).clamp(1, channels)
 }
 
+/// The fewest channels each group may keep: one unit of `round_to` channels (or the whole
+/// group) for a prunable group, all of them for a protected one.
+pub fn min_widths(groups: &[ChannelGroup], round_to: usize) -> Vec<usize> {
+    groups
+        .iter()
+        .map(|g| {
+            if g.is_prunable() {
+                round_to.max(1).min(g.channels)
+            } else {
+                g.channels
+            }
+        })
+        .collect()
+}
+
 /// The `k` highest-scoring channels, sorted by index.
 fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
@@ -260,16 +275,7 @@ pub fn allocate(
     let limit = budget.limit(dense);
     let cost = |counts: &[usize]| counts_cost(groups, model, counts);
     let prunable: Vec<&ChannelGroup> = groups.iter().filter(|g| g.is_prunable()).collect();
-    let min_counts: Vec<usize> = groups
-        .iter()
-        .map(|g| {
-            if g.is_prunable() {
-                count_for(g.channels, 0.0, round_to)
-            } else {
-                g.channels
-            }
-        })
-        .collect();
+    let min_counts = min_widths(groups, round_to);
     let floor = cost(&min_counts);
     if limit < floor - 1e-6 {
         return Err(LopperError::Config(format!(
@@ -391,18 +397,7 @@ pub fn harden(
     let ranked = ranked_values(scores, Scale::PerGroupMean);
     let value = |g: usize, rank: usize| ranked[g][rank];
     let cost = |counts: &[usize]| counts_cost(groups, model, counts);
-    // Every prunable group keeps at least one unit of channels and at most all; the others
-    // keep all.
-    let min: Vec<usize> = groups
-        .iter()
-        .map(|g| {
-            if g.is_prunable() {
-                unit.min(g.channels)
-            } else {
-                counts[g.id]
-            }
-        })
-        .collect();
+    let min = min_widths(groups, unit);
     let max: Vec<usize> = groups.iter().map(|g| g.channels).collect();
     let solver = Knapsack {
         min: &min,

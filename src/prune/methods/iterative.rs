@@ -11,7 +11,7 @@ use super::{Flow, MethodContext, MethodOutcome, PruneMethod};
 use crate::data::Batcher;
 use crate::error::{LopperError, Result};
 use crate::model::Model;
-use crate::prune::allocation::{CostModel, counts_cost, select as select_top};
+use crate::prune::allocation::{CostModel, counts_cost, min_widths, select as select_top};
 use crate::prune::groups::{ChannelGroup, channel_groups};
 use crate::prune::importance::{Criterion, channel_scores, comparable_across_groups};
 use crate::prune::knapsack::{Knapsack, Price, Scale, ranked_values};
@@ -266,18 +266,8 @@ pub fn iterative_prune(
         let value = |g: usize, rank: usize| ranked[g][rank];
         let counts_now: Vec<usize> = groups.iter().map(|g| g.channels).collect();
         let cost_of = |counts: &[usize]| counts_cost(&dense_groups, cost, counts);
-        // Every prunable group keeps at least one unit of channels; the others all of theirs.
         let unit = cfg.round_to.max(1);
-        let min: Vec<usize> = groups
-            .iter()
-            .map(|g| {
-                if g.is_prunable() {
-                    unit.min(g.channels)
-                } else {
-                    g.channels
-                }
-            })
-            .collect();
+        let min = min_widths(&groups, unit);
         // The channels to keep for a target in the cost model's units: the least important
         // per unit of resource (priced at the step's widths) go first until the cost is under
         // the target; the last cut can overshoot by a whole channel of an expensive group
