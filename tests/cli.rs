@@ -458,28 +458,20 @@ fn run_folders_are_locked_and_guarded() {
     let out = dir.path().join("busy");
     let out_s = out.to_str().unwrap();
     let lock = lopper::fsutil::FolderLock::acquire(&out).unwrap();
-    for args in [
-        &[
-            "train",
-            "--model",
-            "mlp",
-            "--dataset",
-            "mnist",
-            "--out",
-            out_s,
-        ][..],
-        &[
-            "prune", "--run", "r", "--method", "l1", "--budget", "macs=0.5", "--out", out_s,
-        ],
-    ] {
-        let o = lopper(args);
-        let e = stderr(&o);
-        assert!(
-            !o.status.success() && e.contains("in use by another lopper process"),
-            "{args:?}: {e}"
-        );
-    }
-    drop(lock);
+    let o = lopper(&[
+        "train",
+        "--model",
+        "mlp",
+        "--dataset",
+        "mnist",
+        "--out",
+        out_s,
+    ]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("in use by another lopper process"),
+        "{e}"
+    );
 
     let foreign = dir.path().join("photos");
     std::fs::create_dir_all(&foreign).unwrap();
@@ -528,6 +520,32 @@ fn run_folders_are_locked_and_guarded() {
         stderr(&o)
     );
     assert!(early.join("checkpoint").exists());
+
+    // A prune into the locked folder is refused too (after reading its source, before
+    // writing anything).
+    let o = lopper(&[
+        "prune", "--run", e, "--method", "l1", "--budget", "macs=0.5", "--out", out_s,
+    ]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("in use by another lopper process"),
+        "{err}"
+    );
+    drop(lock);
+    // A wrong --run leaves no folder behind.
+    let nothing = dir.path().join("nothing");
+    let o = lopper(&[
+        "prune",
+        "--run",
+        "no-such-run",
+        "--method",
+        "l1",
+        "--budget",
+        "macs=0.5",
+        "--out",
+        nothing.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && !nothing.exists(), "{}", stderr(&o));
 }
 
 /// A relative --data-dir is stored absolute, so the run evaluates from any directory; eval

@@ -311,10 +311,7 @@ impl PruneSession {
         if !path.exists() {
             return Err(LopperError::bad_file(
                 &path,
-                format!(
-                    "cannot resume {}: no saved recipe (not a folder a prune started)",
-                    out.display()
-                ),
+                "no saved recipe: not a folder a prune started",
             ));
         }
         let mut plan = PrunePlan::from_toml_file(&path)?;
@@ -345,15 +342,16 @@ impl PruneSession {
     pub fn run(self, progress: &mut dyn Progress) -> Result<PruneReport> {
         let started = Instant::now();
         let PruneSession { plan, out, resume } = self;
+        let budget = plan.budget()?;
+        let mut method = plan.method.build();
+        // The source is read before the folder is touched: a wrong --run leaves nothing.
+        let (mut cfg, dense) = source(&plan)?;
         // Held until the report is written; checked again under the lock, since another
         // process may have started here after this session was set up.
         let _lock = FolderLock::acquire(&out)?;
         if !resume {
             check_fresh(&out)?;
         }
-        let budget = plan.budget()?;
-        let mut method = plan.method.build();
-        let (mut cfg, dense) = source(&plan)?;
         let source_val_fraction = cfg.val_fraction;
         if let Some(share) = method.held_out() {
             cfg.val_fraction = share;
