@@ -1,34 +1,22 @@
 //! Every loader on small files the test writes, corrupt ones included; split and batcher.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+
+mod common;
+use common::{gz, idx, png};
 
 use lopper::data::{
     Batcher, Dataset, DatasetName, Preprocess, read_cifar10_binary, read_image_folder,
     read_image_folder_archive, read_mnist,
 };
 
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
-
 fn idx_images(n: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, 3];
-    for x in [n, rows, cols] {
-        v.extend(x.to_be_bytes());
-    }
-    v.extend(pixels);
-    v
+    idx(3, &[n, rows, cols], pixels)
 }
 
 fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, 1];
-    v.extend((labels.len() as u32).to_be_bytes());
-    v.extend(labels);
-    v
+    idx(1, &[labels.len() as u32], labels)
 }
 
 fn write_mnist(dir: &Path, compress: bool) {
@@ -168,13 +156,6 @@ fn cifar_binary_reader() {
         e.contains("test_batch.bin") && e.contains("label 12"),
         "{e}"
     );
-}
-
-fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([seed, x as u8, y as u8]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 #[test]

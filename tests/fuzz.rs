@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+mod common;
+use common::{gz, idx, png};
+
 /// Refuses single allocations over 2 GiB: a loader that trusts a length field in a file would
 /// otherwise take the machine's memory. The process aborts with the input left on disk.
 struct Guarded;
@@ -200,19 +203,18 @@ fn fuzz(
     count
 }
 
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
+/// Inputs mutated before compression are gzipped as they are written; gzip streams stay.
+fn gzip_unless_gzipped(_: &str, b: Vec<u8>) -> Vec<u8> {
+    if b.starts_with(&[0x1f, 0x8b]) {
+        b
+    } else {
+        gz(&b)
+    }
 }
 
-fn idx(kind: u8, dims: &[u32], body: &[u8]) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, kind];
-    for d in dims {
-        v.extend(d.to_be_bytes());
-    }
-    v.extend(body);
-    v
+/// Both MNIST splits of `dir`; whether either read.
+fn read_mnist_splits(dir: &Path) -> bool {
+    lopper::data::read_mnist(dir, true).is_ok() | lopper::data::read_mnist(dir, false).is_ok()
 }
 
 fn mnist_seed() -> Files {
@@ -241,10 +243,7 @@ fn fuzz_mnist_idx_raw() {
         vec![mnist_seed()],
         &[],
         |_, b| b,
-        |dir| {
-            lopper::data::read_mnist(dir, true).is_ok()
-                | lopper::data::read_mnist(dir, false).is_ok()
-        },
+        read_mnist_splits,
     );
 }
 
@@ -262,17 +261,8 @@ fn fuzz_mnist_idx_gzipped() {
             seed.iter().map(|(n, b)| (n.clone(), gz(b))).collect(),
         ],
         &[],
-        |_, b| {
-            if b.starts_with(&[0x1f, 0x8b]) {
-                b
-            } else {
-                gz(&b)
-            }
-        },
-        |dir| {
-            lopper::data::read_mnist(dir, true).is_ok()
-                | lopper::data::read_mnist(dir, false).is_ok()
-        },
+        gzip_unless_gzipped,
+        read_mnist_splits,
     );
 }
 
@@ -300,15 +290,6 @@ fn fuzz_cifar10_binary() {
                 | lopper::data::read_cifar10_binary(dir, false).is_ok()
         },
     );
-}
-
-fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([seed, x as u8, y as u8]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut out, image::ImageFormat::Png)
-        .unwrap();
-    out.into_inner()
 }
 
 /// Image folders on disk: `{split}__{class}__{n}.png` names are laid out as folders.
@@ -363,22 +344,9 @@ fn fuzz_image_folder_archive() {
         vec![("a.tar.gz".to_owned(), tar_bytes.clone())],
         vec![("a.tar.gz".to_owned(), gz(&tar_bytes))],
     ];
-    fuzz(
-        "image-archive",
-        seeds,
-        &[],
-        |_, b| {
-            if b.starts_with(&[0x1f, 0x8b]) {
-                b
-            } else {
-                gz(&b)
-            }
-        },
-        |dir| {
-            lopper::data::read_image_folder_archive(&dir.join("a.tar.gz"), &["train", "test"])
-                .is_ok()
-        },
-    );
+    fuzz("image-archive", seeds, &[], gzip_unless_gzipped, |dir| {
+        lopper::data::read_image_folder_archive(&dir.join("a.tar.gz"), &["train", "test"]).is_ok()
+    });
 }
 
 const JSON_TOKENS: &[&str] = &[

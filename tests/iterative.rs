@@ -11,21 +11,23 @@ use lopper::prune::iterative::{IterativeConfig, iterative_prune};
 use lopper::prune::{Budget, Criterion, channel_groups};
 use lopper::train::TrainConfig;
 
-/// resnet20 (fine-grained: one channel is at most a few percent of any cost) with synthetic
-/// CIFAR-shaped data.
-fn setup() -> (Model, Batcher, TrainConfig) {
-    let g = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
-    let model = Model::init(g, 3, &Device::flex()).unwrap();
+/// A zoo model (`seed`) with `samples` synthetic samples of its data set's shape.
+fn setup(name: &str, seed: u64, samples: usize) -> (Model, Batcher, TrainConfig) {
+    let dataset = DatasetName::default_for_model(name);
+    let shape = dataset.input_shape();
+    let g = lopper::zoo::build(name, &shape, 10).unwrap();
+    let model = Model::init(g, seed, &Device::flex()).unwrap();
+    let size: usize = shape.iter().product();
     let data = Dataset {
-        images: (0..16 * 3072).map(|i| (i * 13 % 256) as u8).collect(),
-        labels: (0..16).map(|i| (i % 10) as u8).collect(),
-        shape: [3, 32, 32],
+        images: (0..samples * size).map(|i| (i * 13 % 256) as u8).collect(),
+        labels: (0..samples).map(|i| (i % 10) as u8).collect(),
+        shape,
         classes: (0..10).map(|i| i.to_string()).collect(),
     };
-    let train = Batcher::new(Arc::new(data), 8, DatasetName::Cifar10.preprocess(), true);
+    let train = Batcher::new(Arc::new(data), 8, dataset.preprocess(), true);
     let ft = TrainConfig {
-        model: "resnet20".into(),
-        dataset: DatasetName::Cifar10,
+        model: name.into(),
+        dataset,
         batch_size: 8,
         lr: 0.01,
         ..TrainConfig::default()
@@ -33,9 +35,10 @@ fn setup() -> (Model, Batcher, TrainConfig) {
     (model, train, ft)
 }
 
-/// Prunes resnet20 to `fraction` of its dense MACs (in measured units when `measure` is
-/// given: `limit = fraction * measure(dense)`). Returns the dense MACs, the limit, the pruned
-/// model and the number of steps.
+/// Prunes resnet20 (fine-grained: one channel is at most a few percent of any cost) to
+/// `fraction` of its dense MACs (in measured units when `measure` is given: the limit is
+/// `fraction` times the dense model's measurement). Returns the dense MACs, the limit, the
+/// pruned model and the number of steps.
 fn prune_to(fraction: f64, measure: Option<&dyn Fn(&Model) -> f64>) -> (f64, f64, Model, usize) {
     prune_rounded(fraction, measure, 1)
 }
@@ -46,7 +49,16 @@ fn prune_rounded(
     measure: Option<&dyn Fn(&Model) -> f64>,
     round_to: usize,
 ) -> (f64, f64, Model, usize) {
-    let (model, train, ft) = setup();
+    prune_model(setup("resnet20", 3, 16), fraction, measure, round_to)
+}
+
+/// Prunes a [`setup`] by the iterative method with the L1 criterion (see [`prune_to`]).
+fn prune_model(
+    (model, train, ft): (Model, Batcher, TrainConfig),
+    fraction: f64,
+    measure: Option<&dyn Fn(&Model) -> f64>,
+    round_to: usize,
+) -> (f64, f64, Model, usize) {
     let groups = channel_groups(&model.graph, &[]).unwrap();
     let cost = "macs=1"
         .parse::<Budget>()
@@ -153,50 +165,8 @@ fn a_drifting_measurement_still_lands_in_the_window() {
 /// at 0.43 of dense). With the exchanges it lands within 10% under the budget.
 #[test]
 fn a_coarse_model_lands_close_under_the_budget() {
-    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
-    let model = Model::init(g, 2, &Device::flex()).unwrap();
-    let data = Dataset {
-        images: (0..32 * 784).map(|i| (i * 13 % 256) as u8).collect(),
-        labels: (0..32).map(|i| (i % 10) as u8).collect(),
-        shape: [1, 28, 28],
-        classes: (0..10).map(|i| i.to_string()).collect(),
-    };
-    let train = Batcher::new(Arc::new(data), 8, DatasetName::Mnist.preprocess(), true);
-    let ft = TrainConfig {
-        model: "lenet5".into(),
-        dataset: DatasetName::Mnist,
-        batch_size: 8,
-        lr: 0.01,
-        ..TrainConfig::default()
-    };
-    let groups = channel_groups(&model.graph, &[]).unwrap();
-    let cost = "macs=1"
-        .parse::<Budget>()
-        .unwrap()
-        .cost_model(&model.graph, &groups, None)
-        .unwrap();
     for fraction in [0.3, 0.4, 0.5] {
-        let limit = fraction * count(&model.graph).macs as f64;
-        let cfg = IterativeConfig {
-            criterion: Criterion::L1,
-            step_share: 0.3,
-            finetune_batches: 1,
-            taylor_batches: 1,
-            round_to: 1,
-        };
-        let (pruned, _) = iterative_prune(
-            model.clone(),
-            &[],
-            cost.as_ref(),
-            limit,
-            &cfg,
-            &ft,
-            &train,
-            &Device::flex(),
-            None,
-            &mut lopper::train::Silent,
-        )
-        .unwrap();
+        let (_, limit, pruned, _) = prune_model(setup("lenet5", 2, 32), fraction, None, 1);
         let macs = count(&pruned.graph).macs as f64;
         assert!(macs <= limit, "{fraction}: {macs} > {limit}");
         assert!(

@@ -147,16 +147,6 @@ impl TrainArgs {
     }
 }
 
-/// The fields a run configuration file sets.
-fn config_fields(path: &std::path::Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{} is not TOML", path.display()))?;
-    Ok(table.keys().cloned().collect())
-}
-
 pub fn run(a: TrainArgs) -> Result<()> {
     let run = RunDir::new(&a.out);
     lopper::fsutil::check_run_folder(&a.out, &["config.toml"])?;
@@ -188,7 +178,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             );
         }
         let (mut cfg, in_file) = match &a.config {
-            Some(p) => (TrainConfig::from_toml_file(p)?, config_fields(p)?),
+            Some(p) => TrainConfig::from_toml_file_with_fields(p)?,
             None => (TrainConfig::default(), vec![]),
         };
         if a.config.is_none() && (a.model.is_none() || a.dataset.is_none()) {

@@ -51,8 +51,9 @@ use crate::train::{
 pub const RECIPE_FILE: &str = "recipe.toml";
 /// The pruned model before fine-tuning, and how it was found (`allocation.json`).
 const PRUNED_DIR: &str = "pruned";
-/// The method's own files.
-const METHOD_DIR: &str = "allocation";
+/// The folder a method's own training run writes (DSA's allocation phase, with per-epoch
+/// checkpoints); its presence marks a prune in progress.
+pub(crate) const METHOD_DIR: &str = "allocation";
 
 /// Everything a prune needs to know. Its fields are the recipe's (`lopper prune --recipe`),
 /// and with `-` for `_` the CLI's flags; the method's settings sit beside them, tagged by

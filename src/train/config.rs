@@ -151,11 +151,20 @@ impl TrainConfig {
 
     /// Reads a TOML run configuration.
     pub fn from_toml_file(path: &Path) -> Result<TrainConfig> {
+        Self::from_toml_file_with_fields(path).map(|(cfg, _)| cfg)
+    }
+
+    /// Reads a TOML run configuration, with the names of the fields the file sets (the others
+    /// take defaults, which may then depend on the model).
+    pub fn from_toml_file_with_fields(path: &Path) -> Result<(TrainConfig, Vec<String>)> {
         let text = String::from_utf8(fsutil::read(path)?)
             .map_err(|_| LopperError::bad_file(path, "expected a UTF-8 TOML file"))?;
-        toml::from_str(&text).map_err(|e| {
+        let invalid = |e: toml::de::Error| {
             LopperError::bad_file(path, format!("invalid run configuration: {}", e.message()))
-        })
+        };
+        let table: toml::Table = text.parse().map_err(invalid)?;
+        let fields = table.keys().cloned().collect();
+        Ok((toml::from_str(&text).map_err(invalid)?, fields))
     }
 
     pub fn to_toml(&self) -> String {

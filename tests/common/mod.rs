@@ -81,3 +81,29 @@ pub fn host_f64<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f64> {
         .map(f64::from)
         .collect()
 }
+
+/// `bytes` gzipped.
+pub fn gz(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// An IDX file: magic `0x0000_08{kind}`, the big-endian dimensions, the body.
+pub fn idx(kind: u8, dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, kind];
+    for d in dims {
+        v.extend(d.to_be_bytes());
+    }
+    v.extend(body);
+    v
+}
+
+/// A `w`x`h` PNG whose pixels are (seed, x, y).
+pub fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([seed, x as u8, y as u8]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}

@@ -152,9 +152,6 @@ pub struct DsaMethod {
     pub plan: DsaPlan,
 }
 
-/// DSA's allocation phase: its own run folder with per-epoch checkpoints.
-const ALLOCATION_DIR: &str = "allocation";
-
 impl PruneMethod for DsaMethod {
     fn held_out(&self) -> Option<f64> {
         Some(self.plan.val_fraction)
@@ -229,7 +226,7 @@ impl PruneMethod for DsaMethod {
         alloc_cfg.lr = got(p.dsa_lr);
         alloc_cfg.schedule = schedule;
         alloc_cfg.warmup_epochs = if cx.flow.from_scratch { 0.3 } else { 0.0 };
-        let alloc_run = RunDir::new(cx.work_dir.join(ALLOCATION_DIR));
+        let alloc_run = RunDir::new(cx.work_dir.join(crate::prune::session::METHOD_DIR));
         let resume_alloc = cx.resume && alloc_run.has_checkpoint();
         let trainer = Trainer::new(alloc_cfg, Some(alloc_run))?;
         cx.progress.message(&format!(
