@@ -389,7 +389,17 @@ fn batch_norm_recalibration_averages_the_batches_statistics() {
     };
     let before = stats(&model);
     let batches = 4;
-    let after_model = recalibrate_batch_norm(&model, &data, batches, &dev).unwrap();
+    // The re-estimation reports each batch it folds in, then its end.
+    #[derive(Default)]
+    struct Seen(Vec<(usize, usize)>);
+    impl lopper::train::Progress for Seen {
+        fn work(&mut self, _task: &str, done: usize, total: usize) {
+            self.0.push((done, total));
+        }
+    }
+    let mut seen = Seen::default();
+    let after_model = recalibrate_batch_norm(&model, &data, batches, &dev, &mut seen).unwrap();
+    assert_eq!(seen.0, vec![(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]);
     let after = stats(&after_model);
     // The expectation, from the same batches.
     let (mut mean, mut var) = (0.0f64, 0.0f64);
@@ -427,7 +437,7 @@ fn batch_norm_recalibration_averages_the_batches_statistics() {
     };
     assert_eq!(w(&model), w(&after_model));
     assert_eq!(
-        stats(&recalibrate_batch_norm(&model, &data, 0, &dev).unwrap()),
+        stats(&recalibrate_batch_norm(&model, &data, 0, &dev, &mut lopper::train::Silent).unwrap()),
         before
     );
 }

@@ -7,6 +7,7 @@ use clap::ValueEnum;
 
 use lopper::export::{Format, export};
 use lopper::fsutil::write_atomic;
+use lopper::prune::weights::SparsityReport;
 use lopper::train::RunDir;
 
 #[derive(clap::Args, Debug)]
@@ -31,12 +32,29 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let bytes =
         export(&model, a.format).with_context(|| format!("cannot export {}", a.run.display()))?;
     write_atomic(&a.out, &bytes)?;
+    // A weight-pruned run's sidecar goes beside the file, counted on the exported weights.
+    let record = a.run.join(lopper::prune::session::SPARSITY_FILE);
+    let sidecar = if record.exists() {
+        let counted = SparsityReport::read(&record)?
+            .recount(&model)
+            .with_context(|| format!("cannot count the zeros of {}", a.run.display()))?;
+        let path = a.out.with_extension("sparsity.json");
+        write_atomic(&path, &serde_json::to_vec_pretty(&counted)?)?;
+        format!(
+            "; {} with its sparsity ({}, {:.2}% of the pruned layers' weights zero)",
+            path.display(),
+            counted.pattern,
+            100.0 * counted.sparsity
+        )
+    } else {
+        String::new()
+    };
     let format = a
         .format
         .to_possible_value()
         .map_or_else(String::new, |v| v.get_name().to_owned());
     eprintln!(
-        "wrote {} ({format}, {} bytes)",
+        "wrote {} ({format}, {} bytes){sidecar}",
         a.out.display(),
         bytes.len()
     );

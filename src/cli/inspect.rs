@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 
 use lopper::count::count;
 use lopper::data::DatasetName;
+use lopper::prune::weights::SparsityReport;
 use lopper::train::RunDir;
 
 use super::common::JsonFlag;
@@ -48,6 +49,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let mut sparsity = None;
     let graph = match (&a.model, &a.run) {
         (Some(name), None) => {
             let shape = match (&a.input_shape, a.dataset) {
@@ -65,6 +67,14 @@ pub fn run(a: InspectArgs) -> Result<()> {
         }
         (None, Some(dir)) => {
             let run = RunDir::new(dir);
+            // A weight-pruned run: its zeros, counted on the weights.
+            let record = dir.join(lopper::prune::session::SPARSITY_FILE);
+            if record.exists() {
+                let model = run
+                    .load_model(&lopper::device::device("cpu")?)
+                    .with_context(|| format!("cannot inspect {}", dir.display()))?;
+                sparsity = Some(SparsityReport::read(&record)?.recount(&model)?);
+            }
             lopper::model::read_architecture(&run.arch_path())
                 .with_context(|| format!("cannot inspect {}", dir.display()))?
         }
@@ -75,10 +85,29 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     let counts = count(&graph);
     if a.json.json {
-        println!("{}", serde_json::to_string_pretty(&counts)?);
+        #[derive(serde::Serialize)]
+        struct Inspected<'a> {
+            #[serde(flatten)]
+            counts: &'a lopper::count::ModelCount,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sparsity: &'a Option<SparsityReport>,
+        }
+        let out = Inspected {
+            counts: &counts,
+            sparsity: &sparsity,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("model {} ({} nodes)", graph.name, graph.nodes.len());
         print!("{}", counts.table());
+        if let Some(r) = &sparsity {
+            println!(
+                "\nweight sparsity ({}): {:.2}% of the pruned layers' weights are zero",
+                r.pattern,
+                100.0 * r.sparsity
+            );
+            print!("{}", r.markdown());
+        }
     }
     Ok(())
 }

@@ -6,9 +6,10 @@ use anyhow::{Context, Result, bail};
 
 use lopper::data::DatasetName;
 use lopper::prune::latency::profile;
-use lopper::train::RunDir;
+use lopper::train::{Progress, RunDir};
 
 use super::common::{DeviceFlag, QuietFlag};
+use super::progress::Terminal;
 
 #[derive(clap::Args, Debug)]
 pub struct ProfileArgs {
@@ -71,15 +72,12 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     // A zoo model has no run to take a device from: the CPU unless told otherwise.
     let device_name = a.device.device.clone().unwrap_or_else(|| "cpu".into());
     let device = lopper::device::device(&device_name)?;
-    let bar = if a.quiet.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(graph.nodes.len() as u64)
-    };
-    let p = profile(&graph, &device, &device_name, a.batch, a.reps, |i, _| {
-        bar.set_position(i as u64)
+    let mut progress = Terminal::new(a.quiet.quiet);
+    let task = format!("profiling {}'s nodes", graph.name);
+    let p = profile(&graph, &device, &device_name, a.batch, a.reps, |i, n| {
+        progress.work(&task, i, n)
     })?;
-    bar.finish_and_clear();
+    progress.work(&task, 1, 1);
     p.save(&a.out)?;
     if !a.quiet.quiet {
         eprintln!(

@@ -105,6 +105,42 @@ impl Progress for Terminal {
         }
     }
 
+    fn work(&mut self, task: &str, done: usize, total: usize) {
+        if self.quiet {
+            return;
+        }
+        if done >= total {
+            self.clear();
+            return;
+        }
+        if !self.tty {
+            if done == 0 {
+                self.started = Instant::now();
+            }
+            if self.last_line.elapsed() >= LOG_EVERY {
+                self.last_line = Instant::now();
+                eprintln!(
+                    "{task}: {done}/{total}, {:.0} s so far",
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
+            return;
+        }
+        if done == 0 || self.bar.is_none() {
+            self.clear();
+            let bar = ProgressBar::new(total as u64);
+            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} (ETA {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(task.to_owned());
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+        }
+    }
+
     fn epoch(&mut self, phase: &str, record: &EpochRecord, epochs: usize) {
         if !self.quiet {
             self.clear();

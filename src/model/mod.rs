@@ -132,19 +132,32 @@ impl Value {
     }
 }
 
-/// Observes or rewrites a node's output during the forward pass (channel masks, activation
-/// statistics). Called for every node, after the op, before its consumers read the value.
+/// A convolution's or linear layer's weight as the forward pass computes with it.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// `[out, in/groups, kh, kw]`
+    Conv(Tensor<4>),
+    /// `[in, out]`
+    Linear(Tensor<2>),
+}
+
+/// Observes or rewrites the forward pass: a node's output (channel masks, activation
+/// statistics), called for every node after the op, before its consumers read the value; and
+/// the weight a convolution or linear node computes with (weight masks: a transform of the
+/// parameter inside the forward pass, so gradients flow through it, while the stored
+/// parameter stays as it is, like Burn's `Reparameterization` without changing the module).
 pub trait NodeHook {
-    fn after_node(&self, index: usize, node: &Node, value: Value) -> Value;
+    fn after_node(&self, _index: usize, _node: &Node, value: Value) -> Value {
+        value
+    }
+    fn weight(&self, _index: usize, _node: &Node, weight: Weight) -> Weight {
+        weight
+    }
 }
 
 /// The hook that does nothing.
 pub struct NoHook;
-impl NodeHook for NoHook {
-    fn after_node(&self, _: usize, _: &Node, value: Value) -> Value {
-        value
-    }
-}
+impl NodeHook for NoHook {}
 
 /// A stable parameter id from a parameter's name (FNV-1a), see the module docs.
 pub(crate) fn param_id(name: &str) -> ParamId {
@@ -349,7 +362,7 @@ impl Model {
                 Op::Input { .. } => input
                     .take()
                     .ok_or_else(|| LopperError::Graph("the input was read twice".into()))?,
-                op => self.apply(i, node, op, args, train)?,
+                op => self.apply(i, node, op, args, train, hook)?,
             };
             values[i] = Some(hook.after_node(i, node, out));
         }
@@ -365,6 +378,7 @@ impl Model {
         op: &Op,
         args: Vec<Value>,
         train: bool,
+        hook: &dyn NodeHook,
     ) -> Result<Value> {
         let mut args = args.into_iter();
         let mut x = args
@@ -385,9 +399,15 @@ impl Model {
                     return Err(missing());
                 };
                 let opts = ConvOptions::new(*stride, *padding, *dilation, *groups);
+                let Weight::Conv(w) = hook.weight(i, node, Weight::Conv(p.weight.val())) else {
+                    return Err(LopperError::Graph(format!(
+                        "a hook changed the kind of '{}''s weight",
+                        node.name
+                    )));
+                };
                 Value::Spatial(fops::conv2d(
                     x.spatial(node)?,
-                    p.weight.val(),
+                    w,
                     p.bias.as_ref().map(|b| b.val()),
                     opts,
                 ))
@@ -435,7 +455,12 @@ impl Model {
                 let Some(Layer::Linear(p)) = layer else {
                     return Err(missing());
                 };
-                let w = p.weight.val();
+                let Weight::Linear(w) = hook.weight(i, node, Weight::Linear(p.weight.val())) else {
+                    return Err(LopperError::Graph(format!(
+                        "a hook changed the kind of '{}''s weight",
+                        node.name
+                    )));
+                };
                 let b = p.bias.as_ref().map(|b| b.val());
                 match x {
                     Value::Flat(t) => Value::Flat(fops::linear(t, w, b)),

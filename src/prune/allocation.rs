@@ -19,6 +19,7 @@ use super::knapsack::{Knapsack, Price, Scale, ranked_values, scaled_scores};
 use super::latency::{LatencyModel, LatencyProfile};
 use super::mask::Selection;
 use super::resource::{Resource, ResourceModel};
+use super::weights::WeightBudget;
 use crate::count::human;
 use crate::error::{LopperError, Result};
 use crate::graph::Graph;
@@ -90,13 +91,41 @@ pub enum Amount {
     Absolute(f64),
 }
 
+/// What a prune must reach: a channel budget (MACs, parameters, latency), met by removing
+/// channels, or a weight budget (sparsity, N:M), met by zeroing weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    Channels(Budget),
+    Weights(WeightBudget),
+}
+
+impl FromStr for Target {
+    type Err = LopperError;
+    fn from_str(s: &str) -> Result<Target> {
+        if WeightBudget::is_weight_budget(s) {
+            s.parse().map(Target::Weights)
+        } else {
+            s.parse().map(Target::Channels)
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Channels(b) => b.fmt(f),
+            Target::Weights(w) => w.fmt(f),
+        }
+    }
+}
+
 impl FromStr for Budget {
     type Err = LopperError;
     /// `macs=0.5`, `macs=20M`, `params=0.3`, `params=150K`, `latency=2.5ms`, `latency=0.6`.
     fn from_str(s: &str) -> Result<Budget> {
         let bad = |why: &str| {
             LopperError::Config(format!(
-                "invalid budget '{s}': {why} (examples: macs=0.5, macs=20M, params=100K, latency=2ms)"
+                "invalid budget '{s}': {why} (examples: macs=0.5, macs=20M, params=100K, latency=2ms, sparsity=0.9, nm=2:4)"
             ))
         };
         let (kind, value) = s
@@ -106,7 +135,11 @@ impl FromStr for Budget {
             "macs" => Metric::Macs,
             "params" => Metric::Params,
             "latency" => Metric::Latency,
-            _ => return Err(bad("the resource must be macs, params or latency")),
+            _ => {
+                return Err(bad(
+                    "the resource must be macs, params, latency, sparsity or nm",
+                ));
+            }
         };
         let v = value.trim();
         if let (Metric::Latency, Some(ms)) = (resource, v.strip_suffix("ms")) {

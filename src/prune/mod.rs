@@ -29,6 +29,7 @@ pub mod report;
 pub mod resource;
 pub mod session;
 pub mod surgery;
+pub mod weights;
 
 pub use allocation::{Allocation, Budget, CostModel, Metric, allocate, harden};
 pub use groups::{ChannelGroup, Member, Role, channel_groups, collapsed_streams};

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::groups::ChannelGroup;
+use super::weights::SparsityReport;
 use crate::count::human;
 use crate::error::Result;
 use crate::graph::Graph;
@@ -71,6 +72,9 @@ pub struct PruneReport {
     /// whose training loss rose to chance level. `lopper prune` then exits with an error.
     #[serde(default)]
     pub collapsed: Option<String>,
+    /// For a weight budget: per layer and in total, the weights and MACs that are non-zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<SparsityReport>,
     /// Wall time of finding the widths (one-shot scoring, DSA's allocation epochs, or the
     /// iterative loop with its brief fine-tuning), of the final fine-tuning, and in total.
     pub allocation_seconds: f64,
@@ -79,8 +83,28 @@ pub struct PruneReport {
 }
 
 impl PruneReport {
+    /// Why this result must not pass as a success (exit status 0), if it must not: a collapse
+    /// to chance accuracy, or a missed budget (a latency measured over it). The result and its
+    /// report are kept either way.
+    pub fn failure(&self) -> Option<String> {
+        if let Some(why) = &self.collapsed {
+            return Some(format!(
+                "the pruned model collapsed: {why}. Try a gentler budget, more fine-tuning (--finetune-epochs), a lower weight rate for DSA (--dsa-lr) or another method"
+            ));
+        }
+        if !self.budget_met {
+            return Some(format!(
+                "the pruned model misses the budget {} (cost {:.4e} over the limit {:.4e})",
+                self.budget, self.budget_cost, self.budget_limit
+            ));
+        }
+        None
+    }
+
     /// The keep-ratio bar chart in `out` (`keep_ratios.{svg,png}`), and for a method with a
-    /// ratio history (DSA) the keep ratios over its epochs (`keep_ratio_history.{svg,png}`).
+    /// ratio history (DSA) the keep ratios over its epochs (`keep_ratio_history.{svg,png}`);
+    /// for a weight budget, the share of each layer's weights that are zero
+    /// (`weight_sparsity.{svg,png}`) instead.
     pub fn write_plots(
         &self,
         out: &Path,
@@ -88,6 +112,22 @@ impl PruneReport {
         groups: &[ChannelGroup],
         dense: &Graph,
     ) -> Result<()> {
+        if let Some(r) = &self.sparsity {
+            crate::plot::RatioBars {
+                title: format!(
+                    "{}: zero weights per layer ({}, {}, {})",
+                    self.model, self.method, self.allocation, self.budget
+                ),
+                x_label: "sparsity (share of the layer's weights that are zero)".into(),
+                items: r
+                    .layers
+                    .iter()
+                    .map(|l| (format!("{} ({})", l.name, l.pattern), l.sparsity()))
+                    .collect(),
+            }
+            .write(&out.join("weight_sparsity"))?;
+            return Ok(());
+        }
         crate::plot::RatioBars {
             title: format!(
                 "{}: kept channels per group ({}, {}, {})",
@@ -156,12 +196,33 @@ impl PruneReport {
                 1.0 / l.ratio()
             );
         }
-        s += &format!(
-            "\nBudget met: {} (cost {:.6e}, limit {:.6e}).\n\n",
-            self.budget_met, self.budget_cost, self.budget_limit
-        );
+        s += &match self.sparsity.as_ref().map(|r| r.pattern) {
+            Some(super::weights::Pattern::NM { m, .. }) => format!(
+                "\nBudget met: {} (at most {} non-zeros in a group of {m} of the pruned layers, {} allowed).\n\n",
+                self.budget_met, self.budget_cost, self.budget_limit
+            ),
+            Some(super::weights::Pattern::Unstructured) => format!(
+                "\nBudget met: {} ({} non-zero weights in the pruned layers, {} allowed).\n\n",
+                self.budget_met, self.budget_cost, self.budget_limit
+            ),
+            None => format!(
+                "\nBudget met: {} (cost {:.6e}, limit {:.6e}).\n\n",
+                self.budget_met, self.budget_cost, self.budget_limit
+            ),
+        };
         if let Some(c) = &self.collapsed {
             s += &format!("**Collapsed:** {c}\n\n");
+        }
+        if let Some(r) = &self.sparsity {
+            s += &format!(
+                "## Weight sparsity\n\n{}: {:.2}% of the pruned layers' weights are zero; {} of {} MACs have a non-zero weight.\n\n",
+                r.pattern,
+                100.0 * r.sparsity,
+                human(r.nonzero_macs),
+                human(r.macs)
+            );
+            s += &r.markdown();
+            s += "\n";
         }
         for w in &self.warnings {
             s += &format!("**Warning:** {w}\n\n");
@@ -182,8 +243,13 @@ impl PruneReport {
             self.finetune_epochs
         );
         s += &format!(
-            "Wall time: {:.1} s finding the widths, {:.1} s fine-tuning, {:.1} s in total{}.\n\n",
+            "Wall time: {:.1} s finding the {}, {:.1} s fine-tuning, {:.1} s in total{}.\n\n",
             self.allocation_seconds,
+            if self.sparsity.is_some() {
+                "masks"
+            } else {
+                "widths"
+            },
             self.finetune_seconds,
             self.seconds,
             if self.resumed {
@@ -192,6 +258,11 @@ impl PruneReport {
                 ""
             }
         );
+        if self.sparsity.is_some() {
+            // The per-layer table is above; the channels are all kept.
+            s += "## Zero weights per layer\n\n![sparsity per layer](weight_sparsity.svg)\n";
+            return s;
+        }
         s += "## Channels per group\n\n![keep ratio per group](keep_ratios.svg)\n\n| group | producers | before | after | kept |\n|---|---|---|---|---|\n";
         for g in &self.groups {
             s += &format!(
@@ -204,5 +275,60 @@ impl PruneReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BeforeAfter, PruneReport};
+
+    fn report(cost: f64, limit: f64, collapsed: Option<String>) -> PruneReport {
+        let same = BeforeAfter {
+            before: 1.0,
+            after: 1.0,
+        };
+        PruneReport {
+            model: "lenet5".into(),
+            method: "l1".into(),
+            allocation: "uniform".into(),
+            budget: "latency=0.5".into(),
+            budget_limit: limit,
+            budget_cost: cost,
+            budget_met: cost <= limit,
+            from_scratch: false,
+            resumed: false,
+            macs: same,
+            params: same,
+            top1_dense: 0.99,
+            top1_pruned: 0.9,
+            top1_finetuned: Some(0.98),
+            finetune_epochs: 1,
+            bn_batches: 0,
+            latency_ms_batch1: same,
+            latency_ms_batch64: same,
+            groups: vec![],
+            warnings: vec![],
+            collapsed,
+            sparsity: None,
+            allocation_seconds: 1.0,
+            finetune_seconds: 1.0,
+            seconds: 2.0,
+        }
+    }
+
+    /// A latency measured over the budget, or a collapse, is a failure (`lopper prune` exits
+    /// non-zero on it); a result within the budget is not.
+    #[test]
+    fn a_missed_budget_or_a_collapse_is_a_failure() {
+        assert_eq!(report(0.5, 0.5, None).failure(), None);
+        let missed = report(0.61, 0.5, None).failure().unwrap();
+        assert!(
+            missed.contains("misses the budget latency=0.5") && missed.contains("6.1000e-1"),
+            "{missed}"
+        );
+        let collapsed = report(0.4, 0.5, Some("top-1 10.00% is chance".into()))
+            .failure()
+            .unwrap();
+        assert!(collapsed.contains("collapsed: top-1 10.00%"), "{collapsed}");
     }
 }

@@ -29,14 +29,15 @@ use std::time::Instant;
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
-use super::allocation::{Budget, Metric};
+use super::allocation::{Metric, Target};
 use super::groups::{ChannelGroup, channel_groups, collapsed_streams};
 use super::latency::{
     LatencyMeter, LatencyProfile, MODEL_REPS, model_latency_ms, relative_latency,
 };
 use super::methods::iterative::width_ratios;
-use super::methods::{Flow, MethodContext, MethodOutcome, MethodPlan};
+use super::methods::{ChannelBudget, Flow, MethodContext, MethodOutcome, MethodPlan};
 use super::report::{BeforeAfter, GroupReport, PruneReport};
+use super::weights::{WeightBudget, WeightMasks, kept_for, measure, weight_layers};
 use crate::count::{count, human};
 use crate::data::DatasetName;
 use crate::error::{LopperError, Result};
@@ -51,8 +52,11 @@ use crate::train::{
 pub const RECIPE_FILE: &str = "recipe.toml";
 /// The pruned model before fine-tuning, and how it was found (`allocation.json`).
 const PRUNED_DIR: &str = "pruned";
-/// The folder a method's own training run writes (DSA's allocation phase, with per-epoch
-/// checkpoints); its presence marks a prune in progress.
+/// The sidecar of a weight-pruned run: per-layer sparsity and pattern (see
+/// [`super::weights::SparsityReport`]); `lopper export` writes it beside the exported weights.
+pub const SPARSITY_FILE: &str = "sparsity.json";
+/// The folder a method's own training run writes (DSA's allocation phase, GMP's pruning
+/// phase, with per-epoch checkpoints); its presence marks a prune in progress.
 pub(crate) const METHOD_DIR: &str = "allocation";
 
 /// Everything a prune needs to know. Its fields are the recipe's (`lopper prune --recipe`),
@@ -87,7 +91,8 @@ pub struct PrunePlan {
     /// cpu, cuda or wgpu (default: the source run's; cpu from scratch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// Resource budget: `macs=0.5`, `macs=20M`, `params=0.3`, `latency=2.5ms`, ...
+    /// Resource budget: `macs=0.5`, `macs=20M`, `params=0.3`, `latency=2.5ms`, ... for
+    /// channel methods; `sparsity=0.9` or `nm=2:4` for weight methods.
     pub budget: String,
     /// Latency profile from `lopper profile`, for latency budgets.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,9 +111,11 @@ pub struct PrunePlan {
     /// LeNet-5 and the MLP, 2 for the others, see [`crate::zoo::recipe`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finetune_epochs: Option<usize>,
-    /// Fine-tuning learning rate (cosine schedule).
-    #[serde(default = "lr")]
-    pub lr: f64,
+    /// Fine-tuning learning rate (cosine schedule); by default a tenth of the source run's
+    /// training rate (from scratch: of the model's recipe rate), so that a LeNet-5 trained at
+    /// 0.05 and a ResNet-20 trained at 0.1 are each fine-tuned at their own scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
     /// The method and its settings.
     #[serde(flatten)]
     pub method: MethodPlan,
@@ -120,9 +127,9 @@ fn one() -> usize {
 fn bn_batches() -> usize {
     32
 }
-fn lr() -> f64 {
-    0.01
-}
+/// The fine-tuning rate is the source's training rate over this (Torch-Pruning's examples,
+/// and lopper before the rate followed the source, fine-tune a ResNet trained at 0.1 at 0.01).
+const FINETUNE_LR_DIVISOR: f64 = 10.0;
 
 impl PrunePlan {
     /// A plan with every default: prune `run` by `method` to `budget`.
@@ -143,13 +150,13 @@ impl PrunePlan {
             round_to: one(),
             bn_batches: bn_batches(),
             finetune_epochs: None,
-            lr: lr(),
+            lr: None,
             method,
         }
     }
 
-    /// The budget, parsed.
-    pub fn budget(&self) -> Result<Budget> {
+    /// The budget, parsed: a channel budget or a weight budget.
+    pub fn target(&self) -> Result<Target> {
         self.budget.parse()
     }
 
@@ -200,18 +207,66 @@ impl PrunePlan {
             .map_err(|e| LopperError::Config(format!("cannot write the recipe: {e}")))
     }
 
-    /// The flow this plan prunes in (from a trained run or from scratch).
+    /// The flow this plan prunes in (from a trained run or from scratch), before the source
+    /// is read.
     pub fn flow(&self) -> Flow {
         Flow {
             from_scratch: self.from_scratch,
             lr: self.lr,
+            source_lr: None,
         }
+    }
+
+    /// Fills the defaults that follow the source (its training rate, the model's recipe),
+    /// once it is read.
+    pub(crate) fn resolve_source(&mut self, source: &TrainConfig) -> Result<()> {
+        self.lr.get_or_insert(source.lr / FINETUNE_LR_DIVISOR);
+        self.finetune_epochs
+            .get_or_insert(crate::zoo::recipe(&source.model).finetune_epochs);
+        let flow = Flow {
+            source_lr: Some(source.lr),
+            ..self.flow()
+        };
+        self.method.resolve(&flow)
     }
 
     /// Checks the plan and fills every default that does not need the source run, so that
     /// the saved recipe spells them out. Bad settings are one error, before any data is read.
     pub fn resolve(&mut self) -> Result<()> {
-        self.budget()?;
+        let target = self.target()?;
+        let weights = matches!(target, Target::Weights(_));
+        if self.method.prunes_weights() != weights {
+            return Err(LopperError::Config(if weights {
+                format!(
+                    "method {} removes channels; a weight budget ({target}) needs --method magnitude or gmp",
+                    self.method.name()
+                )
+            } else {
+                format!(
+                    "method {} zeroes weights; it takes a weight budget (sparsity=0.9, nm=2:4), not {target}",
+                    self.method.name()
+                )
+            }));
+        }
+        if let Some(allocation) = self.method.weight_allocation() {
+            match target {
+                Target::Weights(WeightBudget::NM { .. }) if allocation.is_some() => {
+                    return Err(LopperError::Config(format!(
+                        "allocation (--allocation) spreads a sparsity over the layers; the budget {target} puts every pruned layer at its pattern"
+                    )));
+                }
+                Target::Weights(WeightBudget::Sparsity(_)) => {
+                    allocation.get_or_insert_default();
+                }
+                _ => {}
+            }
+        }
+        if weights && self.round_to != 1 {
+            return Err(LopperError::Config(
+                "round_to (--round-to) rounds channel counts; a weight budget removes no channels"
+                    .into(),
+            ));
+        }
         match (&self.run, self.from_scratch, &self.model) {
             (Some(_), true, _) => {
                 return Err(LopperError::Config(
@@ -234,7 +289,7 @@ impl PrunePlan {
             let model = self.model.as_deref().unwrap_or_default();
             self.dataset = Some(DatasetName::default_for_model(model));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
+        if self.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
             return Err(LopperError::Config("lr (--lr) must be positive".into()));
         }
         let flow = self.flow();
@@ -342,11 +397,20 @@ impl PruneSession {
     /// Runs every phase (skipping those a resumed prune finished) and writes the report.
     pub fn run(self, progress: &mut dyn Progress) -> Result<PruneReport> {
         let started = Instant::now();
-        let PruneSession { plan, out, resume } = self;
-        let budget = plan.budget()?;
-        let mut method = plan.method.build();
+        let PruneSession {
+            mut plan,
+            out,
+            resume,
+        } = self;
+        let target = plan.target()?;
+        let channel_budget = match target {
+            Target::Channels(b) => Some(b),
+            Target::Weights(_) => None,
+        };
         // The source is read before the folder is touched: a wrong --run leaves nothing.
         let (mut cfg, dense) = source(&plan)?;
+        plan.resolve_source(&cfg)?;
+        let mut method = plan.method.build();
         // Held until the report is written; checked again under the lock, since another
         // process may have started here after this session was set up.
         let _lock = FolderLock::acquire(&out)?;
@@ -358,13 +422,11 @@ impl PruneSession {
             cfg.val_fraction = share;
         }
         // The plan with the source's seed and device is what the run folder keeps.
-        let finetune_epochs = plan
-            .finetune_epochs
-            .unwrap_or_else(|| crate::zoo::recipe(&dense.graph.name).finetune_epochs);
+        let finetune_epochs = plan.finetune_epochs.unwrap_or_default();
+        let finetune_lr = plan.lr.unwrap_or_default();
         let mut saved = plan.clone();
         saved.seed = Some(cfg.seed);
         saved.device = Some(cfg.device.clone());
-        saved.finetune_epochs = Some(finetune_epochs);
         let device = crate::device::device(&cfg.device)?;
         let loaded = load_data(&cfg)?;
         let data = batch_data(&cfg, &loaded)?;
@@ -405,16 +467,26 @@ impl PruneSession {
             Some(p) => Some(LatencyProfile::load(p)?),
             None => None,
         };
-        let cost_model = budget.cost_model(&dense.graph, &groups, profile.as_ref())?;
-        let limit = budget.limit(cost_model.dense_cost());
+        // A channel budget's cost model and limit; a weight budget is counted on the weights.
+        let cost_model = channel_budget
+            .map(|b| b.cost_model(&dense.graph, &groups, profile.as_ref()))
+            .transpose()?;
+        let limit = match (channel_budget, &cost_model) {
+            (Some(b), Some(c)) => b.limit(c.dense_cost()),
+            _ => 0.0,
+        };
         // Latency budgets are checked by timing candidates against the dense model, off the
         // autodiff device.
         let dense_inference = dense.valid();
-        let meter = match (&profile, budget.resource) {
-            (Some(p), Metric::Latency) => {
+        let meter = match (&profile, channel_budget.map(|b| b.resource)) {
+            (Some(p), Some(Metric::Latency)) => {
                 Some(LatencyMeter::for_profile(&dense_inference, p, &device))
             }
             _ => None,
+        };
+        let weight_layers = match target {
+            Target::Weights(w) => Some(weight_layers(&dense.graph, &plan.protect, w.pattern())?),
+            Target::Channels(_) => None,
         };
 
         // Phase 2: the method.
@@ -444,14 +516,23 @@ impl PruneSession {
                 cfg: &cfg,
                 data: &data,
                 groups: &groups,
-                cost: cost_model.as_ref(),
-                budget,
-                limit,
-                profile: profile.as_ref(),
-                meter: meter.as_ref(),
+                target,
+                channels: match (channel_budget, &cost_model) {
+                    (Some(budget), Some(cost)) => Some(ChannelBudget {
+                        budget,
+                        cost: cost.as_ref(),
+                        limit,
+                        profile: profile.as_ref(),
+                        meter: meter.as_ref(),
+                    }),
+                    _ => None,
+                },
                 protect: &plan.protect,
                 round_to: plan.round_to,
-                flow: plan.flow(),
+                flow: Flow {
+                    source_lr: Some(cfg.lr),
+                    ..plan.flow()
+                },
                 device: &device,
                 work_dir: &out,
                 resume,
@@ -479,13 +560,15 @@ impl PruneSession {
         let (before, after) = (count(&dense.graph), count(&found.model.graph));
         // MACs and parameters are counted on the pruned graph; latency is measured (or, where
         // no measurement was taken, the profile's prediction).
-        let cost = found.cost.unwrap_or_else(|| match budget.resource {
-            Metric::Macs => after.macs as f64,
-            Metric::Params => after.params as f64,
-            Metric::Latency => found
-                .measured_ms
-                .unwrap_or_else(|| cost_model.cost(&ratios)),
-        });
+        // (A weight budget is counted on the weights after fine-tuning, below.)
+        let channel_cost = match (channel_budget, &cost_model) {
+            (Some(b), Some(cm)) => Some(found.cost.unwrap_or_else(|| match b.resource {
+                Metric::Macs => after.macs as f64,
+                Metric::Params => after.params as f64,
+                Metric::Latency => found.measured_ms.unwrap_or_else(|| cm.cost(&ratios)),
+            })),
+            _ => None,
+        };
 
         // Phase 3: BatchNorm statistics of the pruned widths.
         let bn_started = Instant::now();
@@ -501,15 +584,31 @@ impl PruneSession {
                 "re-estimating the BatchNorm statistics of the pruned widths on {bn_used} training batches"
             ));
         }
-        let pruned = recalibrate_batch_norm(&found.model, &data.train, bn_used, &device)?;
+        let pruned =
+            recalibrate_batch_norm(&found.model, &data.train, bn_used, &device, &mut *progress)?;
         let bn_seconds = bn_started.elapsed().as_secs_f64();
         let pruned_eval = evaluate(&pruned, test, &NoHook, &device)?;
         let top1_pruned = pruned_eval.top1;
         output_warnings.extend(pruned_eval.non_finite_warning("the pruned model"));
+        let reached = match (&weight_layers, target) {
+            (Some(layers), Target::Weights(w)) => {
+                let r = measure(&pruned, layers, w.pattern())?;
+                format!(
+                    "pruned to {:.2}% sparsity ({}, {} of {} weights of the pruned layers non-zero)",
+                    100.0 * r.sparsity,
+                    w.pattern(),
+                    human(r.prunable_nonzero),
+                    human(r.prunable)
+                )
+            }
+            _ => format!(
+                "pruned to {} MACs, {} parameters",
+                human(after.macs),
+                human(after.params)
+            ),
+        };
         progress.message(&format!(
-            "pruned to {} MACs, {} parameters: test top-1 {:.2}% before fine-tuning{}",
-            human(after.macs),
-            human(after.params),
+            "{reached}: test top-1 {:.2}% before fine-tuning{}",
             100.0 * top1_pruned,
             if bn_used > 0 {
                 format!(
@@ -524,7 +623,7 @@ impl PruneSession {
         let ft_started = Instant::now();
         let mut ft_cfg = cfg.clone();
         ft_cfg.epochs = finetune_epochs.max(1);
-        ft_cfg.lr = plan.lr;
+        ft_cfg.lr = finetune_lr;
         ft_cfg.schedule = ScheduleKind::Cosine;
         ft_cfg.warmup_epochs = 0.0;
         // A method that held a validation split out gives it back: fine-tuning trains on the
@@ -545,6 +644,14 @@ impl PruneSession {
                 progress.message("fine-tuning resumes from its last completed epoch");
             }
             let mut extra = method.finetune_hooks();
+            // Weight masks stay as the method left them: what it zeroed is not regrown.
+            if let Some(layers) = &weight_layers {
+                extra.push(Box::new(WeightMasks::from_zeros(
+                    &pruned,
+                    layers.clone(),
+                    &device,
+                )?));
+            }
             let mut shown = ProgressHook::new("fine-tuning", &mut *progress);
             let mut hooks: Vec<&mut dyn TrainHook> = extra
                 .iter_mut()
@@ -587,22 +694,52 @@ impl PruneSession {
 
         // Phase 5: latency (inference mode, off the autodiff device), the report, the plots.
         let final_model = final_model.valid();
-        progress.message("measuring the dense and pruned models' latency at batch 1 and 64");
         // The dense time alone, the pruned one as the dense time times their paired ratio
-        // (the statistic the latency search uses).
-        let latency = |batch: usize| {
+        // (the statistic the latency search uses). Four timings: each reports its progress.
+        const LATENCY_TASK: &str = "measuring the dense and pruned latency at batch 1 and 64";
+        let mut latency = |batch: usize, first: usize| {
+            progress.work(LATENCY_TASK, first, 4);
             let before = model_latency_ms(&dense_inference, batch, MODEL_REPS, &device);
+            progress.work(LATENCY_TASK, first + 1, 4);
             BeforeAfter {
                 before,
                 after: before
                     * relative_latency(&final_model, &dense_inference, batch, MODEL_REPS, &device),
             }
         };
+        let latency_ms_batch1 = latency(1, 0);
+        let latency_ms_batch64 = latency(64, 2);
+        progress.work(LATENCY_TASK, 4, 4);
+        // A weight budget holds on the weights as they are saved, after fine-tuning.
+        let sparsity = match (&weight_layers, target) {
+            (Some(layers), Target::Weights(w)) => Some(measure(&final_model, layers, w.pattern())?),
+            _ => None,
+        };
+        let (cost, limit) = match (&sparsity, target, channel_cost) {
+            (Some(r), Target::Weights(WeightBudget::Sparsity(s)), _) => (
+                r.prunable_nonzero as f64,
+                kept_for(r.prunable as usize, s) as f64,
+            ),
+            (Some(r), Target::Weights(WeightBudget::NM { n, .. }), _) => {
+                (r.max_nonzero_per_group.unwrap_or(0) as f64, n as f64)
+            }
+            (_, _, Some(c)) => (c, limit),
+            _ => {
+                return Err(LopperError::Config(
+                    "internal error: the budget was not counted".into(),
+                ));
+            }
+        };
+        if sparsity.is_some() {
+            warnings.push(
+                "the latency above is measured with dense kernels, which gain nothing from zero weights: a sparse model runs faster only on a sparse kernel or on hardware for its pattern (2:4 on sparse tensor cores)".into(),
+            );
+        }
         let report = PruneReport {
             model: dense.graph.name.clone(),
             method: plan.method.name().into(),
             allocation: found.allocation,
-            budget: budget.to_string(),
+            budget: target.to_string(),
             budget_limit: limit,
             budget_cost: cost,
             budget_met: cost <= limit,
@@ -621,8 +758,8 @@ impl PruneSession {
             top1_finetuned: finetuned.map(|m| m.top1),
             finetune_epochs,
             bn_batches: bn_used,
-            latency_ms_batch1: latency(1),
-            latency_ms_batch64: latency(64),
+            latency_ms_batch1,
+            latency_ms_batch64,
             warnings,
             collapsed,
             groups: groups
@@ -636,18 +773,22 @@ impl PruneSession {
                     after: p.channels,
                 })
                 .collect(),
+            sparsity,
             allocation_seconds,
             finetune_seconds,
             seconds: started.elapsed().as_secs_f64(),
         };
         report.write_plots(&out, &found.ratio_history, &groups, &dense.graph)?;
         write_atomic(&out.join("prune_report.json"), &to_json(&report)?)?;
+        if let Some(r) = &report.sparsity {
+            write_atomic(&out.join(SPARSITY_FILE), &to_json(r)?)?;
+        }
         write_atomic(&out.join("prune_report.md"), report.markdown().as_bytes())?;
         if let Some(m) = finetuned {
             write_atomic(&run_dir.eval_path(), &to_json(&m)?)?;
         }
         if !report.budget_met {
-            if budget.resource == Metric::Latency {
+            if channel_budget.is_some_and(|b| b.resource == Metric::Latency) {
                 progress.warning(&format!(
                     "the measured latency {cost:.3} ms is over the budget {limit:.3} ms (latency measurements vary run to run; see BENCHMARKS.md)"
                 ));
@@ -718,17 +859,65 @@ fn source(plan: &PrunePlan) -> Result<(TrainConfig, Model)> {
     let dataset = plan
         .dataset
         .unwrap_or_else(|| DatasetName::default_for_model(name));
-    let scratch_lr = match &plan.method {
-        MethodPlan::Dsa(p) => p.dsa_lr.unwrap_or(0.1),
-        _ => 0.1,
-    };
+    // From scratch the model's recipe stands in for the source run's configuration.
+    let recipe = crate::zoo::recipe(name);
     let cfg = with_plan(TrainConfig {
         model: name.into(),
         dataset,
-        lr: scratch_lr,
+        lr: recipe.lr,
+        batch_size: recipe.batch_size,
         ..TrainConfig::default()
     });
     let device = crate::device::device(&cfg.device)?;
     let graph = crate::zoo::build(name, &dataset.input_shape(), dataset.num_classes())?;
     Ok((cfg.clone(), Model::init(graph, cfg.seed, &device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrunePlan;
+    use crate::prune::methods::MethodPlan;
+    use crate::prune::methods::dsa::DsaPlan;
+    use crate::train::TrainConfig;
+
+    fn dsa_lrs(mut plan: PrunePlan, source: &TrainConfig) -> (Option<f64>, Option<f64>) {
+        plan.resolve().unwrap();
+        plan.resolve_source(source).unwrap();
+        match plan.method {
+            MethodPlan::Dsa(d) => (plan.lr, d.dsa_lr),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn rates_follow_the_source_run() {
+        let lenet = TrainConfig {
+            model: "lenet5".into(),
+            lr: 0.05,
+            ..TrainConfig::default()
+        };
+        let from_run = PrunePlan::new("r", MethodPlan::Dsa(DsaPlan::default()), "macs=0.3");
+        // A tenth of the training rate fine-tunes; DSA's weights train at the fine-tuning rate.
+        assert_eq!(
+            dsa_lrs(from_run.clone(), &lenet),
+            (Some(0.005), Some(0.005))
+        );
+        let resnet = TrainConfig {
+            model: "resnet20".into(),
+            lr: 0.1,
+            ..TrainConfig::default()
+        };
+        let (lr, dsa_lr) = dsa_lrs(from_run.clone(), &resnet);
+        assert!((lr.unwrap() - 0.01).abs() < 1e-12 && dsa_lr == lr);
+        // Given rates win.
+        let mut given = from_run;
+        given.lr = Some(0.02);
+        assert_eq!(dsa_lrs(given, &lenet), (Some(0.02), Some(0.02)));
+        // From scratch DSA trains at the source's (the recipe's) rate.
+        let mut scratch = PrunePlan::new("r", MethodPlan::Dsa(DsaPlan::default()), "macs=0.3");
+        scratch.run = None;
+        scratch.from_scratch = true;
+        scratch.model = Some("lenet5".into());
+        assert_eq!(dsa_lrs(scratch, &lenet), (Some(0.005), Some(0.05)));
+    }
 }

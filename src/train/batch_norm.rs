@@ -15,6 +15,7 @@ use crate::data::Batcher;
 use crate::error::{LopperError, Result};
 use crate::graph::{Graph, Op};
 use crate::model::Model;
+use crate::train::Progress;
 
 /// Whether `graph` has a BatchNorm to re-estimate.
 pub fn has_batch_norm(graph: &Graph) -> bool {
@@ -23,6 +24,9 @@ pub fn has_batch_norm(graph: &Graph) -> bool {
         .iter()
         .any(|n| matches!(n.op, Op::BatchNorm2d { .. }))
 }
+
+/// The re-estimation's name in progress reports.
+const TASK: &str = "re-estimating BatchNorm statistics";
 
 /// Replaces every BatchNorm's running mean and variance with their plain average over the
 /// first `batches` batches of `data` (train-mode forward passes; no weight changes). The
@@ -34,6 +38,7 @@ pub fn recalibrate_batch_norm(
     data: &Batcher,
     batches: usize,
     device: &Device,
+    progress: &mut dyn Progress,
 ) -> Result<Model> {
     if batches == 0 || !has_batch_norm(&model.graph) {
         return Ok(model.clone());
@@ -43,6 +48,7 @@ pub fn recalibrate_batch_norm(
     let original = m.graph.clone();
     let mut seen = 0;
     for batch in data.epoch(0, 0, 0).take(batches) {
+        progress.work(TASK, seen, batches);
         let momentum_now = 1.0 / (seen as f64 + 1.0);
         for node in &mut m.graph.nodes {
             if let Op::BatchNorm2d { momentum, .. } = &mut node.op {
@@ -54,6 +60,7 @@ pub fn recalibrate_batch_norm(
         let _ = m.forward(x, true);
         seen += 1;
     }
+    progress.work(TASK, batches, batches);
     if seen == 0 {
         return Err(LopperError::Config(
             "BatchNorm recalibration got no data batches".into(),

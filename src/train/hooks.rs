@@ -17,7 +17,7 @@ use burn::tensor::{Bytes, TensorData};
 use super::run::EpochRecord;
 use crate::error::{LopperError, Result};
 use crate::graph::Node;
-use crate::model::{Model, NodeHook, Value};
+use crate::model::{Model, NodeHook, Value, Weight};
 
 /// Where the loop is, passed to the hooks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,6 +106,9 @@ impl NodeHook for NodeChain<'_> {
         self.0
             .iter()
             .fold(value, |v, h| h.after_node(index, node, v))
+    }
+    fn weight(&self, index: usize, node: &Node, weight: Weight) -> Weight {
+        self.0.iter().fold(weight, |w, h| h.weight(index, node, w))
     }
 }
 

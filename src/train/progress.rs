@@ -20,6 +20,9 @@ pub trait Progress {
     fn step(&mut self, _phase: &str, _info: &StepInfo, _loss: f64, _samples: usize) {}
     /// An epoch of `phase` is done (of `epochs` in the run).
     fn epoch(&mut self, _phase: &str, _record: &EpochRecord, _epochs: usize) {}
+    /// Work other than training (BatchNorm re-estimation, latency measurement, profiling):
+    /// `done` of `total` units of `task` are done; `done == total` ends it.
+    fn work(&mut self, _task: &str, _done: usize, _total: usize) {}
 }
 
 /// Reports nothing.

@@ -28,15 +28,15 @@ const MIN_RATIO_STEPS: usize = 20;
 /// has been run on ResNet-20 with one seed only (2.6 points ahead, BENCHMARKS.md m), so the
 /// defaults stay the earlier ones until more seeds agree: 3 epochs, ALGORITHMS.md's Euclidean
 /// metric, sampled masks throughout, the Fisher mean since the start, a penalty of 1, a
-/// cosine after a warm-up, a weight rate of 0.1.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// cosine after a warm-up, the weights at the model's recipe rate (0.1 for ResNet-20).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DsaPlan {
     /// Epochs of joint weight and keep-ratio training; a fraction (0.5, 1.5) runs ceil(x)
     /// passes over a random x/ceil(x) share of the training split.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dsa_epochs: Option<f64>,
-    /// Weight learning rate during allocation (the fine-tuning rate from a trained run, 0.1
-    /// from scratch).
+    /// Weight learning rate during allocation (the fine-tuning rate from a trained run, the
+    /// model's recipe rate from scratch: a fixed 0.1 made LeNet-5, trained at 0.05, collapse).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dsa_lr: Option<f64>,
     /// The allocation phase's weight-rate schedule from a trained run (constant or cosine);
@@ -76,6 +76,26 @@ pub struct DsaPlan {
 fn ratio_every() -> usize {
     5
 }
+
+/// The recipe's defaults (an empty `[dsa]` recipe reads as this).
+impl Default for DsaPlan {
+    fn default() -> Self {
+        DsaPlan {
+            dsa_epochs: None,
+            dsa_lr: None,
+            dsa_schedule: None,
+            ratio_every: ratio_every(),
+            ratio_lr: None,
+            rho: None,
+            admm_metric: None,
+            ratio_signal: RatioSignal::default(),
+            hard_tail: None,
+            channel_rank: ChannelRank::default(),
+            fisher_decay: None,
+            val_fraction: val_fraction(),
+        }
+    }
+}
 fn val_fraction() -> f64 {
     0.1
 }
@@ -102,7 +122,17 @@ impl DsaPlan {
             }
         };
         self.dsa_epochs.get_or_insert(pick(3.0, 1.5));
-        self.dsa_lr.get_or_insert(pick(0.1, flow.lr));
+        // The weights train at the source's rate from scratch, at the fine-tuning rate from a
+        // trained run; both are known once the source is read.
+        let lr_default = if scratch { flow.source_lr } else { flow.lr };
+        if let Some(lr) = lr_default {
+            self.dsa_lr.get_or_insert(lr);
+        }
+        if self.dsa_lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
+            return Err(LopperError::Config(
+                "dsa_lr (--dsa-lr) must be positive".into(),
+            ));
+        }
         self.dsa_schedule.get_or_insert(if scratch {
             ScheduleKind::Cosine
         } else {
@@ -199,14 +229,15 @@ impl PruneMethod for DsaMethod {
             })?
             .shuffled(cfg.batch_size);
         let log = cx.work_dir.join("dsa_log.jsonl");
-        let cost_model = cx
+        let cb = cx.channel_budget()?;
+        let cost_model = cb
             .budget
-            .cost_model(&cx.dense.graph, cx.groups, cx.profile)?;
+            .cost_model(&cx.dense.graph, cx.groups, cb.profile)?;
         let mut dsa = Dsa::new(
             cx.dense,
             cx.groups.to_vec(),
             cost_model,
-            cx.limit,
+            cb.limit,
             dcfg,
             val,
             alloc_data.train.num_batches(),
@@ -223,7 +254,7 @@ impl PruneMethod for DsaMethod {
         }
         let mut alloc_cfg = cfg.clone();
         alloc_cfg.epochs = passes;
-        alloc_cfg.lr = got(p.dsa_lr);
+        alloc_cfg.lr = p.dsa_lr.unwrap_or(cfg.lr);
         alloc_cfg.schedule = schedule;
         alloc_cfg.warmup_epochs = if cx.flow.from_scratch { 0.3 } else { 0.0 };
         let alloc_run = RunDir::new(cx.work_dir.join(crate::prune::session::METHOD_DIR));
@@ -265,11 +296,11 @@ impl PruneMethod for DsaMethod {
             source: &trained,
             groups: cx.groups,
             scores: &importance,
-            cost: cx.cost,
+            cost: cb.cost,
             unit: cx.round_to.max(1),
             device: cx.device,
         };
-        let (groups, cost, round_to) = (cx.groups, cx.cost, cx.round_to);
+        let (groups, cost, round_to) = (cx.groups, cb.cost, cx.round_to);
         let (model, measured_ms) = build_for_budget(cx, &surgery, |lim| {
             harden(
                 groups,

@@ -62,7 +62,7 @@ impl IterativePlan {
     pub(crate) fn check(&self, flow: &Flow) -> Result<()> {
         if flow.from_scratch {
             return Err(LopperError::Config(
-                "pruning from scratch works with the dsa method only".into(),
+                "pruning from scratch works with the dsa and gmp methods only".into(),
             ));
         }
         if !(self.step_share > 0.0 && self.step_share <= 1.0) {
@@ -90,14 +90,15 @@ impl PruneMethod for Iterative {
             round_to: cx.round_to,
         };
         let mut ft = cx.cfg.clone();
-        ft.lr = cx.flow.lr;
-        let meter = cx.meter;
+        ft.lr = cx.flow.finetune_lr()?;
+        let cb = cx.channel_budget()?;
+        let meter = cb.meter;
         let measure = meter.map(|meter| move |m: &Model| meter.ms(m));
         let (model, steps) = iterative_prune(
             cx.dense.clone(),
             cx.protect,
-            cx.cost,
-            cx.limit,
+            cb.cost,
+            cb.limit,
             &icfg,
             &ft,
             &cx.data.train,

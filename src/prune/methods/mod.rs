@@ -12,15 +12,16 @@
 //! and the [`Knapsack`] solver, surgery, the latency search ([`meet_latency`]) and the training
 //! loop with its hooks.
 //!
-//! **Weight masks.** The next mask kind, per-weight masks (unstructured and N:M) on
-//! convolution and linear weights, plugs in the same way: a method scores weights
-//! ([`Importance::weight_scores`]), keeps a mask per parameter (a reparameterisation of the
-//! weight, or a hook that zeroes masked weights after every optimiser step and resets their
-//! moments through [`OptimizerState`]), and returns a model whose masked weights are zero. The
-//! masks must hold during fine-tuning too, so a method hands the session the hooks to train
-//! with ([`PruneMethod::finetune_hooks`]), and it reports the cost it reached itself
-//! ([`MethodOutcome::cost`]: sparsity is not counted on the graph as channel budgets are).
+//! **Weight budgets.** Methods that zero weights (`magnitude`, `gmp`) take a weight budget
+//! ([`Target::Weights`]: `sparsity=` or `nm=`), channel methods a channel budget
+//! ([`MethodContext::channel_budget`]); the plan refuses a mismatch before any data is read.
+//! A weight method scores weights ([`Importance::weight_scores`]), keeps its masks in a
+//! [`WeightMasks`] (the forward hook, zeroing in storage and of the optimiser's moments through
+//! [`OptimizerState`]) and returns a model whose masked weights are zero; the session
+//! fine-tunes it with masks read back from those zeros and counts the budget on the weights it
+//! saves.
 //!
+//! [`WeightMasks`]: crate::prune::weights::WeightMasks
 //! [`Importance`]: crate::prune::importance::Importance
 //! [`Importance::weight_scores`]: crate::prune::importance::Importance::weight_scores
 //! [`Knapsack`]: crate::prune::knapsack::Knapsack
@@ -28,7 +29,9 @@
 //! [`OptimizerState`]: crate::train::OptimizerState
 
 pub mod dsa;
+pub mod gmp;
 pub mod iterative;
+pub mod magnitude;
 pub mod one_shot;
 
 use std::path::Path;
@@ -36,12 +39,13 @@ use std::path::Path;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::allocation::{Budget, CostModel};
+use super::allocation::{Budget, CostModel, Target};
 use super::groups::ChannelGroup;
 use super::latency::{LatencyMeter, LatencyProfile};
 use super::mask::Selection;
 use super::measured::{LatencyRound, Surgery, meet_latency};
-use crate::error::Result;
+use super::weights::{Density, WeightBudget};
+use crate::error::{LopperError, Result};
 use crate::model::Model;
 use crate::train::{Progress, TrainConfig, TrainData, TrainHook};
 
@@ -63,6 +67,10 @@ pub enum MethodPlan {
     Iterative(iterative::IterativePlan),
     /// Differentiable sparsity allocation: keep ratios learned under the budget (ADMM).
     Dsa(dsa::DsaPlan),
+    /// Weights: one shot by |w| (uniform, global or ERK densities; or N:M).
+    Magnitude(magnitude::MagnitudePlan),
+    /// Weights: gradual magnitude pruning along a cubic while training (Zhu & Gupta).
+    Gmp(gmp::GmpPlan),
 }
 
 impl MethodPlan {
@@ -76,7 +84,23 @@ impl MethodPlan {
             MethodPlan::Random(_) => "random",
             MethodPlan::Iterative(_) => "iterative",
             MethodPlan::Dsa(_) => "dsa",
+            MethodPlan::Magnitude(_) => "magnitude",
+            MethodPlan::Gmp(_) => "gmp",
         }
+    }
+
+    /// A weight method's layer allocation (how a sparsity is spread over layers).
+    pub fn weight_allocation(&mut self) -> Option<&mut Option<Density>> {
+        match self {
+            MethodPlan::Magnitude(p) => Some(&mut p.allocation),
+            MethodPlan::Gmp(p) => Some(&mut p.allocation),
+            _ => None,
+        }
+    }
+
+    /// Whether the method zeroes weights (weight budgets) rather than removing channels.
+    pub fn prunes_weights(&self) -> bool {
+        matches!(self, MethodPlan::Magnitude(_) | MethodPlan::Gmp(_))
     }
 
     /// Fills the defaults that depend on the flow (from a trained run or from scratch) and
@@ -84,6 +108,8 @@ impl MethodPlan {
     pub fn resolve(&mut self, flow: &Flow) -> Result<()> {
         match self {
             MethodPlan::Dsa(p) => p.resolve(flow),
+            MethodPlan::Gmp(p) => p.resolve(flow),
+            MethodPlan::Magnitude(p) => p.check(flow),
             MethodPlan::Iterative(p) => p.check(flow),
             MethodPlan::L1(p)
             | MethodPlan::L2(p)
@@ -110,17 +136,33 @@ impl MethodPlan {
             MethodPlan::Random(p) => one_shot(Criterion::Random, p),
             MethodPlan::Iterative(p) => Box::new(iterative::Iterative { plan: p.clone() }),
             MethodPlan::Dsa(p) => Box::new(dsa::DsaMethod { plan: p.clone() }),
+            MethodPlan::Magnitude(p) => Box::new(magnitude::Magnitude { plan: p.clone() }),
+            MethodPlan::Gmp(p) => Box::new(gmp::Gmp { plan: p.clone() }),
         }
     }
 }
 
-/// What the session knows of the prune before reading any data.
+/// How the prune starts. A plan is resolved twice: before any data is read (bad settings fail
+/// early) and once the source is read, when the rates that follow it are known.
 #[derive(Debug, Clone, Copy)]
 pub struct Flow {
     /// Training a new model from random weights while pruning, instead of a trained run.
     pub from_scratch: bool,
-    /// The fine-tuning learning rate (a method's own rates may default to it).
-    pub lr: f64,
+    /// The fine-tuning learning rate (a method's own rates may default to it); `None` until
+    /// the source is read, always set in a [`MethodContext`].
+    pub lr: Option<f64>,
+    /// The source's training rate (from scratch: the model's recipe rate); `None` until the
+    /// source is read.
+    pub source_lr: Option<f64>,
+}
+
+impl Flow {
+    /// The fine-tuning rate, once the source is read.
+    pub fn finetune_lr(&self) -> Result<f64> {
+        self.lr.ok_or_else(|| {
+            LopperError::Config("the fine-tuning rate is set once the source is read".into())
+        })
+    }
 }
 
 /// Everything a method may use.
@@ -132,15 +174,11 @@ pub struct MethodContext<'a> {
     pub cfg: &'a TrainConfig,
     pub data: &'a TrainData,
     pub groups: &'a [ChannelGroup],
-    pub cost: &'a dyn CostModel,
-    pub budget: Budget,
-    /// The budget in the cost model's units.
-    pub limit: f64,
-    /// The latency profile, for latency budgets.
-    pub profile: Option<&'a LatencyProfile>,
-    /// For latency budgets with a profile: measures candidates against the dense model.
-    pub meter: Option<&'a LatencyMeter<'a>>,
-    /// Nodes whose channels must stay.
+    /// What the prune must reach.
+    pub target: Target,
+    /// For a channel budget: its cost model, limit and latency tools.
+    pub channels: Option<ChannelBudget<'a>>,
+    /// Nodes whose channels (channel budgets) or weights (weight budgets) must stay.
     pub protect: &'a [String],
     /// Widths are kept a multiple of this many channels (or a whole group), and move by it.
     pub round_to: usize,
@@ -153,6 +191,42 @@ pub struct MethodContext<'a> {
     /// `work_dir`).
     pub resume: bool,
     pub progress: &'a mut dyn Progress,
+}
+
+/// A channel budget as the channel methods use it.
+#[derive(Clone, Copy)]
+pub struct ChannelBudget<'a> {
+    pub budget: Budget,
+    pub cost: &'a dyn CostModel,
+    /// The budget in the cost model's units.
+    pub limit: f64,
+    /// The latency profile, for latency budgets.
+    pub profile: Option<&'a LatencyProfile>,
+    /// For latency budgets with a profile: measures candidates against the dense model.
+    pub meter: Option<&'a LatencyMeter<'a>>,
+}
+
+impl<'a> MethodContext<'a> {
+    /// The channel budget; an error for a weight budget (the plan's checks refuse that
+    /// pairing before any data is read, so this is a second line).
+    pub fn channel_budget(&self) -> Result<ChannelBudget<'a>> {
+        self.channels.ok_or_else(|| {
+            LopperError::Config(format!(
+                "this method removes channels; the budget {} is a weight budget",
+                self.target
+            ))
+        })
+    }
+
+    /// The weight budget; an error for a channel budget.
+    pub fn weight_budget(&self) -> Result<WeightBudget> {
+        match self.target {
+            Target::Weights(w) => Ok(w),
+            Target::Channels(b) => Err(LopperError::Config(format!(
+                "this method zeroes weights; the budget {b} is a channel budget (use sparsity= or nm=)"
+            ))),
+        }
+    }
 }
 
 /// What a method found.
@@ -214,9 +288,10 @@ pub fn build_for_budget(
     surgery: &Surgery,
     select_at: impl Fn(f64) -> Result<Selection>,
 ) -> Result<(Model, Option<f64>)> {
-    let limit = cx.limit;
+    let cb = cx.channel_budget()?;
+    let limit = cb.limit;
     let progress = &mut *cx.progress;
-    meet_latency(limit, cx.meter, surgery, select_at, |r| {
+    meet_latency(limit, cb.meter, surgery, select_at, |r| {
         match r {
         LatencyRound::Calibration {
             round,

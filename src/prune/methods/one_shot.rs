@@ -41,7 +41,7 @@ impl OneShotPlan {
     pub(crate) fn check(&self, flow: &Flow) -> Result<()> {
         if flow.from_scratch {
             return Err(LopperError::Config(
-                "pruning from scratch works with the dsa method only".into(),
+                "pruning from scratch works with the dsa and gmp methods only".into(),
             ));
         }
         Ok(())
@@ -55,6 +55,7 @@ pub struct OneShot {
 
 impl PruneMethod for OneShot {
     fn prune(&mut self, cx: &mut MethodContext) -> Result<MethodOutcome> {
+        let cb = cx.channel_budget()?;
         let scores = channel_scores(
             self.criterion,
             cx.dense,
@@ -67,12 +68,12 @@ impl PruneMethod for OneShot {
             source: cx.dense,
             groups: cx.groups,
             scores: &scores,
-            cost: cx.cost,
+            cost: cb.cost,
             unit: cx.round_to.max(1),
             device: cx.device,
         };
         let (resource, groups, cost, round_to) =
-            (cx.budget.resource, cx.groups, cx.cost, cx.round_to);
+            (cb.budget.resource, cx.groups, cb.cost, cx.round_to);
         let allocation = self.plan.allocation;
         let (model, measured_ms) = build_for_budget(cx, &surgery, |lim| {
             let budget = Budget {

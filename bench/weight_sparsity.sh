@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Weight sparsity side by side (issue 23): from one dense run, magnitude (uniform, global, ERK)
+# fine-tuned E epochs against GMP (1 pruning epoch + E-1 fine-tuning epochs): equal total
+# epochs. Prints one line per prune: method, budget, seed, top-1 before / after fine-tuning,
+# sparsity reached on the saved model, wall time.
+#
+#   LOPPER=target/release/lopper RUN=bench/runs/lenet5 SEEDS="0 1 2" EPOCHS=2 \
+#     bench/weight_sparsity.sh
+set -euo pipefail
+LOPPER=${LOPPER:-target/release/lopper}
+RUN=${RUN:?the dense run to prune}
+SEEDS=${SEEDS:-0}
+EPOCHS=${EPOCHS:-2}
+OUT=${OUT:-bench/runs/weights}
+BUDGETS=${BUDGETS:-"sparsity=0.9 nm=2:4"}
+mkdir -p "$OUT"
+row() {
+  python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1] + "/prune_report.json"))
+s = r["sparsity"]
+print(f'| {r["method"]} | {r["allocation"]} | {r["budget"]} | {100*r["top1_pruned"]:.2f}% | '
+      f'{100*r["top1_finetuned"]:.2f}% | {100*s["sparsity"]:.2f}% | {r["budget_met"]} | {r["seconds"]:.0f} s |')
+PY
+}
+for seed in $SEEDS; do
+  for budget in $BUDGETS; do
+    tag=${budget//[=:]/-}
+    if [[ $budget == sparsity=* ]]; then allocs="uniform global erk"; else allocs="uniform"; fi
+    for a in $allocs; do
+      d="$OUT/mag-$a-$tag-s$seed"
+      rm -rf "$d"
+      "$LOPPER" prune --run "$RUN" --method magnitude --allocation "$a" --budget "$budget" \
+        --finetune-epochs "$EPOCHS" --seed "$seed" --quiet --out "$d" > /dev/null
+      echo "seed $seed $(row "$d")"
+    done
+    d="$OUT/gmp-$tag-s$seed"
+    rm -rf "$d"
+    "$LOPPER" prune --run "$RUN" --method gmp --budget "$budget" --gmp-epochs 1 \
+      --finetune-epochs $((EPOCHS - 1)) --seed "$seed" --quiet --out "$d" > /dev/null
+    echo "seed $seed $(row "$d")"
+  done
+done

@@ -1,0 +1,482 @@
+//! Weight masks: patterns, layer densities, exact budgets, and masked weights that stay zero
+//! through training (gradients and optimiser moments masked, not re-zeroed after the step).
+
+use std::sync::Arc;
+
+use burn::tensor::Device;
+use lopper::data::{Batcher, DatasetName};
+use lopper::model::Model;
+use lopper::prune::weights::{
+    DenseReason, Density, Pattern, WeightBudget, WeightLayer, WeightMasks, erk_densities, kept_for,
+    measure, nm_mask, solve_masks, weight_layers, weight_values,
+};
+use lopper::train::{OptimizerState, StepInfo, TrainConfig, TrainData, TrainHook, Trainer};
+use rand::{Rng, SeedableRng};
+
+mod common;
+use common::synthetic_mnist;
+
+fn layer(shape: &[usize]) -> WeightLayer {
+    WeightLayer {
+        node: 0,
+        name: "l".into(),
+        shape: shape.to_vec(),
+        dense: None,
+    }
+}
+
+fn random_scores(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random::<f64>()).collect()
+}
+
+/// Every group of M consecutive input channels (at each output channel and kernel position,
+/// or each output of a linear layer) keeps exactly its N highest scores.
+#[test]
+fn nm_masks_keep_the_n_best_of_every_group_of_m() {
+    for (shape, n, m) in [
+        (vec![3, 8, 3, 3], 2, 4),
+        (vec![5, 12, 1, 1], 1, 4),
+        (vec![8, 5], 2, 4),
+        (vec![16, 3], 3, 8),
+    ] {
+        let l = layer(&shape);
+        let scores = random_scores(l.numel(), 7);
+        let mask = nm_mask(&l, &scores, n, m);
+        let mut groups = 0;
+        let mut covered = vec![0; l.numel()];
+        l.for_each_group(m, |idx| {
+            groups += 1;
+            let kept: Vec<usize> = idx.iter().copied().filter(|&i| mask[i] == 1.0).collect();
+            assert_eq!(kept.len(), n, "{shape:?}");
+            let worst_kept = kept.iter().map(|&i| scores[i]).fold(f64::MAX, f64::min);
+            for &i in idx {
+                covered[i] += 1;
+                if mask[i] == 0.0 {
+                    assert!(scores[i] < worst_kept, "{shape:?}: a better weight was cut");
+                }
+            }
+        });
+        assert_eq!(groups * m, l.numel());
+        assert!(covered.iter().all(|&c| c == 1), "groups tile the weight");
+    }
+    // The groups run along the input channels: for a conv [out, in, kh, kw], the first group
+    // is input channels 0..4 of output 0 at kernel position (0, 0).
+    let l = layer(&[2, 4, 3, 3]);
+    let mut first = None;
+    l.for_each_group(4, |idx| {
+        first.get_or_insert(idx.to_vec());
+    });
+    assert_eq!(first.unwrap(), vec![0, 9, 18, 27]);
+}
+
+/// A sparsity budget holds exactly for every allocation: the kept weights are
+/// `kept_for(total, S)`, whatever the rounding per layer.
+#[test]
+fn sparsity_budgets_hold_exactly_for_every_allocation() {
+    let layers = [
+        layer(&[16, 3, 3, 3]),
+        layer(&[32, 16, 3, 3]),
+        layer(&[120, 7]),
+        layer(&[10, 10]),
+    ];
+    let refs: Vec<&WeightLayer> = layers.iter().collect();
+    let scores: Vec<Vec<f64>> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| random_scores(l.numel(), i as u64))
+        .collect();
+    let total: usize = layers.iter().map(|l| l.numel()).sum();
+    for s in [0.5, 0.9, 0.97, 0.123] {
+        for density in [Density::Uniform, Density::Global, Density::Erk] {
+            let masks = solve_masks(&refs, &scores, WeightBudget::Sparsity(s), density);
+            let kept: f32 = masks.iter().flatten().sum();
+            assert_eq!(kept as usize, kept_for(total, s), "{density} at {s}");
+            assert!(1.0 - kept as f64 / total as f64 >= s);
+        }
+    }
+    // Global keeps the largest scores of all layers: no cut score beats a kept one.
+    let masks = solve_masks(&refs, &scores, WeightBudget::Sparsity(0.8), Density::Global);
+    let (mut worst_kept, mut best_cut) = (f64::MAX, f64::MIN);
+    for (m, s) in masks.iter().zip(&scores) {
+        for (&k, &v) in m.iter().zip(s) {
+            if k == 1.0 {
+                worst_kept = worst_kept.min(v);
+            } else {
+                best_cut = best_cut.max(v);
+            }
+        }
+    }
+    assert!(best_cut <= worst_kept);
+}
+
+/// ERK: density proportional to sum(dims)/prod(dims), total as asked, layers that would pass
+/// 1 made dense and the rest solved again.
+#[test]
+fn erk_densities_follow_the_formula_and_clamp() {
+    let shapes = vec![vec![16, 3, 3, 3], vec![32, 16, 3, 3], vec![10, 10]];
+    let n: Vec<f64> = shapes
+        .iter()
+        .map(|s| s.iter().product::<usize>() as f64)
+        .collect();
+    let total: f64 = n.iter().sum();
+    let d = erk_densities(&shapes, 0.2);
+    let kept: f64 = d.iter().zip(&n).map(|(d, n)| d * n).sum();
+    assert!((kept - 0.2 * total).abs() < 1e-6 * total, "{d:?}");
+    // Unclamped layers keep the ratio of their ERK factors.
+    let raw = |s: &Vec<usize>| s.iter().sum::<usize>() as f64 / s.iter().product::<usize>() as f64;
+    let unclamped: Vec<usize> = (0..3).filter(|&l| d[l] < 1.0).collect();
+    assert!(unclamped.len() >= 2, "{d:?}");
+    let (a, b) = (unclamped[0], unclamped[1]);
+    assert!((d[a] / d[b] - raw(&shapes[a]) / raw(&shapes[b])).abs() < 1e-9);
+    // At a high density the small layers clamp at 1 and the rest take up the difference.
+    let d = erk_densities(&shapes, 0.8);
+    assert!(d.iter().all(|&x| x <= 1.0) && d.contains(&1.0), "{d:?}");
+    let kept: f64 = d.iter().zip(&n).map(|(d, n)| d * n).sum();
+    assert!((kept - 0.8 * total).abs() < 1e-6 * total, "{d:?}");
+}
+
+/// The first layer and the classifier stay dense, so do protected layers and, for N:M, layers
+/// whose input channels are not a multiple of M; an unknown name is an error.
+#[test]
+fn which_layers_are_masked() {
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let reasons = |protect: &[String], p: Pattern| -> Vec<(String, Option<DenseReason>)> {
+        weight_layers(&g, protect, p)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.name, l.dense))
+            .collect()
+    };
+    let nm = Pattern::NM { n: 2, m: 4 };
+    assert_eq!(
+        reasons(&[], nm),
+        vec![
+            ("conv1".into(), Some(DenseReason::FirstLayer)),
+            ("conv2".into(), Some(DenseReason::NotMultipleOfM)), // 6 input channels
+            ("fc1".into(), None),
+            ("fc2".into(), None),
+            ("fc3".into(), Some(DenseReason::Classifier)),
+        ]
+    );
+    let r = reasons(&["fc1".into()], Pattern::Unstructured);
+    assert_eq!(r[1].1, None);
+    assert_eq!(r[2].1, Some(DenseReason::Protected));
+    let e = weight_layers(&g, &["fc9".into()], nm)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fc9"), "{e}");
+}
+
+fn data() -> TrainData {
+    let pre = DatasetName::Mnist.preprocess();
+    TrainData {
+        train: Batcher::new(Arc::new(synthetic_mnist(96, 1)), 16, pre.clone(), true),
+        val: None,
+        test: None,
+    }
+}
+
+/// Changes the masks at one step, with the optimiser's moments already non-zero everywhere
+/// (a GMP update), and keeps them after.
+struct MaskAt {
+    masks: WeightMasks,
+    at: usize,
+    budget: WeightBudget,
+}
+
+impl TrainHook for MaskAt {
+    fn node_hook(&self) -> Option<&dyn lopper::model::NodeHook> {
+        Some(&self.masks)
+    }
+    fn after_step(
+        &mut self,
+        info: &StepInfo,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> lopper::Result<Model> {
+        if info.global_step != self.at {
+            return Ok(model);
+        }
+        let host = burn::module::Module::valid(&model);
+        let masked: Vec<&WeightLayer> = self
+            .masks
+            .layers()
+            .iter()
+            .filter(|l| l.is_masked())
+            .collect();
+        let scores = masked
+            .iter()
+            .map(|l| weight_values(&host, l).map(|v| v.iter().map(|x| x.abs() as f64).collect()))
+            .collect::<lopper::Result<Vec<_>>>()?;
+        let solved = solve_masks(&masked, &scores, self.budget, Density::Global);
+        self.masks.set(solved)?;
+        self.masks.apply(model, Some(optim))
+    }
+}
+
+/// A masked weight stays exactly zero through training with momentum and weight decay: the
+/// mask multiplies it in the forward pass (so its gradient is zero) and its moments were
+/// zeroed when the mask changed. Without zeroing the moments, momentum moves it again.
+#[test]
+fn masked_weights_stay_exactly_zero_through_training() {
+    let dev = Device::flex();
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let model = Model::init(g.clone(), 3, &dev).unwrap();
+    let layers = weight_layers(&g, &[], Pattern::Unstructured).unwrap();
+    let cfg = TrainConfig {
+        model: "lenet5".into(),
+        dataset: DatasetName::Mnist,
+        epochs: 2,
+        batch_size: 16,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let budget = WeightBudget::Sparsity(0.8);
+    let mut hook = MaskAt {
+        masks: WeightMasks::new(&g, layers.clone(), &dev),
+        at: 3,
+        budget,
+    };
+    let before = model.clone();
+    let out = Trainer::new(cfg, None)
+        .unwrap()
+        .fit(model, &data(), &mut [&mut hook])
+        .unwrap();
+    let trained = burn::module::Module::valid(&out.model);
+    let report = measure(&trained, &layers, Pattern::Unstructured).unwrap();
+    assert!(report.meets(budget), "{}", report.markdown());
+    assert_eq!(
+        report.prunable_nonzero as usize,
+        kept_for(report.prunable as usize, 0.8)
+    );
+    // The steps after the mask change moved the kept weights (so training ran).
+    let moved = layers
+        .iter()
+        .filter(|l| l.is_masked())
+        .any(|l| weight_values(&trained, l).unwrap() != weight_values(&before, l).unwrap());
+    assert!(moved);
+    // The hook's masks are exactly the zeros.
+    for (i, l) in layers.iter().enumerate() {
+        if let Some(mask) = hook.masks.mask(i) {
+            let w = weight_values(&trained, l).unwrap();
+            for (m, v) in mask.iter().zip(&w) {
+                assert_eq!(*m == 0.0, *v == 0.0, "{}", l.name);
+            }
+        }
+    }
+}
+
+/// N:M through training: every group of an N:M-masked layer keeps at most N non-zeros, and
+/// the masks restored from the zeros of a pruned model are the masks it was pruned with.
+#[test]
+fn nm_masks_hold_through_training_and_read_back_from_zeros() {
+    let dev = Device::flex();
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let model = Model::init(g.clone(), 4, &dev).unwrap();
+    let nm = WeightBudget::NM { n: 2, m: 4 };
+    let layers = weight_layers(&g, &[], nm.pattern()).unwrap();
+    let mut hook = MaskAt {
+        masks: WeightMasks::new(&g, layers.clone(), &dev),
+        at: 0,
+        budget: nm,
+    };
+    let cfg = TrainConfig {
+        model: "lenet5".into(),
+        dataset: DatasetName::Mnist,
+        epochs: 1,
+        batch_size: 16,
+        lr: 0.05,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let out = Trainer::new(cfg, None)
+        .unwrap()
+        .fit(model, &data(), &mut [&mut hook])
+        .unwrap();
+    let trained = burn::module::Module::valid(&out.model);
+    let r = measure(&trained, &layers, nm.pattern()).unwrap();
+    assert_eq!(r.max_nonzero_per_group, Some(2));
+    assert!(
+        r.meets(nm) && (r.sparsity - 0.5).abs() < 1e-12,
+        "{}",
+        r.markdown()
+    );
+    let back = WeightMasks::from_zeros(&trained, layers.clone(), &dev).unwrap();
+    for i in 0..layers.len() {
+        assert_eq!(back.mask(i), hook.masks.mask(i));
+    }
+}
+
+/// Budgets parse to one meaning; bad ones are one error naming the rule.
+#[test]
+fn weight_budgets_parse() {
+    assert_eq!(
+        "sparsity=0.9".parse::<WeightBudget>().unwrap(),
+        WeightBudget::Sparsity(0.9)
+    );
+    assert_eq!(
+        "nm=2:4".parse::<WeightBudget>().unwrap(),
+        WeightBudget::NM { n: 2, m: 4 }
+    );
+    for bad in [
+        "sparsity=1",
+        "sparsity=0",
+        "sparsity=90%",
+        "nm=4:4",
+        "nm=0:4",
+        "nm=2",
+        "nm=a:b",
+    ] {
+        assert!(bad.parse::<WeightBudget>().is_err(), "{bad}");
+    }
+    assert!(matches!(
+        "nm=1:4"
+            .parse::<lopper::prune::allocation::Target>()
+            .unwrap(),
+        lopper::prune::allocation::Target::Weights(_)
+    ));
+    assert!(matches!(
+        "macs=0.5"
+            .parse::<lopper::prune::allocation::Target>()
+            .unwrap(),
+        lopper::prune::allocation::Target::Channels(_)
+    ));
+}
+
+/// A soft mask (here `sigmoid((w² − t²)/τ) w` with a fixed t, PDP's form) acts in the forward
+/// pass exactly as weights replaced by their masked values would, leaves unmasked layers alone,
+/// and passes its gradient into the stored weight: d/dw [m(w) w] = m + w m' , checked against
+/// the chain rule on one weight.
+#[test]
+fn soft_masks_act_in_the_forward_pass_and_pass_gradients() {
+    use burn::tensor::activation::sigmoid;
+    use burn::tensor::{Tensor, TensorData};
+    use lopper::model::{Layer, NodeHook, Value, Weight};
+    use lopper::prune::weights::{SoftMask, SoftWeightMasks};
+
+    struct Pdp {
+        t: f32,
+        tau: f32,
+    }
+    impl SoftMask for Pdp {
+        fn apply(&self, _layer: &WeightLayer, weight: Weight) -> Weight {
+            let (t2, tau) = (self.t * self.t, self.tau);
+            match weight {
+                Weight::Conv(w) => Weight::Conv(
+                    sigmoid((w.clone() * w.clone()).sub_scalar(t2).div_scalar(tau)) * w,
+                ),
+                Weight::Linear(w) => Weight::Linear(
+                    sigmoid((w.clone() * w.clone()).sub_scalar(t2).div_scalar(tau)) * w,
+                ),
+            }
+        }
+    }
+    let dev = Device::flex();
+    let g = lopper::zoo::build("mlp", &[1, 28, 28], 10).unwrap();
+    let model = Model::init(g.clone(), 9, &dev).unwrap();
+    let layers = weight_layers(&g, &[], Pattern::Unstructured).unwrap();
+    let pdp = Pdp { t: 0.03, tau: 1e-3 };
+    let soft = |w: f32| w / (1.0 + (-(w * w - pdp.t * pdp.t) / pdp.tau).exp());
+    let hook = SoftWeightMasks::new(&g, layers.clone(), Pdp { t: 0.03, tau: 1e-3 });
+    let masked: Vec<&WeightLayer> = layers.iter().filter(|l| l.is_masked()).collect();
+    assert!(!masked.is_empty());
+    // The same model with m(w) w stored in the masked layers.
+    let tensors = model.named_tensors();
+    let replaced = Model::from_tensors(g.clone(), &dev, |node, name, _| {
+        let full = format!("{}.{name}", node.name);
+        let t = tensors.iter().find(|(n, _)| *n == full).unwrap().1.clone();
+        if name == "weight" && masked.iter().any(|l| l.name == node.name) {
+            let v: Vec<f32> = t
+                .try_to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(soft)
+                .collect();
+            Ok(TensorData::new(v, t.shape().clone()))
+        } else {
+            Ok(t)
+        }
+    })
+    .unwrap();
+    let x = Tensor::<4>::random([4, 1, 28, 28], burn::tensor::Distribution::Default, &dev);
+    let out = |m: &Model, h: &dyn lopper::model::NodeHook| match m
+        .forward_hooked(Value::Spatial(x.clone()), false, h)
+        .unwrap()
+    {
+        Value::Flat(t) => t.into_data().try_to_vec::<f32>().unwrap(),
+        _ => unreachable!(),
+    };
+    let (a, b) = (out(&model, &hook), out(&replaced, &lopper::model::NoHook));
+    for (a, b) in a.iter().zip(&b) {
+        assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    // The gradient reaches the stored weight: for the sum of one layer's soft weights it is
+    // m(w) + w m'(w) elementwise.
+    let ad = dev.clone().autodiff();
+    let trained = burn::module::Module::train(burn::module::Module::fork(model, &ad));
+    let l = masked[0];
+    let Some(Layer::Linear(p)) = &trained.layers[l.node] else {
+        panic!("the MLP's layers are linear")
+    };
+    let Weight::Linear(w_soft) =
+        hook.weight(l.node, &g.nodes[l.node], Weight::Linear(p.weight.val()))
+    else {
+        unreachable!()
+    };
+    let grads = w_soft.sum().backward();
+    let got = p
+        .weight
+        .val()
+        .grad(&grads)
+        .unwrap()
+        .to_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let w = p.weight.val().to_data().try_to_vec::<f32>().unwrap();
+    for (g, &w) in got.iter().zip(&w).step_by(97) {
+        let e = 1e-3 * pdp.t;
+        let fd = (soft(w + e) - soft(w - e)) / (2.0 * e);
+        assert!(
+            (g - fd).abs() < 2e-2 * (1.0 + fd.abs()),
+            "w {w}: autodiff {g}, finite differences {fd}"
+        );
+    }
+}
+
+/// The masks survive a checkpoint: the hook state (one bit per weight) restores them exactly
+/// into a fresh hook, and a state for another model is refused.
+#[test]
+fn weight_masks_round_trip_through_the_checkpoint_state() {
+    let dev = Device::flex();
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let layers = weight_layers(&g, &[], Pattern::Unstructured).unwrap();
+    let mut masks = WeightMasks::new(&g, layers.clone(), &dev);
+    let masked: Vec<&WeightLayer> = layers.iter().filter(|l| l.is_masked()).collect();
+    let scores: Vec<Vec<f64>> = masked
+        .iter()
+        .enumerate()
+        .map(|(i, l)| random_scores(l.numel(), 40 + i as u64))
+        .collect();
+    masks
+        .set(solve_masks(
+            &masked,
+            &scores,
+            WeightBudget::Sparsity(0.7),
+            Density::Erk,
+        ))
+        .unwrap();
+    let state = masks.state().unwrap().unwrap();
+    let mut fresh = WeightMasks::new(&g, layers.clone(), &dev);
+    fresh.restore(state.clone()).unwrap();
+    for i in 0..layers.len() {
+        assert_eq!(fresh.mask(i), masks.mask(i));
+    }
+    let other = lopper::zoo::build("mlp", &[1, 28, 28], 10).unwrap();
+    let other_layers = weight_layers(&other, &[], Pattern::Unstructured).unwrap();
+    let mut wrong = WeightMasks::new(&other, other_layers, &dev);
+    assert!(wrong.restore(state).is_err());
+}
