@@ -11,6 +11,34 @@ fn lopper(args: &[&str]) -> Output {
         .expect("run lopper")
 }
 
+/// `lopper train` of a LeNet-5 on a seeded cut of MNIST, quietly.
+fn train_lenet5(
+    data: &str,
+    out: &str,
+    epochs: &str,
+    train_limit: &str,
+    test_limit: &str,
+) -> Output {
+    lopper(&[
+        "train",
+        "--model",
+        "lenet5",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        data,
+        "--epochs",
+        epochs,
+        "--train-limit",
+        train_limit,
+        "--test-limit",
+        test_limit,
+        "--quiet",
+        "--out",
+        out,
+    ])
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -604,24 +632,7 @@ fn a_collapsed_result_is_an_error() {
     let run = dir.path().join("dead");
     let run_s = run.to_str().unwrap();
     let d = data.to_str().unwrap();
-    let o = lopper(&[
-        "train",
-        "--model",
-        "lenet5",
-        "--dataset",
-        "mnist",
-        "--data-dir",
-        d,
-        "--epochs",
-        "1",
-        "--train-limit",
-        "256",
-        "--test-limit",
-        "100",
-        "--quiet",
-        "--out",
-        run_s,
-    ]);
+    let o = train_lenet5(d, run_s, "1", "256", "100");
     assert!(o.status.success(), "{}", stderr(&o));
     let dev = burn::tensor::Device::flex();
     let (arch, weights) = (run.join("model.json"), run.join("model.safetensors"));
@@ -785,61 +796,27 @@ fn weight_pruning_to_two_of_four_holds_on_the_exported_file() {
     let d = data.to_str().unwrap();
     let run = dir.path().join("dense");
     let run_s = run.to_str().unwrap();
-    let o = lopper(&[
-        "train",
-        "--model",
-        "lenet5",
-        "--dataset",
-        "mnist",
-        "--data-dir",
-        d,
-        "--epochs",
-        "2",
-        "--train-limit",
-        "4096",
-        "--test-limit",
-        "200",
-        "--quiet",
-        "--out",
-        run_s,
-    ]);
+    let o = train_lenet5(d, run_s, "2", "4096", "200");
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = lopper(&[
-        "prune",
-        "--run",
-        run_s,
-        "--method",
-        "l1",
-        "--budget",
-        "nm=2:4",
-        "--quiet",
-        "--out",
-        dir.path().join("refused").to_str().unwrap(),
-    ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("magnitude or gmp"),
-        "{}",
-        stderr(&o)
-    );
-    let o = lopper(&[
-        "prune",
-        "--run",
-        run_s,
-        "--method",
-        "magnitude",
-        "--budget",
-        "nm=2:4",
-        "--allocation",
-        "erk",
-        "--quiet",
-        "--out",
-        dir.path().join("refused").to_str().unwrap(),
-    ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("allocation"),
-        "{}",
-        stderr(&o)
-    );
+    // A channel method with a weight budget, and a layer allocation with an N:M budget, are
+    // refused before any data is read.
+    let refused = dir.path().join("refused");
+    for (method, extra, why) in [
+        ("l1", &[][..], "magnitude or gmp"),
+        ("magnitude", &["--allocation", "erk"][..], "allocation"),
+    ] {
+        let mut args = vec![
+            "prune", "--run", run_s, "--method", method, "--budget", "nm=2:4",
+        ];
+        args.extend(extra);
+        args.extend(["--quiet", "--out", refused.to_str().unwrap()]);
+        let o = lopper(&args);
+        assert!(
+            !o.status.success() && stderr(&o).contains(why),
+            "{}",
+            stderr(&o)
+        );
+    }
     let out = dir.path().join("nm");
     let o = lopper(&[
         "prune",

@@ -114,8 +114,12 @@ impl Progress for Terminal {
             return;
         }
         if !self.tty {
+            // A log gets the task's start, then a line at least every LOG_EVERY.
             if done == 0 {
                 self.started = Instant::now();
+                self.last_line = Instant::now();
+                eprintln!("{task}: 0/{total}");
+                return;
             }
             if self.last_line.elapsed() >= LOG_EVERY {
                 self.last_line = Instant::now();

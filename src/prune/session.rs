@@ -579,11 +579,6 @@ impl PruneSession {
         } else {
             0
         };
-        if bn_used > 0 {
-            progress.message(&format!(
-                "re-estimating the BatchNorm statistics of the pruned widths on {bn_used} training batches"
-            ));
-        }
         let pruned =
             recalibrate_batch_norm(&found.model, &data.train, bn_used, &device, &mut *progress)?;
         let bn_seconds = bn_started.elapsed().as_secs_f64();

@@ -11,7 +11,7 @@ use crate::prune::admm::AdmmMetric;
 use crate::prune::allocation::harden;
 use crate::prune::dsa::{ChannelRank, Dsa, DsaConfig, RatioSignal};
 use crate::prune::measured::Surgery;
-use crate::train::{ProgressHook, RunDir, ScheduleKind, TrainData, Trainer};
+use crate::train::{ScheduleKind, TrainData};
 
 /// Fewer keep-ratio steps than this and DSA warns: g's quarter epoch on ResNet-20 (17 steps)
 /// let the budget projection cut a residual stream to one channel (BENCHMARKS.md g).
@@ -257,9 +257,7 @@ impl PruneMethod for DsaMethod {
         alloc_cfg.lr = p.dsa_lr.unwrap_or(cfg.lr);
         alloc_cfg.schedule = schedule;
         alloc_cfg.warmup_epochs = if cx.flow.from_scratch { 0.3 } else { 0.0 };
-        let alloc_run = RunDir::new(cx.work_dir.join(crate::prune::session::METHOD_DIR));
-        let resume_alloc = cx.resume && alloc_run.has_checkpoint();
-        let trainer = Trainer::new(alloc_cfg, Some(alloc_run))?;
+        let (_, resume_alloc) = cx.phase_run();
         cx.progress.message(&format!(
             "DSA: {} allocation pass(es) over {:.0}% of the training split, one ratio step every {} weight steps, {} weight lr, {} metric, hard tail {}{}",
             passes,
@@ -274,22 +272,8 @@ impl PruneMethod for DsaMethod {
                 ""
             }
         ));
-        let outcome = {
-            let mut shown = ProgressHook::new("DSA allocation", cx.progress);
-            if resume_alloc {
-                trainer.resume(&alloc_data, &mut [&mut dsa, &mut shown])?
-            } else {
-                trainer.fit(cx.dense.clone(), &alloc_data, &mut [&mut dsa, &mut shown])?
-            }
-        };
-        // From a trained run the allocation starts from a network that knows the task; a loss
-        // at chance level at its end means the masks or the rate destroyed it.
-        let collapse = if cx.flow.from_scratch {
-            None
-        } else {
-            let classes = cx.dense.graph.output_shape().iter().product();
-            super::loss_collapse("DSA's allocation phase", &outcome.history, classes)
-        };
+        let (outcome, collapse) =
+            cx.train_phase("DSA's allocation phase", alloc_cfg, &alloc_data, &mut dsa)?;
         let trained = outcome.model.valid();
         let importance = dsa.importance();
         let surgery = Surgery {

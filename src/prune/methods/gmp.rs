@@ -13,9 +13,7 @@ use super::{Flow, MethodContext, MethodOutcome, PruneMethod};
 use crate::error::{LopperError, Result};
 use crate::model::Model;
 use crate::prune::weights::{Density, WeightBudget, WeightMasks, weight_layers};
-use crate::train::{
-    OptimizerState, ProgressHook, RunDir, ScheduleKind, StepInfo, TrainData, TrainHook, Trainer,
-};
+use crate::train::{OptimizerState, ScheduleKind, StepInfo, TrainData, TrainHook};
 
 use super::magnitude::magnitude_masks;
 
@@ -216,8 +214,7 @@ impl PruneMethod for Gmp {
             cfg.schedule = ScheduleKind::Constant;
             cfg.warmup_epochs = 0.0;
         }
-        let run = RunDir::new(cx.work_dir.join(crate::prune::session::METHOD_DIR));
-        let resuming = cx.resume && run.has_checkpoint();
+        let (_, resuming) = cx.phase_run();
         cx.progress.message(&format!(
             "GMP: {} epoch(s), sparsity 0 → {:.3} ({}) from step {start} to {} of {total}, masks updated every {} steps, weight lr {}{}",
             p.gmp_epochs,
@@ -233,21 +230,7 @@ impl PruneMethod for Gmp {
             val: None,
             test: None,
         };
-        let trainer = Trainer::new(cfg, Some(run))?;
-        let outcome = {
-            let mut shown = ProgressHook::new("GMP", cx.progress);
-            if resuming {
-                trainer.resume(&data, &mut [&mut hook, &mut shown])?
-            } else {
-                trainer.fit(cx.dense.clone(), &data, &mut [&mut hook, &mut shown])?
-            }
-        };
-        let collapse = if cx.flow.from_scratch {
-            None
-        } else {
-            let classes = cx.dense.graph.output_shape().iter().product();
-            super::loss_collapse("GMP's pruning phase", &outcome.history, classes)
-        };
+        let (outcome, collapse) = cx.train_phase("GMP's pruning phase", cfg, &data, &mut hook)?;
         let model = hook.masks.apply(outcome.model.valid(), None)?;
         Ok(MethodOutcome {
             model,

@@ -47,7 +47,9 @@ use super::measured::{LatencyRound, Surgery, meet_latency};
 use super::weights::{Density, WeightBudget};
 use crate::error::{LopperError, Result};
 use crate::model::Model;
-use crate::train::{Progress, TrainConfig, TrainData, TrainHook};
+use crate::train::{
+    Progress, ProgressHook, RunDir, TrainConfig, TrainData, TrainHook, TrainOutcome, Trainer,
+};
 
 /// The registry: every method by its recipe name (`method = "dsa"`), with its settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,6 +228,46 @@ impl<'a> MethodContext<'a> {
                 "this method zeroes weights; the budget {b} is a channel budget (use sparsity= or nm=)"
             ))),
         }
+    }
+}
+
+impl MethodContext<'_> {
+    /// The run folder of the method's own training phase, and whether a resumed prune left a
+    /// checkpoint there to go on from.
+    pub fn phase_run(&self) -> (RunDir, bool) {
+        let run = RunDir::new(self.work_dir.join(super::session::METHOD_DIR));
+        let resuming = self.resume && run.has_checkpoint();
+        (run, resuming)
+    }
+
+    /// Trains the method's own phase (DSA's allocation, GMP's pruning) in its run folder with
+    /// `hook`, going on from its last epoch when the prune resumes, and shows its progress as
+    /// `phase`. Returns the outcome and, from a trained run, why the phase collapsed if its
+    /// loss ended at chance level: the network knew the task, so the method destroyed it.
+    pub fn train_phase(
+        &mut self,
+        phase: &str,
+        cfg: TrainConfig,
+        data: &TrainData,
+        hook: &mut dyn TrainHook,
+    ) -> Result<(TrainOutcome, Option<String>)> {
+        let (run, resuming) = self.phase_run();
+        let trainer = Trainer::new(cfg, Some(run))?;
+        let outcome = {
+            let mut shown = ProgressHook::new(phase, &mut *self.progress);
+            if resuming {
+                trainer.resume(data, &mut [hook, &mut shown])?
+            } else {
+                trainer.fit(self.dense.clone(), data, &mut [hook, &mut shown])?
+            }
+        };
+        let collapse = if self.flow.from_scratch {
+            None
+        } else {
+            let classes = self.dense.graph.output_shape().iter().product();
+            loss_collapse(phase, &outcome.history, classes)
+        };
+        Ok((outcome, collapse))
     }
 }
 
