@@ -25,6 +25,7 @@ pub mod latency;
 pub mod mask;
 pub mod measured;
 pub mod methods;
+pub mod pdp;
 pub mod report;
 pub mod resource;
 pub mod session;
