@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Weight sparsity side by side (issue 23): from one dense run, magnitude (uniform, global, ERK)
-# fine-tuned E epochs against GMP (1 pruning epoch + E-1 fine-tuning epochs): equal total
-# epochs. Prints one line per prune: method, budget, seed, top-1 before / after fine-tuning,
+# Weight sparsity side by side (issues 23, 24): from one dense run, magnitude (uniform, global,
+# ERK) fine-tuned E epochs against GMP and PDP (1 pruning epoch + E-1 fine-tuning epochs):
+# equal total epochs. METHODS picks among magnitude, gmp and pdp. Prints one line per prune: method, budget, seed, top-1 before / after fine-tuning,
 # sparsity reached on the saved model, wall time.
 #
 #   LOPPER=target/release/lopper RUN=bench/runs/lenet5 SEEDS="0 1 2" EPOCHS=2 \
@@ -13,6 +13,7 @@ SEEDS=${SEEDS:-0}
 EPOCHS=${EPOCHS:-2}
 OUT=${OUT:-bench/runs/weights}
 BUDGETS=${BUDGETS:-"sparsity=0.9 nm=2:4"}
+METHODS=${METHODS:-"magnitude gmp pdp"}
 mkdir -p "$OUT"
 row() {
   python3 - "$1" <<'PY'
@@ -26,18 +27,25 @@ PY
 for seed in $SEEDS; do
   for budget in $BUDGETS; do
     tag=${budget//[=:]/-}
-    if [[ $budget == sparsity=* ]]; then allocs="uniform global erk"; else allocs="uniform"; fi
-    for a in $allocs; do
-      d="$OUT/mag-$a-$tag-s$seed"
+    if [[ $METHODS == *magnitude* ]]; then
+      if [[ $budget == sparsity=* ]]; then allocs="uniform global erk"; else allocs=""; fi
+      for a in ${allocs:-none}; do
+        d="$OUT/mag-$a-$tag-s$seed"
+        rm -rf "$d"
+        alloc=()
+        [[ $a != none ]] && alloc=(--allocation "$a")
+        "$LOPPER" prune --run "$RUN" --method magnitude "${alloc[@]}" --budget "$budget" \
+          --finetune-epochs "$EPOCHS" --seed "$seed" --quiet --out "$d" > /dev/null
+        echo "seed $seed $(row "$d")"
+      done
+    fi
+    for m in gmp pdp; do
+      [[ $METHODS == *$m* ]] || continue
+      d="$OUT/$m-$tag-s$seed"
       rm -rf "$d"
-      "$LOPPER" prune --run "$RUN" --method magnitude --allocation "$a" --budget "$budget" \
-        --finetune-epochs "$EPOCHS" --seed "$seed" --quiet --out "$d" > /dev/null
+      "$LOPPER" prune --run "$RUN" --method $m --budget "$budget" --$m-epochs 1 \
+        --finetune-epochs $((EPOCHS - 1)) --seed "$seed" --quiet --out "$d" > /dev/null
       echo "seed $seed $(row "$d")"
     done
-    d="$OUT/gmp-$tag-s$seed"
-    rm -rf "$d"
-    "$LOPPER" prune --run "$RUN" --method gmp --budget "$budget" --gmp-epochs 1 \
-      --finetune-epochs $((EPOCHS - 1)) --seed "$seed" --quiet --out "$d" > /dev/null
-    echo "seed $seed $(row "$d")"
   done
 done

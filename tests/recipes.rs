@@ -171,6 +171,7 @@ fn every_recipe_runs() {
             // An N:M budget has no layer allocation: every pruned layer is at the pattern.
             "gmp" => &["gmp_epochs", "gmp_start", "gmp_end", "gmp_every", "gmp_lr"],
             "magnitude" => &["allocation"],
+            "pdp" => &["pdp_epochs", "pdp_start", "pdp_end", "pdp_tau", "pdp_lr"],
             _ => &["allocation", "taylor_batches"],
         };
         for k in defaults {

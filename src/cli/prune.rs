@@ -38,6 +38,8 @@ pub enum MethodName {
     Magnitude,
     /// Weights: gradual magnitude pruning (cubic schedule) while training, then fine-tuning
     Gmp,
+    /// Weights: PDP's parameter-free soft masks while training, hardened, then fine-tuning
+    Pdp,
 }
 
 /// How a budget is shared out: between channel groups (uniform, global) or, for weight
@@ -73,7 +75,7 @@ pub struct PruneArgs {
     #[arg(long, conflicts_with = "from_scratch")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<PathBuf>,
-    /// DSA only: learn the widths while training a new model from random weights.
+    /// DSA, GMP and PDP: learn what to keep while training a new model from random weights.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub from_scratch: bool,
@@ -92,7 +94,7 @@ pub struct PruneArgs {
     /// Resource budget: macs=0.5 (fraction of the dense model), macs=20M, params=0.3,
     /// params=100K, latency=2.5ms or latency=0.6 (with --profile) for channel methods;
     /// sparsity=0.9 (share of the pruned layers' weights that are zero) or nm=2:4 for
-    /// magnitude and gmp.
+    /// magnitude, gmp and pdp.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
@@ -225,6 +227,32 @@ pub struct PruneArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gmp_lr: Option<f64>,
+
+    /// PDP: epochs of training under the soft masks, before fine-tuning [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdp_epochs: Option<usize>,
+    /// PDP: where in the phase (share of its steps) the targets start rising [default: 0
+    /// from a trained run, 0.16 from scratch].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdp_start: Option<f64>,
+    /// PDP: where in the phase the targets reach the budget [default: 0.75].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdp_end: Option<f64>,
+    /// PDP: the temperature, relative to each threshold's t² (τ = k t²) [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdp_tau: Option<f64>,
+    /// PDP: --pdp-tau is an absolute τ (public ports use 1e-4 to 1e-5).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pdp_tau_absolute: bool,
+    /// PDP: weight learning rate in the phase [default: as --gmp-lr].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdp_lr: Option<f64>,
 
     /// Iterative: importance criterion [default: taylor].
     #[arg(long, value_enum)]

@@ -238,7 +238,7 @@ impl PrunePlan {
         if self.method.prunes_weights() != weights {
             return Err(LopperError::Config(if weights {
                 format!(
-                    "method {} removes channels; a weight budget ({target}) needs --method magnitude or gmp",
+                    "method {} removes channels; a weight budget ({target}) needs --method magnitude, gmp or pdp",
                     self.method.name()
                 )
             } else {

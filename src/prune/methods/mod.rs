@@ -12,7 +12,7 @@
 //! and the [`Knapsack`] solver, surgery, the latency search ([`meet_latency`]) and the training
 //! loop with its hooks.
 //!
-//! **Weight budgets.** Methods that zero weights (`magnitude`, `gmp`) take a weight budget
+//! **Weight budgets.** Methods that zero weights (`magnitude`, `gmp`, `pdp`) take a weight budget
 //! ([`Target::Weights`]: `sparsity=` or `nm=`), channel methods a channel budget
 //! ([`MethodContext::channel_budget`]); the plan refuses a mismatch before any data is read.
 //! A weight method scores weights ([`Importance::weight_scores`]), keeps its masks in a
@@ -33,6 +33,7 @@ pub mod gmp;
 pub mod iterative;
 pub mod magnitude;
 pub mod one_shot;
+pub mod pdp;
 
 use std::path::Path;
 
@@ -73,6 +74,8 @@ pub enum MethodPlan {
     Magnitude(magnitude::MagnitudePlan),
     /// Weights: gradual magnitude pruning along a cubic while training (Zhu & Gupta).
     Gmp(gmp::GmpPlan),
+    /// Weights: PDP's parameter-free soft masks while training (Cho et al. 2023).
+    Pdp(pdp::PdpPlan),
 }
 
 impl MethodPlan {
@@ -88,6 +91,7 @@ impl MethodPlan {
             MethodPlan::Dsa(_) => "dsa",
             MethodPlan::Magnitude(_) => "magnitude",
             MethodPlan::Gmp(_) => "gmp",
+            MethodPlan::Pdp(_) => "pdp",
         }
     }
 
@@ -102,7 +106,10 @@ impl MethodPlan {
 
     /// Whether the method zeroes weights (weight budgets) rather than removing channels.
     pub fn prunes_weights(&self) -> bool {
-        matches!(self, MethodPlan::Magnitude(_) | MethodPlan::Gmp(_))
+        matches!(
+            self,
+            MethodPlan::Magnitude(_) | MethodPlan::Gmp(_) | MethodPlan::Pdp(_)
+        )
     }
 
     /// Fills the defaults that depend on the flow (from a trained run or from scratch) and
@@ -111,6 +118,7 @@ impl MethodPlan {
         match self {
             MethodPlan::Dsa(p) => p.resolve(flow),
             MethodPlan::Gmp(p) => p.resolve(flow),
+            MethodPlan::Pdp(p) => p.resolve(flow),
             MethodPlan::Magnitude(p) => p.check(flow),
             MethodPlan::Iterative(p) => p.check(flow),
             MethodPlan::L1(p)
@@ -140,6 +148,7 @@ impl MethodPlan {
             MethodPlan::Dsa(p) => Box::new(dsa::DsaMethod { plan: p.clone() }),
             MethodPlan::Magnitude(p) => Box::new(magnitude::Magnitude { plan: p.clone() }),
             MethodPlan::Gmp(p) => Box::new(gmp::Gmp { plan: p.clone() }),
+            MethodPlan::Pdp(p) => Box::new(pdp::Pdp { plan: p.clone() }),
         }
     }
 }

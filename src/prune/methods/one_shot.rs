@@ -41,7 +41,7 @@ impl OneShotPlan {
     pub(crate) fn check(&self, flow: &Flow) -> Result<()> {
         if flow.from_scratch {
             return Err(LopperError::Config(
-                "pruning from scratch works with the dsa and gmp methods only".into(),
+                "pruning from scratch works with the dsa, gmp and pdp methods only".into(),
             ));
         }
         Ok(())
