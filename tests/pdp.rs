@@ -4,19 +4,11 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use lopper::model::{Layer, Model, NodeHook, Weight};
 use lopper::prune::pdp::{PdpMask, Temperature, soft_mask, thresholds};
-use lopper::prune::weights::{
-    Pattern, SoftWeightMasks, WeightLayer, kept_for, nm_mask, top_k, weight_layers,
-};
+use lopper::prune::weights::{Pattern, SoftWeightMasks, kept_for, nm_mask, top_k, weight_layers};
 use rand::{Rng, SeedableRng};
 
-fn layer(shape: &[usize]) -> WeightLayer {
-    WeightLayer {
-        node: 0,
-        name: "l".into(),
-        shape: shape.to_vec(),
-        dense: None,
-    }
-}
+mod common;
+use common::weight_layer;
 
 fn weights(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -34,7 +26,7 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn the_unstructured_threshold_splits_the_layer_at_its_target() {
     let dev = Device::flex();
     for (n, s) in [(1000, 0.9), (777, 0.5), (64, 0.3)] {
-        let l = layer(&[n]);
+        let l = weight_layer(&[n]);
         let w = weights(n, n as u64);
         let t2 = thresholds(&l, &w, Pattern::Unstructured, s).unwrap();
         assert_eq!(t2.len(), 1);
@@ -54,8 +46,24 @@ fn the_unstructured_threshold_splits_the_layer_at_its_target() {
         }
     }
     // Nothing to prune: no threshold; any positive target prunes at least one weight.
-    assert!(thresholds(&layer(&[10]), &weights(10, 1), Pattern::Unstructured, 0.0).is_none());
-    assert!(thresholds(&layer(&[10]), &weights(10, 1), Pattern::Unstructured, 0.01).is_some());
+    assert!(
+        thresholds(
+            &weight_layer(&[10]),
+            &weights(10, 1),
+            Pattern::Unstructured,
+            0.0
+        )
+        .is_none()
+    );
+    assert!(
+        thresholds(
+            &weight_layer(&[10]),
+            &weights(10, 1),
+            Pattern::Unstructured,
+            0.01
+        )
+        .is_some()
+    );
 }
 
 /// N:M: each group of M gets its own t, between its N-th and (N+1)-th largest |w|; hardening
@@ -64,7 +72,7 @@ fn the_unstructured_threshold_splits_the_layer_at_its_target() {
 fn each_nm_group_gets_its_own_threshold() {
     let dev = Device::flex();
     for (shape, n, m) in [(vec![4, 8, 3, 3], 2, 4), (vec![12, 6], 1, 4)] {
-        let l = layer(&shape);
+        let l = weight_layer(&shape);
         let w = weights(l.numel(), 3);
         let t2 = thresholds(&l, &w, Pattern::NM { n, m }, 0.5).unwrap();
         assert_eq!(t2.len(), l.numel());

@@ -14,16 +14,7 @@ use lopper::train::{OptimizerState, StepInfo, TrainConfig, TrainData, TrainHook,
 use rand::{Rng, SeedableRng};
 
 mod common;
-use common::synthetic_mnist;
-
-fn layer(shape: &[usize]) -> WeightLayer {
-    WeightLayer {
-        node: 0,
-        name: "l".into(),
-        shape: shape.to_vec(),
-        dense: None,
-    }
-}
+use common::{synthetic_mnist, weight_layer};
 
 fn random_scores(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -40,7 +31,7 @@ fn nm_masks_keep_the_n_best_of_every_group_of_m() {
         (vec![8, 5], 2, 4),
         (vec![16, 3], 3, 8),
     ] {
-        let l = layer(&shape);
+        let l = weight_layer(&shape);
         let scores = random_scores(l.numel(), 7);
         let mask = nm_mask(&l, &scores, n, m);
         let mut groups = 0;
@@ -62,7 +53,7 @@ fn nm_masks_keep_the_n_best_of_every_group_of_m() {
     }
     // The groups run along the input channels: for a conv [out, in, kh, kw], the first group
     // is input channels 0..4 of output 0 at kernel position (0, 0).
-    let l = layer(&[2, 4, 3, 3]);
+    let l = weight_layer(&[2, 4, 3, 3]);
     let mut first = None;
     l.for_each_group(4, |idx| {
         first.get_or_insert(idx.to_vec());
@@ -75,10 +66,10 @@ fn nm_masks_keep_the_n_best_of_every_group_of_m() {
 #[test]
 fn sparsity_budgets_hold_exactly_for_every_allocation() {
     let layers = [
-        layer(&[16, 3, 3, 3]),
-        layer(&[32, 16, 3, 3]),
-        layer(&[120, 7]),
-        layer(&[10, 10]),
+        weight_layer(&[16, 3, 3, 3]),
+        weight_layer(&[32, 16, 3, 3]),
+        weight_layer(&[120, 7]),
+        weight_layer(&[10, 10]),
     ];
     let refs: Vec<&WeightLayer> = layers.iter().collect();
     let scores: Vec<Vec<f64>> = layers

@@ -107,3 +107,13 @@ pub fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
 }
+
+/// A masked weight layer of `shape` (node 0), for the weight-mask and PDP tests.
+pub fn weight_layer(shape: &[usize]) -> lopper::prune::weights::WeightLayer {
+    lopper::prune::weights::WeightLayer {
+        node: 0,
+        name: "l".into(),
+        shape: shape.to_vec(),
+        dense: None,
+    }
+}

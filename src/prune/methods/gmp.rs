@@ -9,11 +9,11 @@
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
-use super::{Flow, MethodContext, MethodOutcome, PruneMethod};
+use super::{Flow, MethodContext, MethodOutcome, PruneMethod, phase_config, resolve_phase};
 use crate::error::{LopperError, Result};
 use crate::model::Model;
 use crate::prune::weights::{Density, WeightBudget, WeightMasks, weight_layers};
-use crate::train::{OptimizerState, ScheduleKind, StepInfo, TrainData, TrainHook};
+use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
 
 use super::magnitude::magnitude_masks;
 
@@ -68,30 +68,18 @@ impl Default for GmpPlan {
 
 impl GmpPlan {
     pub(crate) fn resolve(&mut self, flow: &Flow) -> Result<()> {
-        self.gmp_start
-            .get_or_insert(if flow.from_scratch { 0.2 } else { 0.0 });
-        let lr_default = if flow.from_scratch {
-            flow.source_lr
-        } else {
-            flow.lr
-        };
-        if let Some(lr) = lr_default {
-            self.gmp_lr.get_or_insert(lr);
-        }
-        let start = self.gmp_start.unwrap_or_default();
-        if !((0.0..1.0).contains(&start) && self.gmp_end > start && self.gmp_end <= 1.0) {
+        resolve_phase(
+            "GMP",
+            "gmp",
+            flow,
+            0.2,
+            self.gmp_epochs,
+            (&mut self.gmp_start, self.gmp_end),
+            &mut self.gmp_lr,
+        )?;
+        if self.gmp_every == 0 {
             return Err(LopperError::Config(
-                "GMP's ramp is a share of its phase: 0 <= gmp_start (--gmp-start) < gmp_end (--gmp-end) <= 1".into(),
-            ));
-        }
-        if self.gmp_epochs == 0 || self.gmp_every == 0 {
-            return Err(LopperError::Config(
-                "gmp_epochs (--gmp-epochs) and gmp_every (--gmp-every) must be at least 1".into(),
-            ));
-        }
-        if self.gmp_lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
-            return Err(LopperError::Config(
-                "gmp_lr (--gmp-lr) must be positive".into(),
+                "gmp_every (--gmp-every) must be at least 1".into(),
             ));
         }
         Ok(())
@@ -204,16 +192,7 @@ impl PruneMethod for Gmp {
             budget,
             density: p.allocation.unwrap_or_default(),
         };
-        let mut cfg = cx.cfg.clone();
-        cfg.epochs = p.gmp_epochs;
-        cfg.lr = p.gmp_lr.unwrap_or(cfg.lr);
-        if cx.flow.from_scratch {
-            cfg.schedule = ScheduleKind::Cosine;
-            cfg.warmup_epochs = 0.3_f64.min(p.gmp_epochs as f64 / 2.0);
-        } else {
-            cfg.schedule = ScheduleKind::Constant;
-            cfg.warmup_epochs = 0.0;
-        }
+        let cfg = phase_config(cx, p.gmp_epochs, p.gmp_lr);
         let (_, resuming) = cx.phase_run();
         cx.progress.message(&format!(
             "GMP: {} epoch(s), sparsity 0 → {:.3} ({}) from step {start} to {} of {total}, masks updated every {} steps, weight lr {}{}",

@@ -280,6 +280,65 @@ impl MethodContext<'_> {
     }
 }
 
+/// Resolves the settings a weight method's training phase shares (GMP's, PDP's; `prefix`
+/// names their fields and flags): the ramp's start (0 from a trained run, `scratch_start`
+/// from scratch) and end as shares of the phase, its epochs, and its weight rate (the
+/// fine-tuning rate from a trained run, the source's rate from scratch).
+pub(crate) fn resolve_phase(
+    name: &str,
+    prefix: &str,
+    flow: &Flow,
+    scratch_start: f64,
+    epochs: usize,
+    (start, end): (&mut Option<f64>, f64),
+    lr: &mut Option<f64>,
+) -> Result<()> {
+    let start = *start.get_or_insert(if flow.from_scratch {
+        scratch_start
+    } else {
+        0.0
+    });
+    if let Some(default) = if flow.from_scratch {
+        flow.source_lr
+    } else {
+        flow.lr
+    } {
+        lr.get_or_insert(default);
+    }
+    if !((0.0..1.0).contains(&start) && end > start && end <= 1.0) {
+        return Err(LopperError::Config(format!(
+            "{name}'s ramp is a share of its phase: 0 <= {prefix}_start (--{prefix}-start) < {prefix}_end (--{prefix}-end) <= 1"
+        )));
+    }
+    if epochs == 0 {
+        return Err(LopperError::Config(format!(
+            "{prefix}_epochs (--{prefix}-epochs) must be at least 1"
+        )));
+    }
+    if lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
+        return Err(LopperError::Config(format!(
+            "{prefix}_lr (--{prefix}-lr) must be positive"
+        )));
+    }
+    Ok(())
+}
+
+/// The training configuration of a weight method's phase: `epochs` at `lr`, constant from a
+/// trained run, a warm-up and a cosine from scratch.
+pub(crate) fn phase_config(cx: &MethodContext, epochs: usize, lr: Option<f64>) -> TrainConfig {
+    let mut cfg = cx.cfg.clone();
+    cfg.epochs = epochs;
+    cfg.lr = lr.unwrap_or(cfg.lr);
+    if cx.flow.from_scratch {
+        cfg.schedule = crate::train::ScheduleKind::Cosine;
+        cfg.warmup_epochs = 0.3_f64.min(epochs as f64 / 2.0);
+    } else {
+        cfg.schedule = crate::train::ScheduleKind::Constant;
+        cfg.warmup_epochs = 0.0;
+    }
+    cfg
+}
+
 /// What a method found.
 pub struct MethodOutcome {
     /// The pruned model, made physical (channels removed).

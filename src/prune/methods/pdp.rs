@@ -12,7 +12,7 @@
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
-use super::{Flow, MethodContext, MethodOutcome, PruneMethod};
+use super::{Flow, MethodContext, MethodOutcome, PruneMethod, phase_config, resolve_phase};
 use crate::error::{LopperError, Result};
 use crate::model::{Model, NodeHook};
 use crate::prune::pdp::{PdpMask, Temperature};
@@ -20,7 +20,7 @@ use crate::prune::weights::{
     Density, SoftWeightMasks, WeightBudget, WeightLayer, WeightMasks, nm_mask, solve_masks, top_k,
     weight_layers, weight_values,
 };
-use crate::train::{OptimizerState, ScheduleKind, StepInfo, TrainData, TrainHook};
+use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
 
 /// Settings of PDP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,35 +73,18 @@ impl Default for PdpPlan {
 
 impl PdpPlan {
     pub(crate) fn resolve(&mut self, flow: &Flow) -> Result<()> {
-        self.pdp_start
-            .get_or_insert(if flow.from_scratch { 0.16 } else { 0.0 });
-        let lr_default = if flow.from_scratch {
-            flow.source_lr
-        } else {
-            flow.lr
-        };
-        if let Some(lr) = lr_default {
-            self.pdp_lr.get_or_insert(lr);
-        }
-        let start = self.pdp_start.unwrap_or_default();
-        if !((0.0..1.0).contains(&start) && self.pdp_end > start && self.pdp_end <= 1.0) {
-            return Err(LopperError::Config(
-                "PDP's ramp is a share of its phase: 0 <= pdp_start (--pdp-start) < pdp_end (--pdp-end) <= 1".into(),
-            ));
-        }
-        if self.pdp_epochs == 0 {
-            return Err(LopperError::Config(
-                "pdp_epochs (--pdp-epochs) must be at least 1".into(),
-            ));
-        }
+        resolve_phase(
+            "PDP",
+            "pdp",
+            flow,
+            0.16,
+            self.pdp_epochs,
+            (&mut self.pdp_start, self.pdp_end),
+            &mut self.pdp_lr,
+        )?;
         if !(self.pdp_tau > 0.0 && self.pdp_tau.is_finite()) {
             return Err(LopperError::Config(
                 "pdp_tau (--pdp-tau), the temperature, must be positive".into(),
-            ));
-        }
-        if self.pdp_lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
-            return Err(LopperError::Config(
-                "pdp_lr (--pdp-lr) must be positive".into(),
             ));
         }
         Ok(())
@@ -260,16 +243,7 @@ impl PruneMethod for Pdp {
             end,
             kept,
         };
-        let mut cfg = cx.cfg.clone();
-        cfg.epochs = p.pdp_epochs;
-        cfg.lr = p.pdp_lr.unwrap_or(cfg.lr);
-        if cx.flow.from_scratch {
-            cfg.schedule = ScheduleKind::Cosine;
-            cfg.warmup_epochs = 0.3_f64.min(p.pdp_epochs as f64 / 2.0);
-        } else {
-            cfg.schedule = ScheduleKind::Constant;
-            cfg.warmup_epochs = 0.0;
-        }
+        let cfg = phase_config(cx, p.pdp_epochs, p.pdp_lr);
         let (_, resuming) = cx.phase_run();
         cx.progress.message(&format!(
             "PDP: {} epoch(s) under soft masks ({}, τ {}{}), targets rising from step {start} to {end} of {total}, weight lr {}{}",
