@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Weight sparsity side by side (issues 23, 24): from one dense run, magnitude (uniform, global,
 # ERK) fine-tuned E epochs against GMP and PDP (1 pruning epoch + E-1 fine-tuning epochs):
-# equal total epochs. METHODS picks among magnitude, gmp and pdp. Prints one line per prune: method, budget, seed, top-1 before / after fine-tuning,
-# sparsity reached on the saved model, wall time.
+# equal total epochs. METHODS picks among magnitude, gmp and pdp, ALLOCS the magnitude
+# allocations for a sparsity budget, PDP_FLAGS adds flags to PDP (TAG names those runs).
+# Prints one line per prune: method, budget, seed, top-1 before / after fine-tuning, sparsity
+# reached on the saved model, wall time.
 #
 #   LOPPER=target/release/lopper RUN=bench/runs/lenet5 SEEDS="0 1 2" EPOCHS=2 \
 #     bench/weight_sparsity.sh
@@ -14,6 +16,9 @@ EPOCHS=${EPOCHS:-2}
 OUT=${OUT:-bench/runs/weights}
 BUDGETS=${BUDGETS:-"sparsity=0.9 nm=2:4"}
 METHODS=${METHODS:-"magnitude gmp pdp"}
+ALLOCS=${ALLOCS:-"uniform global erk"}
+PDP_FLAGS=${PDP_FLAGS:-}
+TAG=${TAG:-}
 mkdir -p "$OUT"
 row() {
   python3 - "$1" <<'PY'
@@ -28,7 +33,7 @@ for seed in $SEEDS; do
   for budget in $BUDGETS; do
     tag=${budget//[=:]/-}
     if [[ $METHODS == *magnitude* ]]; then
-      if [[ $budget == sparsity=* ]]; then allocs="uniform global erk"; else allocs=""; fi
+      if [[ $budget == sparsity=* ]]; then allocs=$ALLOCS; else allocs=""; fi
       for a in ${allocs:-none}; do
         d="$OUT/mag-$a-$tag-s$seed"
         rm -rf "$d"
@@ -41,11 +46,13 @@ for seed in $SEEDS; do
     fi
     for m in gmp pdp; do
       [[ $METHODS == *$m* ]] || continue
-      d="$OUT/$m-$tag-s$seed"
+      flags=()
+      [[ $m == pdp && -n $PDP_FLAGS ]] && read -ra flags <<< "$PDP_FLAGS"
+      d="$OUT/$m$TAG-$tag-s$seed"
       rm -rf "$d"
-      "$LOPPER" prune --run "$RUN" --method $m --budget "$budget" --$m-epochs 1 \
+      "$LOPPER" prune --run "$RUN" --method $m --budget "$budget" --$m-epochs 1 "${flags[@]}" \
         --finetune-epochs $((EPOCHS - 1)) --seed "$seed" --quiet --out "$d" > /dev/null
-      echo "seed $seed $(row "$d")"
+      echo "seed $seed ${flags[*]} $(row "$d")"
     done
   done
 done

@@ -882,3 +882,93 @@ fn weight_pruning_to_two_of_four_holds_on_the_exported_file() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["sparsity"]["sparsity"], 0.5, "{v}");
 }
+
+/// PDP's channel mode from the CLI: a MACs budget removes channels physically, from a trained
+/// run and from scratch, with the soft channel counts plotted; ERK, a weight allocation, is
+/// refused with a channel budget before any data is read.
+#[test]
+fn pdp_removes_channels_to_a_macs_budget() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = data.to_str().unwrap();
+    let run = dir.path().join("dense");
+    let run_s = run.to_str().unwrap();
+    let o = train_lenet5(d, run_s, "2", "4096", "200");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let refused = dir.path().join("refused");
+    let o = lopper(&[
+        "prune",
+        "--run",
+        run_s,
+        "--method",
+        "pdp",
+        "--allocation",
+        "erk",
+        "--budget",
+        "macs=0.5",
+        "--quiet",
+        "--out",
+        refused.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("uniform or global"),
+        "{}",
+        stderr(&o)
+    );
+    let common = [
+        "--data-dir",
+        d,
+        "--train-limit",
+        "2048",
+        "--test-limit",
+        "200",
+    ];
+    for (name, source) in [
+        ("trained", vec!["--run", run_s]),
+        (
+            "scratch",
+            vec!["--from-scratch", "--model", "lenet5", "--pdp-epochs", "2"],
+        ),
+    ] {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "prune",
+            "--method",
+            "pdp",
+            "--budget",
+            "macs=0.5",
+            "--pdp-t-grad",
+            "--finetune-epochs",
+            "1",
+            "--quiet",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(&source);
+        args.extend(common);
+        let o = lopper(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(report["budget_met"], true, "{report}");
+        let (before, after) = (
+            report["macs"]["before"].as_f64().unwrap(),
+            report["macs"]["after"].as_f64().unwrap(),
+        );
+        assert!(after <= 0.5 * before && after > 0.4 * before, "{report}");
+        // Channels are gone from the saved graph, not masked.
+        let narrowed = report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["after"].as_u64() < g["before"].as_u64())
+            .count();
+        assert!(narrowed >= 2, "{report}");
+        assert!(report["sparsity"].is_null(), "{report}");
+        assert!(out.join("sparsity_history.svg").exists(), "{name}");
+        assert!(out.join("keep_ratios.svg").exists(), "{name}");
+        let recipe = std::fs::read_to_string(out.join("recipe.toml")).unwrap();
+        assert!(recipe.contains("allocation = \"uniform\""), "{recipe}");
+        assert!(recipe.contains("pdp_t_grad = true"), "{recipe}");
+    }
+}

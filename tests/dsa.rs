@@ -686,13 +686,13 @@ fn hard_tail_trains_under_the_masks_of_the_kept_widths() {
     };
     let mut sampled_differs = false;
     for s in 0..7 {
-        dsa.before_step(&step(s));
+        dsa.before_step(&step(s), &model).unwrap();
         let train = logits(&ad, &dsa);
         sampled_differs |= train.iter().zip(&kept).any(|(a, b)| (a - b).abs() > 1e-4);
     }
     assert!(sampled_differs, "sampled masks matched the top-k ones");
     for s in 7..10 {
-        dsa.before_step(&step(s));
+        dsa.before_step(&step(s), &model).unwrap();
         let train = logits(&ad, &dsa);
         for (a, b) in train.iter().zip(&kept) {
             assert!((a - b).abs() <= 1e-5, "step {s}: {a} vs {b}");

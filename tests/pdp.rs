@@ -111,6 +111,7 @@ fn the_soft_masked_weight_has_the_chain_rule_gradient() {
         PdpMask {
             pattern: Pattern::Unstructured,
             temperature,
+            t_grad: false,
             targets,
         },
     );
@@ -145,4 +146,193 @@ fn the_soft_masked_weight_has_the_chain_rule_gradient() {
         checked += 1;
     }
     assert!(checked > 100, "{checked}");
+}
+
+/// `Σ c_i m(w_i) w_i` on the host, in f64, with `τ` held at `tau` and `t` either fixed or
+/// taken from the boundary weights `a` and `b` (a perturbation that keeps their order).
+fn soft_sum(w: &[f64], c: &[f64], t: Option<f64>, (a, b): (usize, usize), tau: f64) -> f64 {
+    let t = t.unwrap_or_else(|| 0.5 * (w[a].abs() + w[b].abs()));
+    w.iter()
+        .zip(c)
+        .map(|(w, c)| c * w / (1.0 + (-(w * w - t * t) / tau).exp()))
+        .sum()
+}
+
+/// With gradient into `t`, the two weights around the cut get the gradient through every
+/// other weight's mask too: autodiff matches finite differences at every weight, the
+/// boundary ones included; with `t` detached it matches the fixed-`t` function instead.
+#[test]
+fn gradient_into_t_reaches_the_boundary_weights() {
+    let n = 40;
+    let l = weight_layer(&[n, 1]);
+    let w = weights(n, 11);
+    let c: Vec<f64> = weights(n, 12).iter().map(|&v| v as f64).collect();
+    let t2 = thresholds(&l, &w, Pattern::Unstructured, 0.5).unwrap()[0] as f64;
+    // The boundary pair: the smallest kept and the largest pruned |w|.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| w[i].abs().total_cmp(&w[j].abs()));
+    let (b, a) = (order[n / 2 - 1], order[n / 2]);
+    let tau = 0.1 * t2;
+    let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    let mut boundary_grads = vec![];
+    for t_grad in [false, true] {
+        let mask = PdpMask {
+            pattern: Pattern::Unstructured,
+            temperature: Temperature::Relative(0.1),
+            t_grad,
+            targets: vec![0.5],
+        };
+        let ad = Device::flex().autodiff();
+        let wt = Tensor::<2>::from_data(TensorData::new(w.clone(), [n, 1]), &ad).require_grad();
+        let ct = Tensor::<2>::from_data(
+            TensorData::new(c.iter().map(|&v| v as f32).collect(), [n, 1]),
+            &ad,
+        );
+        let Weight::Linear(soft) =
+            lopper::prune::weights::SoftMask::apply(&mask, &l, Weight::Linear(wt.clone()))
+        else {
+            unreachable!()
+        };
+        let grads = (soft * ct).sum().backward();
+        let got = host(wt.grad(&grads).unwrap());
+        let fixed_t = (!t_grad).then(|| t2.sqrt());
+        for i in 0..n {
+            let e = 1e-5;
+            let (mut up, mut down) = (w64.clone(), w64.clone());
+            up[i] += e;
+            down[i] -= e;
+            let fd = (soft_sum(&up, &c, fixed_t, (a, b), tau)
+                - soft_sum(&down, &c, fixed_t, (a, b), tau))
+                / (2.0 * e);
+            let g = got[i] as f64;
+            assert!(
+                (g - fd).abs() < 1e-2 * (1.0 + fd.abs()),
+                "t_grad {t_grad}, weight {i} (boundary {a}, {b}): autodiff {g}, finite differences {fd}"
+            );
+        }
+        boundary_grads.push((got[a], got[b]));
+    }
+    // The setting matters where it should: at the boundary weights.
+    let (off, on) = (boundary_grads[0], boundary_grads[1]);
+    assert!(
+        (off.0 - on.0).abs() > 1e-3 && (off.1 - on.1).abs() > 1e-3,
+        "{off:?} {on:?}"
+    );
+}
+
+/// The channel mode: per channel group, the filter norms' soft mask through the channel masks.
+/// Hardening (m >= 0.5) keeps exactly the target width, the top channels by norm; the mask is
+/// sigmoid((s² − t²)/τ) with t the midpoint of the norms around the cut; its gradient matches
+/// finite differences, with and without gradient into t.
+#[test]
+fn the_channel_mask_cuts_each_group_at_its_width() {
+    use lopper::prune::pdp::{PdpChannelMask, channel_norms};
+    use lopper::prune::{channel_groups, mask::is_mask_point};
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let group = groups
+        .iter()
+        .find(|gr| gr.label(&g) == "conv2")
+        .unwrap()
+        .clone();
+    let point = group
+        .carriers
+        .iter()
+        .map(|&(n, _)| n)
+        .find(|&n| is_mask_point(&g, n))
+        .unwrap();
+    let conv = group.members[0].node;
+    let model = Model::init(g.clone(), 5, &Device::flex()).unwrap();
+    let norms = channel_norms(&model, &group).unwrap();
+    let channels = group.channels;
+    let kept = 10;
+    let mut sorted = norms.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let t = 0.5 * (sorted[kept - 1] + sorted[kept]) as f64;
+    let tau = 0.1 * t * t;
+    let ad = Device::flex().autodiff();
+    for t_grad in [false, true] {
+        let trained = burn::module::Module::train(burn::module::Module::fork(model.clone(), &ad));
+        let mut mask = PdpChannelMask::new(&groups, Temperature::Relative(0.1), t_grad);
+        mask.kept[group.id] = kept;
+        mask.update(&trained, &groups).unwrap();
+        let ones = Tensor::<4>::ones([1, channels, 1, 1], &ad);
+        let lopper::model::Value::Spatial(m) =
+            mask.after_node(point, &g.nodes[point], lopper::model::Value::Spatial(ones))
+        else {
+            unreachable!()
+        };
+        let m = m.reshape([channels]);
+        let mv = host(m.clone());
+        // Exactly the target width at m >= 0.5, the top channels by norm.
+        let hard: Vec<bool> = mv.iter().map(|&v| v >= 0.5).collect();
+        assert_eq!(hard.iter().filter(|&&h| h).count(), kept);
+        for (h, s) in hard.iter().zip(&norms) {
+            assert_eq!(*h, *s >= sorted[kept - 1], "norm {s}");
+        }
+        for (v, s) in mv.iter().zip(&norms) {
+            let s = *s as f64;
+            let want = 1.0 / (1.0 + (-(s * s - t * t) / tau).exp());
+            assert!((*v as f64 - want).abs() < 1e-4, "m {v}, want {want}");
+        }
+        assert!(
+            (mask.soft_counts[group.id] - mv.iter().map(|&v| v as f64).sum::<f64>()).abs() < 1e-3
+        );
+        // The gradient of Σ c_k m_k with respect to the filters.
+        let c: Vec<f64> = weights(channels, 7).iter().map(|&v| v as f64).collect();
+        let ct = Tensor::<1>::from_data(
+            TensorData::new(c.iter().map(|&v| v as f32).collect(), [channels]),
+            &ad,
+        );
+        let grads = (m * ct).sum().backward();
+        let Some(Layer::Conv(p)) = &trained.layers[conv] else {
+            panic!("conv2 is a convolution")
+        };
+        let got = host(p.weight.val().grad(&grads).unwrap());
+        let w: Vec<f64> = host(p.weight.val()).iter().map(|&v| v as f64).collect();
+        let per = w.len() / channels;
+        let boundary = |k: usize| {
+            let s = norms[k];
+            s == sorted[kept - 1] || s == sorted[kept]
+        };
+        let f = |w: &[f64]| -> f64 {
+            let s: Vec<f64> = (0..channels)
+                .map(|k| {
+                    w[k * per..(k + 1) * per]
+                        .iter()
+                        .map(|v| v * v)
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .collect();
+            let t = if t_grad {
+                let b: Vec<f64> = (0..channels)
+                    .filter(|&k| boundary(k))
+                    .map(|k| s[k])
+                    .collect();
+                0.5 * (b[0] + b[1])
+            } else {
+                t
+            };
+            (0..channels)
+                .map(|k| c[k] / (1.0 + (-(s[k] * s[k] - t * t) / tau).exp()))
+                .sum()
+        };
+        let mut checked = 0;
+        for i in (0..w.len()).filter(|i| i % 13 == 0 || boundary(i / per)) {
+            let e = 1e-4;
+            let (mut up, mut down) = (w.clone(), w.clone());
+            up[i] += e;
+            down[i] -= e;
+            let fd = (f(&up) - f(&down)) / (2.0 * e);
+            let g = got[i] as f64;
+            assert!(
+                (g - fd).abs() < 2e-2 * (1.0 + fd.abs()),
+                "t_grad {t_grad}, weight {i} (channel {}): autodiff {g}, finite differences {fd}",
+                i / per
+            );
+            checked += 1;
+        }
+        assert!(checked > 200, "{checked}");
+    }
 }

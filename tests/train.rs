@@ -63,8 +63,9 @@ struct StopAfter {
     steps: usize,
 }
 impl TrainHook for StopAfter {
-    fn before_step(&mut self, _: &StepInfo) {
+    fn before_step(&mut self, _: &StepInfo, _: &Model) -> lopper::Result<()> {
         self.steps += 1;
+        Ok(())
     }
     fn after_epoch(&mut self, r: &EpochRecord, _: &Model) -> lopper::Result<ControlFlow<()>> {
         Ok(if r.epoch >= self.n {

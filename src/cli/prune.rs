@@ -38,7 +38,8 @@ pub enum MethodName {
     Magnitude,
     /// Weights: gradual magnitude pruning (cubic schedule) while training, then fine-tuning
     Gmp,
-    /// Weights: PDP's parameter-free soft masks while training, hardened, then fine-tuning
+    /// Weights or channels: PDP's parameter-free soft masks while training, hardened, then
+    /// fine-tuning (a weight budget zeroes weights, a channel budget removes channels)
     Pdp,
 }
 
@@ -92,8 +93,8 @@ pub struct PruneArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<MethodName>,
     /// Resource budget: macs=0.5 (fraction of the dense model), macs=20M, params=0.3,
-    /// params=100K, latency=2.5ms or latency=0.6 (with --profile) for channel methods;
-    /// sparsity=0.9 (share of the pruned layers' weights that are zero) or nm=2:4 for
+    /// params=100K, latency=2.5ms or latency=0.6 (with --profile) for channel methods and
+    /// pdp; sparsity=0.9 (share of the pruned layers' weights that are zero) or nm=2:4 for
     /// magnitude, gmp and pdp.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,7 +129,8 @@ pub struct PruneArgs {
     pub bn_batches: Option<usize>,
 
     /// One-shot methods: how channels are shared out between groups; magnitude and gmp: how
-    /// a sparsity is shared out between layers (uniform, global or erk) [default: uniform].
+    /// a sparsity is shared out between layers (uniform, global or erk) [default: uniform];
+    /// pdp: layers (default global) or, for a channel budget, groups (default uniform).
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocation: Option<AllocationFlag>,
@@ -249,6 +251,11 @@ pub struct PruneArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub pdp_tau_absolute: bool,
+    /// PDP: let gradients flow into the threshold t through its two boundary weights (or
+    /// channels) [default: off, t detached].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pdp_t_grad: bool,
     /// PDP: weight learning rate in the phase [default: as --gmp-lr].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -731,7 +731,7 @@ impl TrainHook for Dsa {
         Some(&self.masks)
     }
 
-    fn before_step(&mut self, info: &StepInfo) {
+    fn before_step(&mut self, info: &StepInfo, _model: &Model) -> Result<()> {
         if info.step_in_epoch == 0 {
             self.train_epoch = info.epoch;
             self.val_epoch = 0;
@@ -763,6 +763,7 @@ impl TrainHook for Dsa {
                     .collect()
             };
         self.masks.train = ChannelMasks::new(&self.graph, &self.groups, &masks, &dev);
+        Ok(())
     }
 
     fn after_step(

@@ -4,11 +4,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::groups::ChannelGroup;
+use super::methods::History;
 use super::weights::SparsityReport;
 use crate::count::human;
 use crate::error::Result;
-use crate::graph::Graph;
 
 /// Channels of one group before and after.
 #[derive(Debug, Clone, Serialize)]
@@ -101,17 +100,19 @@ impl PruneReport {
         None
     }
 
-    /// The keep-ratio bar chart in `out` (`keep_ratios.{svg,png}`), and for a method with a
-    /// ratio history (DSA) the keep ratios over its epochs (`keep_ratio_history.{svg,png}`);
-    /// for a weight budget, the share of each layer's weights that are zero
-    /// (`weight_sparsity.{svg,png}`) instead.
-    pub fn write_plots(
-        &self,
-        out: &Path,
-        history: &[(usize, Vec<f64>)],
-        groups: &[ChannelGroup],
-        dense: &Graph,
-    ) -> Result<()> {
+    /// The keep-ratio bar chart in `out` (`keep_ratios.{svg,png}`), or for a weight budget the
+    /// share of each layer's weights that are zero (`weight_sparsity.{svg,png}`); and the
+    /// method's history over its run where it has one (DSA's keep ratios, PDP's sparsities).
+    pub fn write_plots(&self, out: &Path, history: Option<&History>) -> Result<()> {
+        if let Some(h) = history {
+            crate::plot::Lines {
+                title: format!("{}: {} ({})", self.model, h.title, self.budget),
+                x_label: h.x_label.clone(),
+                y_label: h.y_label.clone(),
+                series: h.series.clone(),
+            }
+            .write(&out.join(&h.file))?;
+        }
         if let Some(r) = &self.sparsity {
             crate::plot::RatioBars {
                 title: format!(
@@ -146,24 +147,6 @@ impl PruneReport {
                 .collect(),
         }
         .write(&out.join("keep_ratios"))?;
-        if !history.is_empty() {
-            crate::plot::Lines {
-                title: format!("{}: DSA keep ratios ({})", self.model, self.budget),
-                x_label: "allocation epoch".into(),
-                y_label: "keep ratio a = sigmoid(s)".into(),
-                series: groups
-                    .iter()
-                    .filter(|g| g.is_prunable())
-                    .map(|g| {
-                        (
-                            format!("g{} {}", g.id, g.label(dense)),
-                            history.iter().map(|(e, r)| (*e as f64, r[g.id])).collect(),
-                        )
-                    })
-                    .collect(),
-            }
-            .write(&out.join("keep_ratio_history"))?;
-        }
         Ok(())
     }
 

@@ -20,7 +20,8 @@
 //!   dsa_log.jsonl          DSA's per-epoch keep ratios
 //!   pruned/                the pruned model before fine-tuning; allocation.json marks it done
 //!   config.toml, model.*, metrics.jsonl, checkpoint/    the fine-tuning run (as `lopper train`)
-//!   prune_report.{json,md}, keep_ratios.{svg,png}, keep_ratio_history.{svg,png}
+//!   prune_report.{json,md}, keep_ratios.{svg,png} or weight_sparsity.{svg,png},
+//!                          keep_ratio_history.{svg,png} (DSA), sparsity_history.{svg,png} (PDP)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ use super::latency::{
     LatencyMeter, LatencyProfile, MODEL_REPS, model_latency_ms, relative_latency,
 };
 use super::methods::iterative::width_ratios;
-use super::methods::{ChannelBudget, Flow, MethodContext, MethodOutcome, MethodPlan};
+use super::methods::{ChannelBudget, Flow, History, MethodContext, MethodOutcome, MethodPlan};
 use super::report::{BeforeAfter, GroupReport, PruneReport};
 use super::weights::{WeightBudget, WeightMasks, kept_for, measure, weight_layers};
 use crate::count::{count, human};
@@ -227,7 +228,8 @@ impl PrunePlan {
             source_lr: Some(source.lr),
             ..self.flow()
         };
-        self.method.resolve(&flow)
+        let target = self.target()?;
+        self.method.resolve(&flow, &target)
     }
 
     /// Checks the plan and fills every default that does not need the source run, so that
@@ -235,7 +237,7 @@ impl PrunePlan {
     pub fn resolve(&mut self) -> Result<()> {
         let target = self.target()?;
         let weights = matches!(target, Target::Weights(_));
-        if self.method.prunes_weights() != weights {
+        if !self.method.accepts(&target) {
             return Err(LopperError::Config(if weights {
                 format!(
                     "method {} removes channels; a weight budget ({target}) needs --method magnitude, gmp or pdp",
@@ -293,7 +295,7 @@ impl PrunePlan {
             return Err(LopperError::Config("lr (--lr) must be positive".into()));
         }
         let flow = self.flow();
-        self.method.resolve(&flow)
+        self.method.resolve(&flow, &target)
     }
 
     /// Relative paths (run, data, profile) made absolute against `base`, so a saved recipe
@@ -331,7 +333,8 @@ fn check_fresh(out: &Path) -> Result<()> {
 struct AllocationRecord {
     allocation: String,
     measured_ms: Option<f64>,
-    ratio_history: Vec<(usize, Vec<f64>)>,
+    #[serde(default)]
+    history: Option<History>,
     seconds: f64,
     #[serde(default)]
     cost: Option<f64>,
@@ -504,7 +507,7 @@ impl PruneSession {
                 model,
                 measured_ms: rec.measured_ms,
                 allocation: rec.allocation,
-                ratio_history: rec.ratio_history,
+                history: rec.history,
                 cost: rec.cost,
                 collapse: rec.collapse,
             };
@@ -545,7 +548,7 @@ impl PruneSession {
             let rec = AllocationRecord {
                 allocation: found.allocation.clone(),
                 measured_ms: found.measured_ms,
-                ratio_history: found.ratio_history.clone(),
+                history: found.history.clone(),
                 seconds,
                 cost: found.cost,
                 collapse: found.collapse.clone(),
@@ -773,7 +776,7 @@ impl PruneSession {
             finetune_seconds,
             seconds: started.elapsed().as_secs_f64(),
         };
-        report.write_plots(&out, &found.ratio_history, &groups, &dense.graph)?;
+        report.write_plots(&out, found.history.as_ref())?;
         write_atomic(&out.join("prune_report.json"), &to_json(&report)?)?;
         if let Some(r) = &report.sparsity {
             write_atomic(&out.join(SPARSITY_FILE), &to_json(r)?)?;

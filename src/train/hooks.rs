@@ -54,8 +54,11 @@ pub trait TrainHook {
     fn node_hook(&self) -> Option<&dyn NodeHook> {
         None
     }
-    /// Before the forward pass of a step.
-    fn before_step(&mut self, _info: &StepInfo) {}
+    /// Before the forward pass of a step, with the model that will run it (on the training
+    /// device: masks computed from its weights carry their gradient).
+    fn before_step(&mut self, _info: &StepInfo, _model: &Model) -> Result<()> {
+        Ok(())
+    }
     /// After the backward pass, before the optimiser uses the gradients (importance
     /// accumulation, gradient masking).
     fn after_backward(

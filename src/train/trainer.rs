@@ -149,7 +149,7 @@ impl Trainer {
                     epochs: cfg.epochs,
                 };
                 for h in hooks.iter_mut() {
-                    h.before_step(&info);
+                    h.before_step(&info, &model)?;
                 }
                 let (x, _) = batch.to_tensors(&self.device);
                 let Value::Flat(logits) =

@@ -5,7 +5,7 @@
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
-use super::{Flow, MethodContext, MethodOutcome, PruneMethod, build_for_budget};
+use super::{Flow, History, MethodContext, MethodOutcome, PruneMethod, build_for_budget};
 use crate::error::{LopperError, Result};
 use crate::prune::admm::AdmmMetric;
 use crate::prune::allocation::harden;
@@ -299,11 +299,26 @@ impl PruneMethod for DsaMethod {
             model,
             measured_ms,
             allocation: "dsa".into(),
-            ratio_history: dsa
-                .history()
-                .iter()
-                .map(|e| (e.epoch, e.ratios.clone()))
-                .collect(),
+            history: Some(History {
+                file: "keep_ratio_history".into(),
+                title: "DSA keep ratios".into(),
+                x_label: "allocation epoch".into(),
+                y_label: "keep ratio a = sigmoid(s)".into(),
+                series: cx
+                    .groups
+                    .iter()
+                    .filter(|g| g.is_prunable())
+                    .map(|g| {
+                        (
+                            format!("g{} {}", g.id, g.label(&cx.dense.graph)),
+                            dsa.history()
+                                .iter()
+                                .map(|e| (e.epoch as f64, e.ratios[g.id]))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            }),
             cost: None,
             collapse,
         })

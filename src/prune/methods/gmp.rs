@@ -218,7 +218,7 @@ impl PruneMethod for Gmp {
                 WeightBudget::NM { .. } => format!("gmp {}", budget.pattern()),
                 WeightBudget::Sparsity(_) => format!("gmp {}", p.allocation.unwrap_or_default()),
             },
-            ratio_history: vec![],
+            history: None,
             cost: None,
             collapse,
         })

@@ -117,7 +117,7 @@ impl PruneMethod for Iterative {
                 self.plan.criterion.name(),
                 steps.len()
             ),
-            ratio_history: vec![],
+            history: None,
             cost: None,
             collapse: None,
         })

@@ -66,7 +66,7 @@ impl PruneMethod for Magnitude {
                 WeightBudget::NM { .. } => budget.pattern().to_string(),
                 WeightBudget::Sparsity(_) => allocation.to_string(),
             },
-            ratio_history: vec![],
+            history: None,
             cost: None,
             collapse: None,
         })

@@ -14,7 +14,8 @@
 //!
 //! **Weight budgets.** Methods that zero weights (`magnitude`, `gmp`, `pdp`) take a weight budget
 //! ([`Target::Weights`]: `sparsity=` or `nm=`), channel methods a channel budget
-//! ([`MethodContext::channel_budget`]); the plan refuses a mismatch before any data is read.
+//! ([`MethodContext::channel_budget`]); PDP takes either (its weight or its channel mode).
+//! The plan refuses a mismatch before any data is read ([`MethodPlan::accepts`]).
 //! A weight method scores weights ([`Importance::weight_scores`]), keeps its masks in a
 //! [`WeightMasks`] (the forward hook, zeroing in storage and of the optimiser's moments through
 //! [`OptimizerState`]) and returns a model whose masked weights are zero; the session
@@ -104,21 +105,24 @@ impl MethodPlan {
         }
     }
 
-    /// Whether the method zeroes weights (weight budgets) rather than removing channels.
-    pub fn prunes_weights(&self) -> bool {
-        matches!(
-            self,
-            MethodPlan::Magnitude(_) | MethodPlan::Gmp(_) | MethodPlan::Pdp(_)
-        )
+    /// Whether the method takes `target`: weight methods (`magnitude`, `gmp`) weight budgets,
+    /// channel methods channel budgets, PDP both (its weight or its channel mode).
+    pub fn accepts(&self, target: &Target) -> bool {
+        let weights = matches!(target, Target::Weights(_));
+        match self {
+            MethodPlan::Pdp(_) => true,
+            MethodPlan::Magnitude(_) | MethodPlan::Gmp(_) => weights,
+            _ => !weights,
+        }
     }
 
     /// Fills the defaults that depend on the flow (from a trained run or from scratch) and
-    /// checks the settings, before any data is read.
-    pub fn resolve(&mut self, flow: &Flow) -> Result<()> {
+    /// on the budget, and checks the settings, before any data is read.
+    pub fn resolve(&mut self, flow: &Flow, target: &Target) -> Result<()> {
         match self {
             MethodPlan::Dsa(p) => p.resolve(flow),
             MethodPlan::Gmp(p) => p.resolve(flow),
-            MethodPlan::Pdp(p) => p.resolve(flow),
+            MethodPlan::Pdp(p) => p.resolve(flow, target),
             MethodPlan::Magnitude(p) => p.check(flow),
             MethodPlan::Iterative(p) => p.check(flow),
             MethodPlan::L1(p)
@@ -348,13 +352,27 @@ pub struct MethodOutcome {
     /// How the widths were found, for the report (`uniform`, `dsa`, `iterative (taylor, 5
     /// steps)`).
     pub allocation: String,
-    /// Keep ratios per group over the method's epochs (DSA), for the report's line plot.
-    pub ratio_history: Vec<(usize, Vec<f64>)>,
+    /// How the method's allocation moved over its run (DSA's keep ratios, PDP's sparsities),
+    /// for the report's line plot.
+    pub history: Option<History>,
     /// The cost the method reached in the budget's units, where it is not counted on the
     /// pruned graph (weight sparsity); `None` for channel budgets.
     pub cost: Option<f64>,
     /// Why the method's own training collapsed (its loss rose to chance level), if it did.
     pub collapse: Option<String>,
+}
+
+/// One quantity per group or layer over a method's run, plotted in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// The plot's file name in the run folder, without extension (`keep_ratio_history`).
+    pub file: String,
+    /// What is plotted (the report adds the model and budget).
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// One line per group or layer: its name and (x, y) points.
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 /// Whether a training phase that started from a trained model ended with its training loss

@@ -86,7 +86,7 @@ impl PruneMethod for OneShot {
             model,
             measured_ms,
             allocation: format!("{allocation:?}").to_lowercase(),
-            ratio_history: vec![],
+            history: None,
             cost: None,
             collapse: None,
         })
