@@ -190,9 +190,11 @@ impl Trace {
         self.points.push((x, values));
     }
 
-    fn series(&self, names: Vec<(usize, String)>) -> Vec<(String, Vec<(f64, f64)>)> {
+    /// One line per name, the i-th from the i-th value of every sample.
+    fn series(&self, names: Vec<String>) -> Vec<(String, Vec<(f64, f64)>)> {
         names
             .into_iter()
+            .enumerate()
             .map(|(i, name)| {
                 let line = self.points.iter().map(|(x, v)| (*x, v[i])).collect();
                 (name, line)
@@ -201,65 +203,124 @@ impl Trace {
     }
 }
 
-/// Per masked layer (by graph node): the weights it keeps at the end, from one magnitude
-/// ranking at the final sparsity spread by `density` (N:M: its pattern).
-fn final_kept(
-    model: &Model,
-    layers: &[WeightLayer],
-    budget: WeightBudget,
-    density: Density,
-) -> Result<Vec<usize>> {
-    let masked: Vec<&WeightLayer> = layers.iter().filter(|l| l.is_masked()).collect();
-    let scores = masked
-        .iter()
-        .map(|l| weight_values(model, l).map(|v| v.iter().map(|x| x.abs() as f64).collect()))
-        .collect::<Result<Vec<Vec<f64>>>>()?;
-    let masks = solve_masks(&masked, &scores, budget, density);
-    let mut kept = vec![0; model.graph.nodes.len()];
-    for (l, m) in masked.iter().zip(&masks) {
-        kept[l.node] = m.iter().filter(|&&v| v != 0.0).count();
-    }
-    Ok(kept)
+/// What PDP's weight and channel modes do differently; the schedule around them is one
+/// [`PdpHook`].
+trait Mode {
+    /// The final targets from a model's weights: the weights each layer keeps (by graph
+    /// node), or each group's width.
+    fn solve(&self, model: &Model) -> Result<Vec<usize>>;
+    /// Sets the masks for a step at share `ramp` of the way to `targets` (none yet: no
+    /// mask), from `model`, the model the step runs.
+    fn prepare(&mut self, ramp: f64, targets: Option<&[usize]>, model: &Model) -> Result<()>;
+    /// The traced value of each masked layer or prunable group after a step.
+    fn sample(&self, model: &Model) -> Result<Vec<f64>>;
+    /// The plot of the trace.
+    fn history(&self, trace: &Trace, graph: &crate::graph::Graph) -> History;
+    fn node_hook(&self) -> &dyn NodeHook;
 }
 
-/// The weight mode's training hook: the soft masks, their targets along the ramp.
-struct PdpHook {
-    soft: SoftWeightMasks<PdpMask>,
-    budget: WeightBudget,
-    density: Density,
+/// PDP's training hook: the soft masks of a mode, their targets along the ramp.
+struct PdpHook<M: Mode> {
+    mode: M,
     ramp: Ramp,
-    /// The final kept count per graph node, once derived (at the ramp's start).
-    kept: Option<Vec<usize>>,
-    /// Per masked layer, the share its soft mask takes away (`1 − mean m`).
+    /// The final targets, once derived (at the ramp's start: from scratch, from the weights
+    /// the warm-up trained).
+    targets: Option<Vec<usize>>,
     trace: Trace,
 }
 
-impl PdpHook {
-    /// The targets at `step`: each masked layer's final sparsity times the ramp.
-    fn set_targets(&mut self, step: usize) {
-        let ramp = self.ramp.at(step);
-        let mut targets = vec![0.0; self.soft.mask.targets.len()];
-        if let Some(kept) = &self.kept {
-            for l in self.soft.layers().iter().filter(|l| l.is_masked()) {
-                let r = match self.budget {
-                    WeightBudget::NM { .. } => 1.0,
-                    WeightBudget::Sparsity(_) => 1.0 - kept[l.node] as f64 / l.numel() as f64,
-                };
-                targets[l.node] = ramp * r;
-            }
+impl<M: Mode> PdpHook<M> {
+    fn new(mode: M, ramp: Ramp, dense: &Model) -> Result<Self> {
+        let targets = if ramp.start == 0 {
+            Some(mode.solve(dense)?)
+        } else {
+            None
+        };
+        Ok(PdpHook {
+            mode,
+            ramp,
+            targets,
+            trace: Trace::default(),
+        })
+    }
+
+    /// The final targets; an error if the phase ended before the ramp started.
+    fn targets(&self) -> Result<&[usize]> {
+        self.targets
+            .as_deref()
+            .ok_or_else(|| LopperError::Config("PDP's phase ended before its ramp started".into()))
+    }
+}
+
+/// What a resumed phase needs to go on: the final targets and the trace so far.
+#[derive(Serialize, Deserialize)]
+struct PdpState {
+    #[serde(alias = "kept")]
+    targets: Option<Vec<usize>>,
+    #[serde(default)]
+    trace: Trace,
+}
+
+impl<M: Mode> TrainHook for PdpHook<M> {
+    fn node_hook(&self) -> Option<&dyn NodeHook> {
+        Some(self.mode.node_hook())
+    }
+    fn before_step(&mut self, info: &StepInfo, model: &Model) -> Result<()> {
+        let ramp = self.ramp.at(info.global_step);
+        self.mode.prepare(ramp, self.targets.as_deref(), model)
+    }
+    fn after_step(
+        &mut self,
+        info: &StepInfo,
+        model: Model,
+        _optim: &mut OptimizerState,
+    ) -> Result<Model> {
+        if self.targets.is_none() && info.global_step + 1 >= self.ramp.start {
+            self.targets = Some(self.mode.solve(&model.valid())?);
         }
-        self.soft.mask.targets = targets;
+        if Trace::due(info) {
+            self.trace.push(info, self.mode.sample(&model)?);
+        }
+        Ok(model)
+    }
+    fn state(&self) -> Result<Option<serde_json::Value>> {
+        serde_json::to_value(PdpState {
+            targets: self.targets.clone(),
+            trace: self.trace.clone(),
+        })
+        .map(Some)
+        .map_err(|e| LopperError::Config(e.to_string()))
+    }
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        let s: PdpState =
+            serde_json::from_value(state).map_err(|e| LopperError::Config(e.to_string()))?;
+        (self.targets, self.trace) = (s.targets, s.trace);
+        Ok(())
+    }
+}
+
+/// The weight mode: soft weight masks at per-layer target sparsities.
+struct WeightMode {
+    soft: SoftWeightMasks<PdpMask>,
+    budget: WeightBudget,
+    density: Density,
+}
+
+impl WeightMode {
+    fn masked(&self) -> impl Iterator<Item = &WeightLayer> {
+        self.soft.layers().iter().filter(|l| l.is_masked())
     }
 
     /// Hardened masks: `m >= 0.5` at the final targets, i.e. the `kept` largest |w| of each
     /// layer (N:M: the N largest of each group), so the budget holds exactly.
-    fn harden(&self, model: &Model, device: &burn::tensor::Device) -> Result<WeightMasks> {
-        let kept = self.kept.as_ref().ok_or_else(|| {
-            LopperError::Config("PDP's phase ended before its ramp started".into())
-        })?;
-        let layers = self.soft.layers().to_vec();
+    fn harden(
+        &self,
+        kept: &[usize],
+        model: &Model,
+        device: &burn::tensor::Device,
+    ) -> Result<WeightMasks> {
         let mut masks = vec![];
-        for l in layers.iter().filter(|l| l.is_masked()) {
+        for l in self.masked() {
             let scores: Vec<f64> = weight_values(model, l)?
                 .iter()
                 .map(|x| x.abs() as f64)
@@ -269,113 +330,94 @@ impl PdpHook {
                 WeightBudget::Sparsity(_) => top_k(&scores, kept[l.node]),
             });
         }
-        let mut hard = WeightMasks::new(&model.graph, layers, device);
+        let mut hard = WeightMasks::new(&model.graph, self.soft.layers().to_vec(), device);
         hard.set(masks)?;
         Ok(hard)
     }
+}
 
-    fn history(&self) -> History {
-        let masked = self.soft.layers().iter().filter(|l| l.is_masked());
+impl Mode for WeightMode {
+    /// Per masked layer (by graph node): the weights it keeps at the end, from one magnitude
+    /// ranking at the final sparsity spread by the allocation (N:M: its pattern).
+    fn solve(&self, model: &Model) -> Result<Vec<usize>> {
+        let masked: Vec<&WeightLayer> = self.masked().collect();
+        let scores = masked
+            .iter()
+            .map(|l| weight_values(model, l).map(|v| v.iter().map(|x| x.abs() as f64).collect()))
+            .collect::<Result<Vec<Vec<f64>>>>()?;
+        let masks = solve_masks(&masked, &scores, self.budget, self.density);
+        let mut kept = vec![0; model.graph.nodes.len()];
+        for (l, m) in masked.iter().zip(&masks) {
+            kept[l.node] = m.iter().filter(|&&v| v != 0.0).count();
+        }
+        Ok(kept)
+    }
+
+    /// Each masked layer's final sparsity times the ramp (the masks themselves are computed
+    /// in the forward pass, from the weights it sees).
+    fn prepare(&mut self, ramp: f64, kept: Option<&[usize]>, _model: &Model) -> Result<()> {
+        let mut targets = vec![0.0; self.soft.mask.targets.len()];
+        if let Some(kept) = kept {
+            for l in self.masked() {
+                let r = match self.budget {
+                    WeightBudget::NM { .. } => 1.0,
+                    WeightBudget::Sparsity(_) => 1.0 - kept[l.node] as f64 / l.numel() as f64,
+                };
+                targets[l.node] = ramp * r;
+            }
+        }
+        self.soft.mask.targets = targets;
+        Ok(())
+    }
+
+    /// The share of each masked layer its soft mask takes away (`1 − mean m`).
+    fn sample(&self, model: &Model) -> Result<Vec<f64>> {
+        self.masked()
+            .map(|l| Ok(self.soft.mask.soft_sparsity(l, &weight_values(model, l)?)))
+            .collect()
+    }
+
+    fn history(&self, trace: &Trace, _graph: &crate::graph::Graph) -> History {
         History {
             file: "sparsity_history".into(),
             title: "PDP soft-mask sparsity per layer".into(),
             x_label: "epoch of PDP's phase".into(),
             y_label: "share of the layer masked (1 − mean m(w))".into(),
-            series: self.trace.series(
-                masked
-                    .enumerate()
-                    .map(|(i, l)| (i, l.name.clone()))
-                    .collect(),
-            ),
+            series: trace.series(self.masked().map(|l| l.name.clone()).collect()),
         }
     }
-}
 
-/// What a resumed phase needs to go on: the final targets and the trace so far.
-#[derive(Serialize, Deserialize)]
-struct PdpState<K> {
-    kept: Option<K>,
-    #[serde(default)]
-    trace: Trace,
-}
-
-fn save<K: Serialize>(kept: &Option<K>, trace: &Trace) -> Result<Option<serde_json::Value>> {
-    serde_json::to_value(PdpState {
-        kept: kept.as_ref(),
-        trace: trace.clone(),
-    })
-    .map(Some)
-    .map_err(|e| LopperError::Config(e.to_string()))
-}
-
-fn load<K: for<'de> Deserialize<'de>>(state: serde_json::Value) -> Result<PdpState<K>> {
-    serde_json::from_value(state).map_err(|e| LopperError::Config(e.to_string()))
-}
-
-impl TrainHook for PdpHook {
-    fn node_hook(&self) -> Option<&dyn NodeHook> {
-        Some(&self.soft)
-    }
-    fn before_step(&mut self, info: &StepInfo, _model: &Model) -> Result<()> {
-        self.set_targets(info.global_step);
-        Ok(())
-    }
-    fn after_step(
-        &mut self,
-        info: &StepInfo,
-        model: Model,
-        _optim: &mut OptimizerState,
-    ) -> Result<Model> {
-        // From scratch the targets come from the weights the warm-up trained.
-        if self.kept.is_none() && info.global_step + 1 >= self.ramp.start {
-            self.kept = Some(final_kept(
-                &model.valid(),
-                self.soft.layers(),
-                self.budget,
-                self.density,
-            )?);
-        }
-        if Trace::due(info) {
-            let mut values = vec![];
-            for l in self.soft.layers().iter().filter(|l| l.is_masked()) {
-                values.push(self.soft.mask.soft_sparsity(l, &weight_values(&model, l)?));
-            }
-            self.trace.push(info, values);
-        }
-        Ok(model)
-    }
-    fn state(&self) -> Result<Option<serde_json::Value>> {
-        save(&self.kept, &self.trace)
-    }
-    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
-        let s = load(state)?;
-        (self.kept, self.trace) = (s.kept, s.trace);
-        Ok(())
+    fn node_hook(&self) -> &dyn NodeHook {
+        &self.soft
     }
 }
 
 /// The final width of every group for a model's weights (the budget met by filter norm).
 type WidthSolver = Box<dyn Fn(&Model) -> Result<Vec<usize>>>;
 
-/// The channel mode's training hook: the soft channel masks, recomputed from the weights
-/// before every step, their target widths along the ramp.
-struct PdpChannelHook {
+/// The channel mode: soft channel masks from the filter norms, recomputed before every step,
+/// at per-group target widths.
+struct ChannelMode {
     mask: PdpChannelMask,
     groups: Vec<ChannelGroup>,
-    /// Where the final widths come from: the budget's limit and cost model, the allocation.
+    /// The budget's limit and cost model and the allocation, behind one call.
     solve: WidthSolver,
-    ramp: Ramp,
-    /// The final width of each group, once derived (at the ramp's start).
-    widths: Option<Vec<usize>>,
-    /// Per prunable group, its soft channel count (Σ m).
-    trace: Trace,
 }
 
-impl PdpChannelHook {
-    fn set_targets(&mut self, step: usize) {
-        let ramp = self.ramp.at(step);
+impl ChannelMode {
+    fn prunable(&self) -> impl Iterator<Item = &ChannelGroup> {
+        self.groups.iter().filter(|g| g.is_prunable())
+    }
+}
+
+impl Mode for ChannelMode {
+    fn solve(&self, model: &Model) -> Result<Vec<usize>> {
+        (self.solve)(model)
+    }
+
+    fn prepare(&mut self, ramp: f64, widths: Option<&[usize]>, model: &Model) -> Result<()> {
         for g in &self.groups {
-            self.mask.kept[g.id] = match &self.widths {
+            self.mask.kept[g.id] = match widths {
                 Some(w) => {
                     let cut = (ramp * (g.channels - w[g.id]) as f64).round() as usize;
                     g.channels - cut
@@ -383,60 +425,33 @@ impl PdpChannelHook {
                 None => g.channels,
             };
         }
+        self.mask.update(model, &self.groups)
     }
 
-    fn history(&self, model: &Model) -> History {
-        let prunable = self.groups.iter().filter(|g| g.is_prunable());
+    /// Each prunable group's soft channel count (Σ m) at the step's masks.
+    fn sample(&self, _model: &Model) -> Result<Vec<f64>> {
+        Ok(self
+            .prunable()
+            .map(|g| self.mask.soft_counts[g.id])
+            .collect())
+    }
+
+    fn history(&self, trace: &Trace, graph: &crate::graph::Graph) -> History {
         History {
             file: "sparsity_history".into(),
             title: "PDP soft channel count per group".into(),
             x_label: "epoch of PDP's phase".into(),
             y_label: "channels (sum of the soft mask m)".into(),
-            series: self.trace.series(
-                prunable
-                    .enumerate()
-                    .map(|(i, g)| (i, format!("g{} {}", g.id, g.label(&model.graph))))
+            series: trace.series(
+                self.prunable()
+                    .map(|g| format!("g{} {}", g.id, g.label(graph)))
                     .collect(),
             ),
         }
     }
-}
 
-impl TrainHook for PdpChannelHook {
-    fn node_hook(&self) -> Option<&dyn NodeHook> {
-        Some(&self.mask)
-    }
-    fn before_step(&mut self, info: &StepInfo, model: &Model) -> Result<()> {
-        self.set_targets(info.global_step);
-        self.mask.update(model, &self.groups)
-    }
-    fn after_step(
-        &mut self,
-        info: &StepInfo,
-        model: Model,
-        _optim: &mut OptimizerState,
-    ) -> Result<Model> {
-        if self.widths.is_none() && info.global_step + 1 >= self.ramp.start {
-            self.widths = Some((self.solve)(&model.valid())?);
-        }
-        if Trace::due(info) {
-            let counts = self
-                .groups
-                .iter()
-                .filter(|g| g.is_prunable())
-                .map(|g| self.mask.soft_counts[g.id])
-                .collect();
-            self.trace.push(info, counts);
-        }
-        Ok(model)
-    }
-    fn state(&self) -> Result<Option<serde_json::Value>> {
-        save(&self.widths, &self.trace)
-    }
-    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
-        let s = load(state)?;
-        (self.widths, self.trace) = (s.kept, s.trace);
-        Ok(())
+    fn node_hook(&self) -> &dyn NodeHook {
+        &self.mask
     }
 }
 
@@ -463,31 +478,26 @@ pub struct Pdp {
 }
 
 impl Pdp {
-    fn train(
+    /// PDP's phase with `hook`, described as `what`; returns the trained model.
+    fn train<M: Mode>(
         &self,
         cx: &mut MethodContext,
         what: &str,
-        hook: &mut dyn TrainHook,
+        hook: &mut PdpHook<M>,
     ) -> Result<(Model, Option<String>)> {
         let p = &self.plan;
         let cfg = phase_config(cx, p.pdp_epochs, p.pdp_lr);
         let (_, resuming) = cx.phase_run();
         cx.progress.message(&format!(
-            "PDP: {} epoch(s) under soft masks ({what}, τ {}{}{}), weight lr {}{}",
+            "PDP: {} epoch(s) under soft masks ({what}, targets moving from step {} to {}, τ {}{}{}), weight lr {}{}",
             p.pdp_epochs,
+            hook.ramp.start,
+            hook.ramp.end,
             p.pdp_tau,
             if p.pdp_tau_absolute { "" } else { " t²" },
-            if p.pdp_t_grad {
-                ", gradient into t"
-            } else {
-                ""
-            },
+            if p.pdp_t_grad { ", gradient into t" } else { "" },
             cfg.lr,
-            if resuming {
-                " (resuming from the last completed epoch)"
-            } else {
-                ""
-            }
+            if resuming { " (resuming from the last completed epoch)" } else { "" }
         ));
         let data = TrainData {
             train: cx.data.train.clone(),
@@ -498,8 +508,11 @@ impl Pdp {
         Ok((outcome.model.valid(), collapse))
     }
 
-    fn total_steps(&self, cx: &MethodContext) -> usize {
-        cx.data.train.num_batches() * self.plan.pdp_epochs
+    fn ramp(&self, cx: &MethodContext) -> Ramp {
+        Ramp::new(
+            &self.plan,
+            cx.data.train.num_batches() * self.plan.pdp_epochs,
+        )
     }
 
     fn prune_weights(
@@ -510,14 +523,8 @@ impl Pdp {
         let p = &self.plan;
         let graph = &cx.dense.graph;
         let layers = weight_layers(graph, cx.protect, budget.pattern())?;
-        let ramp = Ramp::new(p, self.total_steps(cx));
         let density = p.allocation.unwrap_or(Density::Global);
-        let kept = if ramp.start == 0 {
-            Some(final_kept(cx.dense, &layers, budget, density)?)
-        } else {
-            None
-        };
-        let mut hook = PdpHook {
+        let mode = WeightMode {
             soft: SoftWeightMasks::new(
                 graph,
                 layers,
@@ -530,16 +537,11 @@ impl Pdp {
             ),
             budget,
             density,
-            ramp,
-            kept,
-            trace: Trace::default(),
         };
-        let what = format!(
-            "{budget}, targets rising from step {} to {}",
-            ramp.start, ramp.end
-        );
-        let (trained, collapse) = self.train(cx, &what, &mut hook)?;
-        let model = hook.harden(&trained, cx.device)?.apply(trained, None)?;
+        let mut hook = PdpHook::new(mode, self.ramp(cx), cx.dense)?;
+        let (trained, collapse) = self.train(cx, &budget.to_string(), &mut hook)?;
+        let hard = hook.mode.harden(hook.targets()?, &trained, cx.device)?;
+        let model = hard.apply(trained, None)?;
         Ok(MethodOutcome {
             model,
             measured_ms: None,
@@ -547,7 +549,7 @@ impl Pdp {
                 WeightBudget::NM { .. } => format!("pdp {}", budget.pattern()),
                 WeightBudget::Sparsity(_) => format!("pdp {density}"),
             },
-            history: Some(hook.history()),
+            history: Some(hook.mode.history(&hook.trace, &cx.dense.graph)),
             cost: None,
             collapse,
         })
@@ -557,11 +559,10 @@ impl Pdp {
         let cb = cx.channel_budget()?;
         let p = &self.plan;
         let allocation = p.channel_allocation();
-        let ramp = Ramp::new(p, self.total_steps(cx));
         let groups = cx.groups.to_vec();
         let (resource, limit, round_to) = (cb.budget.resource, cb.limit, cx.round_to);
         // The final widths: the budget met by filter norm, on the weights at the ramp's start.
-        // The cost model is borrowed from the session; the closure owns what it needs.
+        // The closure owns its cost model (the session's is borrowed).
         let cost = cb
             .budget
             .cost_model(&cx.dense.graph, cx.groups, cb.profile)?;
@@ -598,30 +599,15 @@ impl Pdp {
                 .map(|g| filled.kept(&solve_groups, g).len())
                 .collect())
         };
-        let widths = if ramp.start == 0 {
-            Some(solve(cx.dense)?)
-        } else {
-            None
-        };
-        let mut hook = PdpChannelHook {
+        let mode = ChannelMode {
             mask: PdpChannelMask::new(&groups, p.temperature(), p.pdp_t_grad),
             groups,
             solve: Box::new(solve),
-            ramp,
-            widths,
-            trace: Trace::default(),
         };
-        let what = format!(
-            "{}, {} allocation, widths narrowing from step {} to {}",
-            cb.budget,
-            value_name(allocation),
-            ramp.start,
-            ramp.end
-        );
+        let mut hook = PdpHook::new(mode, self.ramp(cx), cx.dense)?;
+        let what = format!("{}, {} allocation", cb.budget, value_name(allocation));
         let (trained, collapse) = self.train(cx, &what, &mut hook)?;
-        let widths = hook.widths.clone().ok_or_else(|| {
-            LopperError::Config("PDP's phase ended before its ramp started".into())
-        })?;
+        let widths = hook.targets()?;
         // Hardening: each group's top channels by filter norm at its final width (m >= 0.5),
         // repaired to the budget exactly; for a measured latency budget, by measurement.
         let scores = norm_scores(&trained, cx.groups)?;
@@ -646,7 +632,7 @@ impl Pdp {
             model,
             measured_ms,
             allocation: format!("pdp {}", value_name(allocation)),
-            history: Some(hook.history(cx.dense)),
+            history: Some(hook.mode.history(&hook.trace, &cx.dense.graph)),
             cost: None,
             collapse,
         })
@@ -671,9 +657,10 @@ impl PruneMethod for Pdp {
 
 #[cfg(test)]
 mod tests {
-    use super::{PdpHook, PdpPlan, Ramp, Trace};
+    use super::{PdpHook, PdpPlan, Ramp, Trace, WeightMode};
     use crate::prune::allocation::Target;
     use crate::prune::methods::Flow;
+    use crate::train::{StepInfo, TrainHook};
 
     /// The allocation's default follows the budget (global over layers for a sparsity,
     /// uniform over groups for channels); ERK with channels and any allocation with N:M are
@@ -726,18 +713,30 @@ mod tests {
             targets: vec![0.0; g.nodes.len()],
         };
         let mut hook = PdpHook {
-            soft: SoftWeightMasks::new(&g, layers.clone(), mask),
-            budget: WeightBudget::Sparsity(0.75),
-            density: Density::Global,
+            mode: WeightMode {
+                soft: SoftWeightMasks::new(&g, layers.clone(), mask),
+                budget: WeightBudget::Sparsity(0.75),
+                density: Density::Global,
+            },
             ramp: Ramp { start: 10, end: 20 },
-            kept: Some(kept),
+            targets: Some(kept),
             trace: Trace::default(),
         };
+        let model = crate::model::Model::init(g.clone(), 0, &burn::tensor::Device::flex()).unwrap();
         let fc1 = layers.iter().find(|l| l.name == "fc1").unwrap().node;
         let conv1 = layers.iter().find(|l| l.name == "conv1").unwrap().node;
-        let at = |hook: &mut PdpHook, step| {
-            hook.set_targets(step);
-            (hook.soft.mask.targets[fc1], hook.soft.mask.targets[conv1])
+        let at = |hook: &mut PdpHook<WeightMode>, global_step| {
+            let info = StepInfo {
+                epoch: 0,
+                step_in_epoch: global_step,
+                global_step,
+                lr: 0.1,
+                steps_per_epoch: 1000,
+                epochs: 1,
+            };
+            hook.before_step(&info, &model).unwrap();
+            let t = &hook.mode.soft.mask.targets;
+            (t[fc1], t[conv1])
         };
         assert_eq!(at(&mut hook, 9), (0.0, 0.0));
         let (mid, first) = at(&mut hook, 14);
