@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Weight sparsity side by side (issues 23, 24): from one dense run, magnitude (uniform, global,
-# ERK) fine-tuned E epochs against GMP and PDP (1 pruning epoch + E-1 fine-tuning epochs):
-# equal total epochs. METHODS picks among magnitude, gmp and pdp, ALLOCS the magnitude
+# Weight sparsity side by side (issues 23, 24, 25): from one dense run, magnitude (uniform,
+# global, ERK) fine-tuned E epochs against GMP, PDP and RigL (1 pruning or sparse-training
+# epoch + E-1 fine-tuning epochs; RigL for sparsity budgets only, at its default ERK):
+# equal total epochs. METHODS picks among magnitude, gmp, pdp and rigl, ALLOCS the magnitude
 # allocations for a sparsity budget, PDP_FLAGS adds flags to PDP (TAG names those runs).
 # Prints one line per prune: method, budget, seed, top-1 before / after fine-tuning, sparsity
 # reached on the saved model, wall time.
@@ -15,7 +16,7 @@ SEEDS=${SEEDS:-0}
 EPOCHS=${EPOCHS:-2}
 OUT=${OUT:-bench/runs/weights}
 BUDGETS=${BUDGETS:-"sparsity=0.9 nm=2:4"}
-METHODS=${METHODS:-"magnitude gmp pdp"}
+METHODS=${METHODS:-"magnitude gmp pdp rigl"}
 ALLOCS=${ALLOCS:-"uniform global erk"}
 PDP_FLAGS=${PDP_FLAGS:-}
 TAG=${TAG:-}
@@ -44,8 +45,10 @@ for seed in $SEEDS; do
         echo "seed $seed $(row "$d")"
       done
     fi
-    for m in gmp pdp; do
+    for m in gmp pdp rigl; do
       [[ $METHODS == *$m* ]] || continue
+      # RigL moves single weights: unstructured budgets only.
+      [[ $m == rigl && $budget != sparsity=* ]] && continue
       flags=()
       [[ $m == pdp && -n $PDP_FLAGS ]] && read -ra flags <<< "$PDP_FLAGS"
       d="$OUT/$m$TAG-$tag-s$seed"

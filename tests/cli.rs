@@ -802,7 +802,7 @@ fn weight_pruning_to_two_of_four_holds_on_the_exported_file() {
     // refused before any data is read.
     let refused = dir.path().join("refused");
     for (method, extra, why) in [
-        ("l1", &[][..], "magnitude, gmp or pdp"),
+        ("l1", &[][..], "magnitude, gmp, pdp or rigl"),
         ("magnitude", &["--allocation", "erk"][..], "allocation"),
     ] {
         let mut args = vec![

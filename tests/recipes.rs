@@ -172,6 +172,13 @@ fn every_recipe_runs() {
             "gmp" => &["gmp_epochs", "gmp_start", "gmp_end", "gmp_every", "gmp_lr"],
             "magnitude" => &["allocation"],
             "pdp" => &["pdp_epochs", "pdp_start", "pdp_end", "pdp_tau", "pdp_lr"],
+            "rigl" => &[
+                "allocation",
+                "rigl_every",
+                "rigl_fraction",
+                "rigl_end",
+                "rigl_lr",
+            ],
             _ => &["allocation", "taylor_batches"],
         };
         for k in defaults {

@@ -471,3 +471,94 @@ fn weight_masks_round_trip_through_the_checkpoint_state() {
     let mut wrong = WeightMasks::new(&other, other_layers, &dev);
     assert!(wrong.restore(state).is_err());
 }
+
+/// RigL through training: each layer keeps its number of active weights while their positions
+/// move (dropped by magnitude, grown by the dense gradient), the swapped share falls update by
+/// update, and every weight outside the final masks is exactly zero.
+#[test]
+fn rigl_moves_the_masks_and_keeps_the_counts() {
+    use lopper::prune::methods::rigl::RiglHook;
+    use lopper::prune::weights::{Density, solve_masks};
+    let dev = Device::flex();
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let model = Model::init(g.clone(), 6, &dev).unwrap();
+    let layers = weight_layers(&g, &[], Pattern::Unstructured).unwrap();
+    let budget = WeightBudget::Sparsity(0.8);
+    let mut masks = WeightMasks::new(&g, layers.clone(), &dev);
+    let masked: Vec<_> = layers.iter().filter(|l| l.is_masked()).collect();
+    let scores: Vec<Vec<f64>> = masked
+        .iter()
+        .map(|l| {
+            weight_values(&model, l)
+                .unwrap()
+                .iter()
+                .map(|v| v.abs() as f64)
+                .collect()
+        })
+        .collect();
+    masks
+        .set(solve_masks(&masked, &scores, budget, Density::Erk))
+        .unwrap();
+    let initial: Vec<Option<Vec<f32>>> = (0..layers.len())
+        .map(|i| masks.mask(i).map(|m| m.to_vec()))
+        .collect();
+    let start = masks.apply(model, None).unwrap();
+    // 96 images in batches of 16: 6 steps an epoch, 24 in all; updates every 3 steps until
+    // step 18.
+    let cfg = TrainConfig {
+        model: "lenet5".into(),
+        dataset: DatasetName::Mnist,
+        epochs: 4,
+        batch_size: 16,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let mut hook = RiglHook::new(masks, 0.3, 3, 18);
+    let out = Trainer::new(cfg, None)
+        .unwrap()
+        .fit(start, &data(), &mut [&mut hook])
+        .unwrap();
+    let trained = burn::module::Module::valid(&out.model);
+    let log = hook.log();
+    assert_eq!(
+        log.iter().map(|u| u.step).collect::<Vec<_>>(),
+        vec![3, 6, 9, 12, 15]
+    );
+    assert!(
+        log.windows(2).all(|w| w[0].swapped >= w[1].swapped),
+        "{log:?}"
+    );
+    // Growth follows the dense gradient: the pruned weights' gradient is not masked away,
+    // so weights that were inactive before the update are grown, not only those just dropped
+    // (the only inactive ones a masked gradient would reach).
+    assert!(
+        log[0].swapped > 0
+            && log[0].grown_gradient > 0.0
+            && log[0].regrown_just_dropped < log[0].swapped / 2,
+        "{log:?}"
+    );
+    let mut moved = false;
+    for (i, l) in layers.iter().enumerate() {
+        let (Some(now), Some(was)) = (hook.masks().mask(i), &initial[i]) else {
+            continue;
+        };
+        assert_eq!(
+            now.iter().sum::<f32>(),
+            was.iter().sum::<f32>(),
+            "{}: the active count changed",
+            l.name
+        );
+        moved |= now != was.as_slice();
+        for (m, v) in now.iter().zip(weight_values(&trained, l).unwrap()) {
+            if *m == 0.0 {
+                assert_eq!(v, 0.0, "{}: a pruned weight is not zero", l.name);
+            }
+        }
+    }
+    assert!(moved, "no mask moved");
+    let report = measure(&trained, &layers, Pattern::Unstructured).unwrap();
+    assert!(report.meets(budget), "{}", report.markdown());
+}

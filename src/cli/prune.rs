@@ -41,6 +41,8 @@ pub enum MethodName {
     /// Weights or channels: PDP's parameter-free soft masks while training, hardened, then
     /// fine-tuning (a weight budget zeroes weights, a channel budget removes channels)
     Pdp,
+    /// Weights: RigL's sparse training (drop by magnitude, grow by gradient), then fine-tuning
+    Rigl,
 }
 
 /// How a budget is shared out: between channel groups (uniform, global) or, for weight
@@ -95,7 +97,7 @@ pub struct PruneArgs {
     /// Resource budget: macs=0.5 (fraction of the dense model), macs=20M, params=0.3,
     /// params=100K, latency=2.5ms or latency=0.6 (with --profile) for channel methods and
     /// pdp; sparsity=0.9 (share of the pruned layers' weights that are zero) or nm=2:4 for
-    /// magnitude, gmp and pdp.
+    /// magnitude, gmp, pdp and rigl (sparsity only).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
@@ -130,7 +132,8 @@ pub struct PruneArgs {
 
     /// One-shot methods: how channels are shared out between groups; magnitude and gmp: how
     /// a sparsity is shared out between layers (uniform, global or erk) [default: uniform];
-    /// pdp: layers (default global) or, for a channel budget, groups (default uniform).
+    /// pdp: layers (default global) or, for a channel budget, groups (default uniform);
+    /// rigl: layers (default erk).
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocation: Option<AllocationFlag>,
@@ -260,6 +263,28 @@ pub struct PruneArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pdp_lr: Option<f64>,
+
+    /// RigL: epochs of sparse training with mask updates, before fine-tuning [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rigl_epochs: Option<usize>,
+    /// RigL: steps between mask updates [default: 100].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rigl_every: Option<usize>,
+    /// RigL: share of each layer's active weights swapped at the first update, decaying
+    /// along a cosine [default: 0.3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rigl_fraction: Option<f64>,
+    /// RigL: where in the phase (share of its steps) the swaps stop [default: 0.75].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rigl_end: Option<f64>,
+    /// RigL: weight learning rate in the phase [default: as --gmp-lr].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rigl_lr: Option<f64>,
 
     /// Iterative: importance criterion [default: taylor].
     #[arg(long, value_enum)]

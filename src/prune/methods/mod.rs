@@ -12,8 +12,8 @@
 //! and the [`Knapsack`] solver, surgery, the latency search ([`meet_latency`]) and the training
 //! loop with its hooks.
 //!
-//! **Weight budgets.** Methods that zero weights (`magnitude`, `gmp`, `pdp`) take a weight budget
-//! ([`Target::Weights`]: `sparsity=` or `nm=`), channel methods a channel budget
+//! **Weight budgets.** Methods that zero weights (`magnitude`, `gmp`, `pdp`, `rigl`) take a
+//! weight budget ([`Target::Weights`]: `sparsity=` or `nm=`), channel methods a channel budget
 //! ([`MethodContext::channel_budget`]); PDP takes either (its weight or its channel mode).
 //! The plan refuses a mismatch before any data is read ([`MethodPlan::accepts`]).
 //! A weight method scores weights ([`Importance::weight_scores`]), keeps its masks in a
@@ -35,6 +35,7 @@ pub mod iterative;
 pub mod magnitude;
 pub mod one_shot;
 pub mod pdp;
+pub mod rigl;
 
 use std::path::Path;
 
@@ -75,8 +76,10 @@ pub enum MethodPlan {
     Magnitude(magnitude::MagnitudePlan),
     /// Weights: gradual magnitude pruning along a cubic while training (Zhu & Gupta).
     Gmp(gmp::GmpPlan),
-    /// Weights: PDP's parameter-free soft masks while training (Cho et al. 2023).
+    /// Weights or channels: PDP's parameter-free soft masks while training (Cho et al. 2023).
     Pdp(pdp::PdpPlan),
+    /// Weights: sparse training that drops by magnitude and grows by gradient (Evci et al.).
+    Rigl(rigl::RiglPlan),
 }
 
 impl MethodPlan {
@@ -93,6 +96,7 @@ impl MethodPlan {
             MethodPlan::Magnitude(_) => "magnitude",
             MethodPlan::Gmp(_) => "gmp",
             MethodPlan::Pdp(_) => "pdp",
+            MethodPlan::Rigl(_) => "rigl",
         }
     }
 
@@ -111,7 +115,7 @@ impl MethodPlan {
         let weights = matches!(target, Target::Weights(_));
         match self {
             MethodPlan::Pdp(_) => true,
-            MethodPlan::Magnitude(_) | MethodPlan::Gmp(_) => weights,
+            MethodPlan::Magnitude(_) | MethodPlan::Gmp(_) | MethodPlan::Rigl(_) => weights,
             _ => !weights,
         }
     }
@@ -123,6 +127,7 @@ impl MethodPlan {
             MethodPlan::Dsa(p) => p.resolve(flow),
             MethodPlan::Gmp(p) => p.resolve(flow),
             MethodPlan::Pdp(p) => p.resolve(flow, target),
+            MethodPlan::Rigl(p) => p.resolve(flow, target),
             MethodPlan::Magnitude(p) => p.check(flow),
             MethodPlan::Iterative(p) => p.check(flow),
             MethodPlan::L1(p)
@@ -153,6 +158,7 @@ impl MethodPlan {
             MethodPlan::Magnitude(p) => Box::new(magnitude::Magnitude { plan: p.clone() }),
             MethodPlan::Gmp(p) => Box::new(gmp::Gmp { plan: p.clone() }),
             MethodPlan::Pdp(p) => Box::new(pdp::Pdp { plan: p.clone() }),
+            MethodPlan::Rigl(p) => Box::new(rigl::Rigl { plan: p.clone() }),
         }
     }
 }
@@ -264,6 +270,19 @@ impl MethodContext<'_> {
         data: &TrainData,
         hook: &mut dyn TrainHook,
     ) -> Result<(TrainOutcome, Option<String>)> {
+        self.train_phase_from(self.dense.clone(), phase, cfg, data, hook)
+    }
+
+    /// [`Self::train_phase`] starting from `start` instead of the dense model (RigL starts
+    /// from the dense weights with the pruned ones zeroed).
+    pub fn train_phase_from(
+        &mut self,
+        start: Model,
+        phase: &str,
+        cfg: TrainConfig,
+        data: &TrainData,
+        hook: &mut dyn TrainHook,
+    ) -> Result<(TrainOutcome, Option<String>)> {
         let (run, resuming) = self.phase_run();
         let trainer = Trainer::new(cfg, Some(run))?;
         let outcome = {
@@ -271,7 +290,7 @@ impl MethodContext<'_> {
             if resuming {
                 trainer.resume(data, &mut [hook, &mut shown])?
             } else {
-                trainer.fit(self.dense.clone(), data, &mut [hook, &mut shown])?
+                trainer.fit(start, data, &mut [hook, &mut shown])?
             }
         };
         let collapse = if self.flow.from_scratch {
