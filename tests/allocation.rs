@@ -341,3 +341,88 @@ fn global_allocation_fills_the_budget_when_scores_tie() {
         }
     }
 }
+
+/// HALP's knapsack on ResNet-20's MACs: the widths meet the target (filled up to it), every
+/// group keeps its top channels, and the kept importance is at least what a uniform cut to the
+/// same target keeps: the knapsack spends the budget where the importance is.
+#[test]
+fn halps_knapsack_keeps_the_most_importance_under_the_target() {
+    use lopper::prune::knapsack::Scale;
+    use lopper::prune::methods::halp::knapsack_selection;
+    use rand::{Rng, SeedableRng};
+    let g = lopper::zoo::build("resnet20", &[3, 32, 32], 10).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let budget: Budget = "macs=0.5".parse().unwrap();
+    let cm = budget.cost_model(&g, &groups, None).unwrap();
+    let dense = cm.dense_cost();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    // Importance that differs between groups by orders of magnitude.
+    let scores: Vec<Vec<f64>> = groups
+        .iter()
+        .map(|gr| {
+            let scale = 10f64.powi(rng.random_range(-2..2));
+            (0..gr.channels)
+                .map(|_| scale * rng.random_range(0.0..1.0))
+                .collect()
+        })
+        .collect();
+    let full: Vec<usize> = groups.iter().map(|gr| gr.channels).collect();
+    let counts_of = |sel: &Selection| -> Vec<usize> {
+        (0..groups.len())
+            .map(|i| sel.kept(&groups, i).len())
+            .collect()
+    };
+    let cost_of = |counts: &[usize]| {
+        let a: Vec<f64> = groups
+            .iter()
+            .map(|gr| counts[gr.id] as f64 / gr.channels as f64)
+            .collect();
+        cm.cost(&a)
+    };
+    let value_of = |sel: &Selection| -> f64 {
+        (0..groups.len())
+            .map(|i| {
+                sel.kept(&groups, i)
+                    .iter()
+                    .map(|&c| scores[i][c])
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    for target in [0.7 * dense, 0.5 * dense, 0.3 * dense] {
+        let sel = knapsack_selection(
+            &groups,
+            &scores,
+            Scale::Raw,
+            cm.as_ref(),
+            &full,
+            target,
+            2,
+            1,
+        )
+        .unwrap();
+        let counts = counts_of(&sel);
+        let cost = cost_of(&counts);
+        assert!(cost <= target && cost > 0.97 * target, "{cost} vs {target}");
+        for (i, gr) in groups.iter().enumerate() {
+            let kept = sel.kept(&groups, i);
+            let worst_kept = kept.iter().map(|&c| scores[i][c]).fold(f64::MAX, f64::min);
+            let best_cut = (0..gr.channels)
+                .filter(|c| !kept.contains(c))
+                .map(|c| scores[i][c])
+                .fold(f64::MIN, f64::max);
+            assert!(worst_kept >= best_cut, "group {i} cut a better channel");
+        }
+        let b = Budget {
+            resource: budget.resource,
+            amount: Amount::Absolute(target),
+        };
+        let uniform = allocate(&groups, &scores, &b, cm.as_ref(), Allocation::Uniform, 1).unwrap();
+        assert!(
+            value_of(&sel) >= value_of(&uniform),
+            "knapsack {} < uniform {}",
+            value_of(&sel),
+            value_of(&uniform)
+        );
+    }
+}

@@ -885,9 +885,9 @@ fn weight_pruning_to_two_of_four_holds_on_the_exported_file() {
 
 /// PDP's channel mode from the CLI: a MACs budget removes channels physically, from a trained
 /// run and from scratch, with the soft channel counts plotted; ERK, a weight allocation, is
-/// refused with a channel budget before any data is read.
+/// refused with a channel budget before any data is read. HALP and RigL on the same run.
 #[test]
-fn pdp_removes_channels_to_a_macs_budget() {
+fn pdp_channels_halp_and_rigl_from_the_cli() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = data.to_str().unwrap();
@@ -971,4 +971,68 @@ fn pdp_removes_channels_to_a_macs_budget() {
         assert!(recipe.contains("allocation = \"uniform\""), "{recipe}");
         assert!(recipe.contains("pdp_t_grad = true"), "{recipe}");
     }
+    // HALP to the same budget: its pruning steps' targets fall to the budget, which holds.
+    let out = dir.path().join("halp");
+    let mut args = vec![
+        "prune",
+        "--run",
+        run_s,
+        "--method",
+        "halp",
+        "--budget",
+        "macs=0.5",
+        "--halp-steps",
+        "4",
+        "--finetune-epochs",
+        "1",
+        "--quiet",
+        "--json",
+        "--out",
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend(common);
+    let o = lopper(&args);
+    assert!(o.status.success(), "halp: {}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["budget_met"], true, "{report}");
+    let log = std::fs::read_to_string(out.join("halp_log.jsonl")).unwrap();
+    let targets: Vec<f64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["target"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(targets.len(), 4, "{log}");
+    assert!(targets.windows(2).all(|w| w[0] > w[1]), "{log}");
+    let limit = report["budget_limit"].as_f64().unwrap();
+    assert!((targets[3] - limit).abs() < 1e-6 * limit, "{log}");
+    // RigL to 90%: the budget holds on the saved weights and every update is logged.
+    let out = dir.path().join("rigl");
+    let mut args = vec![
+        "prune",
+        "--run",
+        run_s,
+        "--method",
+        "rigl",
+        "--budget",
+        "sparsity=0.9",
+        "--rigl-every",
+        "5",
+        "--finetune-epochs",
+        "1",
+        "--quiet",
+        "--json",
+        "--out",
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend(common);
+    let o = lopper(&args);
+    assert!(o.status.success(), "rigl: {}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["budget_met"], true, "{report}");
+    assert_eq!(report["allocation"], "rigl erk", "{report}");
+    let log = std::fs::read_to_string(out.join("rigl_log.jsonl")).unwrap();
+    assert!(log.lines().count() >= 3, "{log}");
 }

@@ -172,6 +172,13 @@ fn every_recipe_runs() {
             "gmp" => &["gmp_epochs", "gmp_start", "gmp_end", "gmp_every", "gmp_lr"],
             "magnitude" => &["allocation"],
             "pdp" => &["pdp_epochs", "pdp_start", "pdp_end", "pdp_tau", "pdp_lr"],
+            "halp" => &[
+                "halp_epochs",
+                "halp_steps",
+                "halp_end",
+                "halp_block",
+                "halp_lr",
+            ],
             "rigl" => &[
                 "allocation",
                 "rigl_every",

@@ -34,6 +34,9 @@ pub enum MethodName {
     Dsa,
     /// Iterative budgeted pruning: remove a little, fine-tune briefly, repeat
     Iterative,
+    /// HALP: channels by an exact knapsack on Taylor importance under cost targets falling
+    /// while training (latency with --profile), then fine-tuning
+    Halp,
     /// Weights: one shot by |w| to a sparsity or N:M budget, then fine-tuning
     Magnitude,
     /// Weights: gradual magnitude pruning (cubic schedule) while training, then fine-tuning
@@ -263,6 +266,28 @@ pub struct PruneArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pdp_lr: Option<f64>,
+
+    /// HALP: epochs of the pruning phase, before fine-tuning [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halp_epochs: Option<usize>,
+    /// HALP: pruning steps, the targets falling geometrically to the budget [default: 10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halp_steps: Option<usize>,
+    /// HALP: where in the phase (share of its steps) the last pruning step falls [default:
+    /// 0.5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halp_end: Option<f64>,
+    /// HALP: channels per block; widths move by whole blocks [default: 2].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halp_block: Option<usize>,
+    /// HALP: weight learning rate in the phase [default: --lr, constant].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halp_lr: Option<f64>,
 
     /// RigL: epochs of sparse training with mask updates, before fine-tuning [default: 1].
     #[arg(long)]

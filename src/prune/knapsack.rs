@@ -147,3 +147,137 @@ impl Knapsack<'_> {
         }
     }
 }
+
+/// HALP's exact solver (ALGORITHMS.md "HALP knapsack"): every group picks one option, the
+/// options of group `g` being keeping a prefix of its ranked channel blocks, worth
+/// `values[g][p]` and costing `costs[g][p]` (both for the whole prefix `p`). Maximises the
+/// total value with the total cost at most `capacity`, by dynamic programming over costs in
+/// `units` integer steps of `capacity / units`, each cost rounded up (so the answer never
+/// exceeds the capacity). Returns each group's option, or `None` when even the cheapest
+/// options do not fit.
+pub fn prefix_knapsack(
+    values: &[Vec<f64>],
+    costs: &[Vec<f64>],
+    capacity: f64,
+    units: usize,
+) -> Option<Vec<usize>> {
+    if capacity < 0.0 || !capacity.is_finite() {
+        return None;
+    }
+    let units = units.max(1);
+    let step = (capacity / units as f64).max(f64::MIN_POSITIVE);
+    let as_units = |c: f64| -> Option<usize> {
+        let u = (c.max(0.0) / step - 1e-9).ceil();
+        (u <= units as f64).then_some(u as usize)
+    };
+    // best[c]: the best value at a total cost of exactly c units so far; choice[g][c]: the
+    // option of group g on that path.
+    const NONE: f64 = f64::NEG_INFINITY;
+    let mut best = vec![NONE; units + 1];
+    best[0] = 0.0;
+    let mut choice: Vec<Vec<usize>> = Vec::with_capacity(values.len());
+    for (v, c) in values.iter().zip(costs) {
+        let mut next = vec![NONE; units + 1];
+        let mut pick = vec![usize::MAX; units + 1];
+        for (p, (&vp, &cp)) in v.iter().zip(c).enumerate() {
+            let Some(cu) = as_units(cp) else { continue };
+            for (from, &before) in best.iter().enumerate().take(units + 1 - cu) {
+                if before == NONE {
+                    continue;
+                }
+                let to = from + cu;
+                let val = before + vp;
+                if val > next[to] {
+                    next[to] = val;
+                    pick[to] = p;
+                }
+            }
+        }
+        // Remember where each cell came from: its option and the cost before it.
+        best = next;
+        choice.push(pick);
+    }
+    let (mut at, _) = best
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v != NONE)
+        .max_by(|a, b| a.1.total_cmp(b.1))?;
+    let mut options = vec![0; values.len()];
+    for g in (0..values.len()).rev() {
+        let p = choice[g][at];
+        options[g] = p;
+        at -= as_units(costs[g][p]).unwrap_or(0);
+    }
+    Some(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_knapsack;
+    use rand::{Rng, SeedableRng};
+
+    /// Against every combination of options on small random problems: the same best value
+    /// (up to the cost rounding, which only makes the solver more careful) and never over the
+    /// capacity.
+    #[test]
+    fn the_prefix_knapsack_finds_the_best_combination() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let groups = rng.random_range(1..4);
+            let mut values = vec![];
+            let mut costs = vec![];
+            for _ in 0..groups {
+                let n = rng.random_range(1..5);
+                let (mut v, mut c) = (0.0, 0.0);
+                let (mut vs, mut cs) = (vec![], vec![]);
+                for _ in 0..n {
+                    v += rng.random_range(0.0..1.0);
+                    c += rng.random_range(0.0..1.0);
+                    vs.push(v);
+                    cs.push(c);
+                }
+                values.push(vs);
+                costs.push(cs);
+            }
+            let capacity = rng.random_range(0.0..2.0 * groups as f64);
+            let got = prefix_knapsack(&values, &costs, capacity, 20_000);
+            // Brute force.
+            let mut best: Option<f64> = None;
+            let mut idx = vec![0usize; groups];
+            loop {
+                let c: f64 = idx.iter().enumerate().map(|(g, &p)| costs[g][p]).sum();
+                if c <= capacity {
+                    let v: f64 = idx.iter().enumerate().map(|(g, &p)| values[g][p]).sum();
+                    best = Some(best.map_or(v, |b: f64| b.max(v)));
+                }
+                let mut g = 0;
+                while g < groups {
+                    idx[g] += 1;
+                    if idx[g] < values[g].len() {
+                        break;
+                    }
+                    idx[g] = 0;
+                    g += 1;
+                }
+                if g == groups {
+                    break;
+                }
+            }
+            match (got, best) {
+                (None, None) => {}
+                (Some(opt), Some(b)) => {
+                    let c: f64 = opt.iter().enumerate().map(|(g, &p)| costs[g][p]).sum();
+                    let v: f64 = opt.iter().enumerate().map(|(g, &p)| values[g][p]).sum();
+                    assert!(c <= capacity + 1e-9, "{c} > {capacity}");
+                    assert!(v >= b - 1e-3 * groups as f64, "{v} < {b}");
+                }
+                (None, Some(b)) => {
+                    // Only a combination right at the capacity can be lost to rounding.
+                    let cheapest: f64 = costs.iter().map(|c| c[0]).sum();
+                    assert!(cheapest > capacity * (1.0 - 1e-3), "missed {b}");
+                }
+                (Some(o), None) => panic!("{o:?} fits where nothing does"),
+            }
+        }
+    }
+}

@@ -31,6 +31,7 @@
 
 pub mod dsa;
 pub mod gmp;
+pub mod halp;
 pub mod iterative;
 pub mod magnitude;
 pub mod one_shot;
@@ -72,6 +73,9 @@ pub enum MethodPlan {
     Iterative(iterative::IterativePlan),
     /// Differentiable sparsity allocation: keep ratios learned under the budget (ADMM).
     Dsa(dsa::DsaPlan),
+    /// Channels by an exact knapsack on Taylor importance under falling cost targets while
+    /// training (HALP, Shen et al.).
+    Halp(halp::HalpPlan),
     /// Weights: one shot by |w| (uniform, global or ERK densities; or N:M).
     Magnitude(magnitude::MagnitudePlan),
     /// Weights: gradual magnitude pruning along a cubic while training (Zhu & Gupta).
@@ -93,6 +97,7 @@ impl MethodPlan {
             MethodPlan::Random(_) => "random",
             MethodPlan::Iterative(_) => "iterative",
             MethodPlan::Dsa(_) => "dsa",
+            MethodPlan::Halp(_) => "halp",
             MethodPlan::Magnitude(_) => "magnitude",
             MethodPlan::Gmp(_) => "gmp",
             MethodPlan::Pdp(_) => "pdp",
@@ -125,6 +130,7 @@ impl MethodPlan {
     pub fn resolve(&mut self, flow: &Flow, target: &Target) -> Result<()> {
         match self {
             MethodPlan::Dsa(p) => p.resolve(flow),
+            MethodPlan::Halp(p) => p.resolve(flow),
             MethodPlan::Gmp(p) => p.resolve(flow),
             MethodPlan::Pdp(p) => p.resolve(flow, target),
             MethodPlan::Rigl(p) => p.resolve(flow, target),
@@ -155,6 +161,7 @@ impl MethodPlan {
             MethodPlan::Random(p) => one_shot(Criterion::Random, p),
             MethodPlan::Iterative(p) => Box::new(iterative::Iterative { plan: p.clone() }),
             MethodPlan::Dsa(p) => Box::new(dsa::DsaMethod { plan: p.clone() }),
+            MethodPlan::Halp(p) => Box::new(halp::Halp { plan: p.clone() }),
             MethodPlan::Magnitude(p) => Box::new(magnitude::Magnitude { plan: p.clone() }),
             MethodPlan::Gmp(p) => Box::new(gmp::Gmp { plan: p.clone() }),
             MethodPlan::Pdp(p) => Box::new(pdp::Pdp { plan: p.clone() }),
