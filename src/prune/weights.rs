@@ -667,6 +667,43 @@ fn mask_stored<const D: usize>(t: Tensor<D>, mask: &[f32]) -> Tensor<D> {
     (t * m).detach().set_require_grad(grad)
 }
 
+/// `model` with `layer`'s weight replaced by `values` (row-major, the weight's size), as a
+/// leaf that keeps the parameter's gradient setting.
+pub fn set_weight_values(mut model: Model, layer: &WeightLayer, values: Vec<f32>) -> Result<Model> {
+    fn put<const D: usize>(t: Tensor<D>, values: Vec<f32>) -> Tensor<D> {
+        let grad = t.is_require_grad();
+        Tensor::<D>::from_data(TensorData::new(values, t.dims()), &t.device())
+            .set_require_grad(grad)
+    }
+    if values.len() != layer.numel() {
+        return Err(LopperError::Config(format!(
+            "{} values for the {} weights of '{}'",
+            values.len(),
+            layer.numel(),
+            layer.name
+        )));
+    }
+    let slot = model.layers.get_mut(layer.node).and_then(|l| l.take());
+    let replaced = match slot {
+        Some(Layer::Conv(mut p)) => {
+            p.weight = p.weight.map(|t| put(t, values));
+            Layer::Conv(p)
+        }
+        Some(Layer::Linear(mut p)) => {
+            p.weight = p.weight.map(|t| put(t, values));
+            Layer::Linear(p)
+        }
+        _ => {
+            return Err(LopperError::Graph(format!(
+                "layer '{}' has no weight",
+                layer.name
+            )));
+        }
+    };
+    model.layers[layer.node] = Some(replaced);
+    Ok(model)
+}
+
 /// The values of `layer`'s weight in `model`, row-major.
 pub fn weight_values(model: &Model, layer: &WeightLayer) -> Result<Vec<f32>> {
     let data = match model.layers.get(layer.node).and_then(|l| l.as_ref()) {

@@ -212,6 +212,35 @@ impl<'a> OptimizerState<'a> {
         })
     }
 
+    /// A copy of every state tensor of the given parameters, to put back with
+    /// [`Self::restore`] (a parameter without state yet has none).
+    pub fn snapshot(&mut self, params: &[ParamId]) -> Result<Vec<(u64, TensorData)>> {
+        let mut saved = vec![];
+        self.edit(|id, data| {
+            if params.iter().any(|p| p.val() == id) {
+                saved.push((id, data));
+            }
+            Ok(None)
+        })?;
+        Ok(saved)
+    }
+
+    /// Puts back the state tensors of a [`Self::snapshot`], each parameter's in the order
+    /// they were taken; other state is left alone.
+    pub fn restore(&mut self, saved: &[(u64, TensorData)]) -> Result<()> {
+        let mut taken: std::collections::HashMap<u64, usize> = Default::default();
+        self.edit(|id, _| {
+            let n = taken.entry(id).or_insert(0);
+            let found = saved
+                .iter()
+                .filter(|(s, _)| *s == id)
+                .nth(*n)
+                .map(|(_, d)| d.clone());
+            *n += 1;
+            Ok(found)
+        })
+    }
+
     /// Rewrites the record's state tensors: `f(param id, tensor)` returns a replacement or
     /// `None` to keep the tensor.
     fn edit(
