@@ -802,7 +802,7 @@ fn weight_pruning_to_two_of_four_holds_on_the_exported_file() {
     // refused before any data is read.
     let refused = dir.path().join("refused");
     for (method, extra, why) in [
-        ("l1", &[][..], "magnitude, gmp, pdp or rigl"),
+        ("l1", &[][..], "magnitude, gmp, pdp, rigl or iee"),
         ("magnitude", &["--allocation", "erk"][..], "allocation"),
     ] {
         let mut args = vec![
@@ -885,9 +885,9 @@ fn weight_pruning_to_two_of_four_holds_on_the_exported_file() {
 
 /// PDP's channel mode from the CLI: a MACs budget removes channels physically, from a trained
 /// run and from scratch, with the soft channel counts plotted; ERK, a weight allocation, is
-/// refused with a channel budget before any data is read. HALP and RigL on the same run.
+/// refused with a channel budget before any data is read. HALP, RigL and IEE on the same run.
 #[test]
-fn pdp_channels_halp_and_rigl_from_the_cli() {
+fn pdp_channels_halp_rigl_and_iee_from_the_cli() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = data.to_str().unwrap();
@@ -1035,4 +1035,36 @@ fn pdp_channels_halp_and_rigl_from_the_cli() {
     assert_eq!(report["allocation"], "rigl erk", "{report}");
     let log = std::fs::read_to_string(out.join("rigl_log.jsonl")).unwrap();
     assert!(log.lines().count() >= 3, "{log}");
+    // IEE to 90% with the Taylor criterion: the budget holds and every cycle is logged.
+    let out = dir.path().join("iee");
+    let mut args = vec![
+        "prune",
+        "--run",
+        run_s,
+        "--method",
+        "iee",
+        "--iee-criterion",
+        "taylor",
+        "--budget",
+        "sparsity=0.9",
+        "--iee-h",
+        "4",
+        "--iee-j",
+        "4",
+        "--iee-q",
+        "4",
+        "--finetune-epochs",
+        "1",
+        "--quiet",
+        "--json",
+        "--out",
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend(common);
+    let o = lopper(&args);
+    assert!(o.status.success(), "iee: {}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["budget_met"], true, "{report}");
+    let log = std::fs::read_to_string(out.join("iee_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
 }

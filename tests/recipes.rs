@@ -179,6 +179,14 @@ fn every_recipe_runs() {
                 "halp_block",
                 "halp_lr",
             ],
+            "iee" => &[
+                "allocation",
+                "iee_h",
+                "iee_j",
+                "iee_q",
+                "iee_swap",
+                "iee_lr",
+            ],
             "rigl" => &[
                 "allocation",
                 "rigl_every",

@@ -562,3 +562,157 @@ fn rigl_moves_the_masks_and_keeps_the_counts() {
     let report = measure(&trained, &layers, Pattern::Unstructured).unwrap();
     assert!(report.meets(budget), "{}", report.markdown());
 }
+
+/// Records the model's masked weights and their optimiser moments after one given step.
+struct SnapshotAt {
+    at: usize,
+    layers: Vec<lopper::prune::weights::WeightLayer>,
+    weights: Vec<Vec<f32>>,
+    moments: Vec<(u64, Vec<f32>)>,
+}
+
+impl TrainHook for SnapshotAt {
+    fn after_step(
+        &mut self,
+        info: &StepInfo,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> lopper::Result<Model> {
+        if info.global_step == self.at {
+            let host = burn::module::Module::valid(&model);
+            let masked: Vec<_> = self.layers.iter().filter(|l| l.is_masked()).collect();
+            self.weights = masked
+                .iter()
+                .map(|l| weight_values(&host, l).unwrap())
+                .collect();
+            let ids: Vec<_> = masked
+                .iter()
+                .map(|l| burn::module::ParamId::from(fnv(&format!("{}.weight", l.name))))
+                .collect();
+            self.moments = optim
+                .snapshot(&ids)?
+                .into_iter()
+                .map(|(id, d)| (id, d.convert::<f32>().try_into_vec::<f32>().unwrap()))
+                .collect();
+        }
+        Ok(model)
+    }
+}
+
+/// lopper's parameter ids: FNV-1a of the parameter's name.
+fn fnv(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// One IEE cycle (H = J = Q = 2 steps): the active set's weights and momentum come out of
+/// exploration exactly as they went in; grown weights bring the values exploration gave them;
+/// the rest of the exploration set is zero again, and the budget holds.
+#[test]
+fn iee_freezes_the_active_set_while_exploring() {
+    use lopper::prune::methods::iee::{Cycles, IeeCriterion, IeeHook};
+    use lopper::prune::weights::{Density, solve_masks};
+    let dev = Device::flex();
+    let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
+    let model = Model::init(g.clone(), 8, &dev).unwrap();
+    let layers = weight_layers(&g, &[], Pattern::Unstructured).unwrap();
+    let budget = WeightBudget::Sparsity(0.8);
+    let mut masks = WeightMasks::new(&g, layers.clone(), &dev);
+    let masked: Vec<_> = layers.iter().filter(|l| l.is_masked()).collect();
+    let scores: Vec<Vec<f64>> = masked
+        .iter()
+        .map(|l| {
+            weight_values(&model, l)
+                .unwrap()
+                .iter()
+                .map(|v| v.abs() as f64)
+                .collect()
+        })
+        .collect();
+    masks
+        .set(solve_masks(&masked, &scores, budget, Density::Erk))
+        .unwrap();
+    let start = masks.apply(model.clone(), None).unwrap();
+    // 96 images in batches of 16: 6 steps, one cycle ending at the last.
+    let cfg = TrainConfig {
+        model: "lenet5".into(),
+        dataset: DatasetName::Mnist,
+        epochs: 1,
+        batch_size: 16,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let cycles = Cycles {
+        h: 2,
+        j: 2,
+        q: 2,
+        end: 6,
+        swap: 0.2,
+    };
+    let mut iee = IeeHook::new(masks, cycles, IeeCriterion::Magnitude, &model).unwrap();
+    let snap = |at| SnapshotAt {
+        at,
+        layers: layers.clone(),
+        weights: vec![],
+        moments: vec![],
+    };
+    // Before IEE's hook at step 3 (the end of J: A as exploration freezes it), after it at
+    // step 5 (the grow).
+    let (mut frozen, mut grown) = (snap(3), snap(5));
+    let out = Trainer::new(cfg, None)
+        .unwrap()
+        .fit(start, &data(), &mut [&mut frozen, &mut iee, &mut grown])
+        .unwrap();
+    let trained = burn::module::Module::valid(&out.model);
+    let log = iee.log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    let swapped = log[0].swapped;
+    assert!(swapped > 0);
+    let mut new_weights = 0;
+    for (k, l) in masked.iter().enumerate() {
+        let before = &frozen.weights[k];
+        let after = &grown.weights[k];
+        assert_eq!(after, &weight_values(&trained, l).unwrap());
+        for (p, (b, a)) in before.iter().zip(after).enumerate() {
+            if *b != 0.0 {
+                assert_eq!(a, b, "{} weight {p}: the active set moved", l.name);
+            } else if *a != 0.0 {
+                new_weights += 1;
+            }
+        }
+    }
+    assert_eq!(
+        new_weights, swapped,
+        "grown weights should bring their explored values"
+    );
+    // Momentum: the active set's as it was; the exploration set's dropped.
+    assert_eq!(frozen.moments.len(), grown.moments.len());
+    for ((id, b), (id2, a)) in frozen.moments.iter().zip(&grown.moments) {
+        assert_eq!(id, id2);
+        let k = masked
+            .iter()
+            .position(|l| fnv(&format!("{}.weight", l.name)) == *id)
+            .unwrap();
+        let w = &frozen.weights[k];
+        for p in 0..a.len() {
+            if w[p] != 0.0 {
+                assert_eq!(a[p], b[p], "{}: a frozen moment moved", masked[k].name);
+            } else {
+                assert_eq!(
+                    a[p], 0.0,
+                    "{}: an exploration moment survived",
+                    masked[k].name
+                );
+            }
+        }
+    }
+    let report = measure(&trained, &layers, Pattern::Unstructured).unwrap();
+    assert!(report.meets(budget), "{}", report.markdown());
+}

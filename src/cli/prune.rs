@@ -46,6 +46,8 @@ pub enum MethodName {
     Pdp,
     /// Weights: RigL's sparse training (drop by magnitude, grow by gradient), then fine-tuning
     Rigl,
+    /// Weights: IEE, exploitation and exploration around a criterion, then fine-tuning
+    Iee,
 }
 
 /// How a budget is shared out: between channel groups (uniform, global) or, for weight
@@ -288,6 +290,40 @@ pub struct PruneArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halp_lr: Option<f64>,
+
+    /// IEE: the criterion scoring the active and the exploration set [default: magnitude].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iee_criterion: Option<lopper::prune::methods::iee::IeeCriterion>,
+    /// IEE: epochs of the phase, before fine-tuning [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iee_epochs: Option<usize>,
+    /// IEE: steps training the active set before each prune [default: 50].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iee_h: Option<usize>,
+    /// IEE: steps training the active set after each prune [default: 50].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iee_j: Option<usize>,
+    /// IEE: steps training only the exploration set, the active set frozen [default: 50].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iee_q: Option<usize>,
+    /// IEE: share of each layer's active weights swapped in the first cycle, decaying along a
+    /// cosine [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iee_swap: Option<f64>,
+    /// IEE: where in the phase (share of its steps) the last cycle must end [default: 0.75].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iee_end: Option<f64>,
+    /// IEE: weight learning rate in the phase [default: as --gmp-lr].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iee_lr: Option<f64>,
 
     /// RigL: epochs of sparse training with mask updates, before fine-tuning [default: 1].
     #[arg(long)]

@@ -240,7 +240,7 @@ impl PrunePlan {
         if !self.method.accepts(&target) {
             return Err(LopperError::Config(if weights {
                 format!(
-                    "method {} removes channels; a weight budget ({target}) needs --method magnitude, gmp, pdp or rigl",
+                    "method {} removes channels; a weight budget ({target}) needs --method magnitude, gmp, pdp, rigl or iee",
                     self.method.name()
                 )
             } else {

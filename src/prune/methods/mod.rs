@@ -32,6 +32,7 @@
 pub mod dsa;
 pub mod gmp;
 pub mod halp;
+pub mod iee;
 pub mod iterative;
 pub mod magnitude;
 pub mod one_shot;
@@ -84,6 +85,8 @@ pub enum MethodPlan {
     Pdp(pdp::PdpPlan),
     /// Weights: sparse training that drops by magnitude and grows by gradient (Evci et al.).
     Rigl(rigl::RiglPlan),
+    /// Weights: exploitation and exploration around a criterion (Sun et al. 2025).
+    Iee(iee::IeePlan),
 }
 
 impl MethodPlan {
@@ -102,6 +105,7 @@ impl MethodPlan {
             MethodPlan::Gmp(_) => "gmp",
             MethodPlan::Pdp(_) => "pdp",
             MethodPlan::Rigl(_) => "rigl",
+            MethodPlan::Iee(_) => "iee",
         }
     }
 
@@ -120,7 +124,10 @@ impl MethodPlan {
         let weights = matches!(target, Target::Weights(_));
         match self {
             MethodPlan::Pdp(_) => true,
-            MethodPlan::Magnitude(_) | MethodPlan::Gmp(_) | MethodPlan::Rigl(_) => weights,
+            MethodPlan::Magnitude(_)
+            | MethodPlan::Gmp(_)
+            | MethodPlan::Rigl(_)
+            | MethodPlan::Iee(_) => weights,
             _ => !weights,
         }
     }
@@ -134,6 +141,7 @@ impl MethodPlan {
             MethodPlan::Gmp(p) => p.resolve(flow),
             MethodPlan::Pdp(p) => p.resolve(flow, target),
             MethodPlan::Rigl(p) => p.resolve(flow, target),
+            MethodPlan::Iee(p) => p.resolve(flow, target),
             MethodPlan::Magnitude(p) => p.check(flow),
             MethodPlan::Iterative(p) => p.check(flow),
             MethodPlan::L1(p)
@@ -166,6 +174,7 @@ impl MethodPlan {
             MethodPlan::Gmp(p) => Box::new(gmp::Gmp { plan: p.clone() }),
             MethodPlan::Pdp(p) => Box::new(pdp::Pdp { plan: p.clone() }),
             MethodPlan::Rigl(p) => Box::new(rigl::Rigl { plan: p.clone() }),
+            MethodPlan::Iee(p) => Box::new(iee::Iee { plan: p.clone() }),
         }
     }
 }
