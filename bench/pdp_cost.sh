@@ -14,12 +14,13 @@ N=${N:-3840}
 ROUNDS=${ROUNDS:-2}
 OUT=${OUT:-bench/runs/pdp-cost}
 MODEL=$(sed -n 's/^model = "\(.*\)"/\1/p' "$RUN/config.toml")
+DATASET=$(sed -n 's/^dataset = "\(.*\)"/\1/p' "$RUN/config.toml")
 mkdir -p "$OUT"
 rate() { python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).readline())['images_per_sec'])" "$1"; }
 : > "$OUT/rates.txt"
 for round in $(seq "$ROUNDS"); do
   d="$OUT/plain-$round"; rm -rf "$d"
-  "$LOPPER" train --model "$MODEL" --epochs 1 --train-limit "$N" --test-limit 128 --quiet --out "$d" > /dev/null
+  "$LOPPER" train --model "$MODEL" --dataset "$DATASET" --epochs 1 --train-limit "$N" --test-limit 128 --quiet --out "$d" > /dev/null
   r=$(rate "$d/metrics.jsonl"); echo "plain $r" | tee -a "$OUT/rates.txt"
   for mode in "pdp sparsity=0.9" "pdp nm=2:4" "pdp macs=0.5" "gmp sparsity=0.9"; do
     set -- $mode
