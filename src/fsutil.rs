@@ -87,3 +87,13 @@ pub fn check_run_folder(dir: &Path, markers: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes `items` as JSON lines to `path` (atomically): a method's log.
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    let mut lines = String::new();
+    for item in items {
+        lines += &serde_json::to_string(item).map_err(|e| LopperError::Config(e.to_string()))?;
+        lines.push('\n');
+    }
+    write_atomic(path, lines.as_bytes())
+}

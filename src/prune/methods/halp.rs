@@ -377,12 +377,7 @@ impl PruneMethod for Halp {
             LopperError::Config("HALP's phase ended before its first pruning step".into())
         })?;
         let log = cx.work_dir.join("halp_log.jsonl");
-        let mut lines = String::new();
-        for s in &hook.log {
-            lines += &serde_json::to_string(s).map_err(|e| LopperError::Config(e.to_string()))?;
-            lines.push('\n');
-        }
-        crate::fsutil::write_atomic(&log, lines.as_bytes())?;
+        crate::fsutil::write_jsonl(&log, &hook.log)?;
         let ratios: Vec<f64> = cx
             .groups
             .iter()

@@ -37,7 +37,6 @@
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::{Flow, MethodContext, MethodOutcome, PruneMethod, phase_config, resolve_phase};
@@ -45,12 +44,11 @@ use crate::error::{LopperError, Result};
 use crate::model::{Model, NodeHook, param_id};
 use crate::prune::allocation::Target;
 use crate::prune::weights::{
-    Density, WeightBudget, WeightLayer, WeightMasks, set_weight_values, solve_masks, weight_layers,
-    weight_values,
+    Density, WeightBudget, WeightLayer, WeightMasks, set_weight_values, weight_values,
 };
 use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
 
-use super::magnitude::magnitude_masks;
+use super::magnitude::sparse_start;
 
 /// The importance IEE explores around, for weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -585,23 +583,7 @@ impl PruneMethod for Iee {
         let budget = cx.weight_budget()?;
         let p = &self.plan;
         let density = p.allocation.unwrap_or(Density::Erk);
-        let layers = weight_layers(&cx.dense.graph, cx.protect, budget.pattern())?;
-        let mut masks = WeightMasks::new(&cx.dense.graph, layers, cx.device);
-        if cx.flow.from_scratch {
-            let mut rng =
-                rand::rngs::StdRng::seed_from_u64(crate::data::seed_mix(&[cx.cfg.seed, 0x1EE]));
-            let masked: Vec<&WeightLayer> =
-                masks.layers().iter().filter(|l| l.is_masked()).collect();
-            let scores: Vec<Vec<f64>> = masked
-                .iter()
-                .map(|l| (0..l.numel()).map(|_| rng.random::<f64>()).collect())
-                .collect();
-            let random = solve_masks(&masked, &scores, budget, density);
-            masks.set(random)?;
-        } else {
-            magnitude_masks(cx.dense, &mut masks, budget, density)?;
-        }
-        let start = masks.apply(cx.dense.clone(), None)?;
+        let (masks, start) = sparse_start(cx, budget, density, 0x1EE)?;
         let total = cx.data.train.num_batches() * p.iee_epochs;
         let cycles = Cycles {
             h: p.iee_h,
@@ -642,12 +624,7 @@ impl PruneMethod for Iee {
         };
         let (outcome, collapse) =
             cx.train_phase_from(start, "IEE's phase", cfg, &data, &mut hook)?;
-        let mut lines = String::new();
-        for c in hook.log() {
-            lines += &serde_json::to_string(c).map_err(|e| LopperError::Config(e.to_string()))?;
-            lines.push('\n');
-        }
-        crate::fsutil::write_atomic(&cx.work_dir.join("iee_log.jsonl"), lines.as_bytes())?;
+        crate::fsutil::write_jsonl(&cx.work_dir.join("iee_log.jsonl"), hook.log())?;
         let model = hook.masks.apply(outcome.model.valid(), None)?;
         Ok(MethodOutcome {
             model,

@@ -51,6 +51,35 @@ pub(crate) fn magnitude_masks(
     masks.set(solved)
 }
 
+/// The masks sparse training starts from (RigL, IEE), at `density`: one-shot magnitude masks
+/// of a trained run, or seeded random masks from scratch (the sparse initialisation RigL's
+/// paper uses); with the model to train, its masked weights zeroed.
+pub(crate) fn sparse_start(
+    cx: &MethodContext,
+    budget: WeightBudget,
+    density: Density,
+    salt: u64,
+) -> Result<(WeightMasks, Model)> {
+    use rand::{Rng, SeedableRng};
+    let layers = weight_layers(&cx.dense.graph, cx.protect, budget.pattern())?;
+    let mut masks = WeightMasks::new(&cx.dense.graph, layers, cx.device);
+    if cx.flow.from_scratch {
+        let mut rng =
+            rand::rngs::StdRng::seed_from_u64(crate::data::seed_mix(&[cx.cfg.seed, salt]));
+        let masked: Vec<_> = masks.layers().iter().filter(|l| l.is_masked()).collect();
+        let scores: Vec<Vec<f64>> = masked
+            .iter()
+            .map(|l| (0..l.numel()).map(|_| rng.random::<f64>()).collect())
+            .collect();
+        let random = solve_masks(&masked, &scores, budget, density);
+        masks.set(random)?;
+    } else {
+        magnitude_masks(cx.dense, &mut masks, budget, density)?;
+    }
+    let start = masks.apply(cx.dense.clone(), None)?;
+    Ok((masks, start))
+}
+
 impl PruneMethod for Magnitude {
     fn prune(&mut self, cx: &mut MethodContext) -> Result<MethodOutcome> {
         let budget = cx.weight_budget()?;

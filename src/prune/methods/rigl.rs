@@ -17,19 +17,16 @@
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::{Flow, MethodContext, MethodOutcome, PruneMethod, phase_config, resolve_phase};
 use crate::error::{LopperError, Result};
 use crate::model::{Model, NodeHook, param_id};
 use crate::prune::allocation::Target;
-use crate::prune::weights::{
-    Density, WeightBudget, WeightLayer, WeightMasks, solve_masks, weight_layers, weight_values,
-};
+use crate::prune::weights::{Density, WeightBudget, WeightLayer, WeightMasks, weight_values};
 use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
 
-use super::magnitude::magnitude_masks;
+use super::magnitude::sparse_start;
 
 /// Settings of RigL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -324,23 +321,7 @@ impl PruneMethod for Rigl {
         let budget = cx.weight_budget()?;
         let p = &self.plan;
         let density = p.allocation.unwrap_or(Density::Erk);
-        let layers = weight_layers(&cx.dense.graph, cx.protect, budget.pattern())?;
-        let mut masks = WeightMasks::new(&cx.dense.graph, layers, cx.device);
-        if cx.flow.from_scratch {
-            let mut rng =
-                rand::rngs::StdRng::seed_from_u64(crate::data::seed_mix(&[cx.cfg.seed, 0x816]));
-            let masked: Vec<&WeightLayer> =
-                masks.layers().iter().filter(|l| l.is_masked()).collect();
-            let scores: Vec<Vec<f64>> = masked
-                .iter()
-                .map(|l| (0..l.numel()).map(|_| rng.random::<f64>()).collect())
-                .collect();
-            let random = solve_masks(&masked, &scores, budget, density);
-            masks.set(random)?;
-        } else {
-            magnitude_masks(cx.dense, &mut masks, budget, density)?;
-        }
-        let start = masks.apply(cx.dense.clone(), None)?;
+        let (masks, start) = sparse_start(cx, budget, density, 0x816)?;
         let total = cx.data.train.num_batches() * p.rigl_epochs;
         let end = (p.rigl_end * total as f64).round() as usize;
         let mut hook = RiglHook::new(masks, p.rigl_fraction, p.rigl_every, end);
@@ -362,13 +343,7 @@ impl PruneMethod for Rigl {
         let (outcome, collapse) =
             cx.train_phase_from(start, "RigL's sparse-training phase", cfg, &data, &mut hook)?;
         let log = cx.work_dir.join("rigl_log.jsonl");
-        let mut lines = String::new();
-        for u in hook.log() {
-            let line = serde_json::to_string(u).map_err(|e| LopperError::Config(e.to_string()))?;
-            lines += &line;
-            lines.push('\n');
-        }
-        crate::fsutil::write_atomic(&log, lines.as_bytes())?;
+        crate::fsutil::write_jsonl(&log, hook.log())?;
         let model = hook.masks.apply(outcome.model.valid(), None)?;
         Ok(MethodOutcome {
             model,
