@@ -178,8 +178,12 @@ impl PruneMethod for Gmp {
         let layers = weight_layers(&cx.dense.graph, cx.protect, budget.pattern())?;
         let steps_per_epoch = cx.data.train.num_batches();
         let total = steps_per_epoch * p.gmp_epochs;
-        let start = (p.gmp_start.unwrap_or_default() * total as f64).round() as usize;
-        let end = ((p.gmp_end * total as f64).round() as usize).clamp(start + 1, total.max(1)) - 1;
+        // A start that rounds to the phase's end still updates once, at the last step.
+        let start = ((p.gmp_start.unwrap_or_default() * total as f64).round() as usize)
+            .min(total.saturating_sub(1));
+        let end = ((p.gmp_end * total as f64).round() as usize)
+            .clamp(start + 1, total.max(start + 1))
+            - 1;
         let schedule = Cubic {
             start,
             end: end.max(start),

@@ -157,8 +157,12 @@ struct Ramp {
 
 impl Ramp {
     fn new(plan: &PdpPlan, total: usize) -> Ramp {
-        let start = (plan.pdp_start.unwrap_or_default() * total as f64).round() as usize;
-        let end = ((plan.pdp_end * total as f64).round() as usize).clamp(start + 1, total.max(1));
+        // A start that rounds to the phase's end still leaves the ramp one step (a late start
+        // on a short phase must not make the range empty).
+        let start = ((plan.pdp_start.unwrap_or_default() * total as f64).round() as usize)
+            .min(total.saturating_sub(1));
+        let end =
+            ((plan.pdp_end * total as f64).round() as usize).clamp(start + 1, total.max(start + 1));
         Ramp { start, end }
     }
 
@@ -695,6 +699,22 @@ mod tests {
     }
     use crate::prune::pdp::{PdpMask, Temperature};
     use crate::prune::weights::{Density, Pattern, SoftWeightMasks, WeightBudget, weight_layers};
+
+    /// A start that rounds to the end of a short phase still gives a ramp (no empty range).
+    #[test]
+    fn a_late_start_on_a_short_phase_still_ramps() {
+        let plan = PdpPlan {
+            pdp_start: Some(0.99),
+            pdp_end: 1.0,
+            ..PdpPlan::default()
+        };
+        let r = Ramp::new(&plan, 30);
+        assert_eq!((r.start, r.end), (29, 30));
+        assert_eq!(r.at(28), 0.0);
+        assert_eq!(r.at(29), 1.0);
+        let r = Ramp::new(&plan, 0);
+        assert!(r.end > r.start);
+    }
 
     /// Before the ramp nothing is masked; the targets rise linearly to each layer's final
     /// sparsity by the ramp's end and stay.
