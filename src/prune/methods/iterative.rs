@@ -62,7 +62,8 @@ impl IterativePlan {
     pub(crate) fn check(&self, flow: &Flow) -> Result<()> {
         if flow.from_scratch {
             return Err(LopperError::Config(
-                "pruning from scratch works with the dsa, gmp and pdp methods only".into(),
+                "pruning from scratch works with the dsa, gmp, pdp, rigl and iee methods only"
+                    .into(),
             ));
         }
         if !(self.step_share > 0.0 && self.step_share <= 1.0) {

@@ -41,7 +41,8 @@ impl OneShotPlan {
     pub(crate) fn check(&self, flow: &Flow) -> Result<()> {
         if flow.from_scratch {
             return Err(LopperError::Config(
-                "pruning from scratch works with the dsa, gmp and pdp methods only".into(),
+                "pruning from scratch works with the dsa, gmp, pdp, rigl and iee methods only"
+                    .into(),
             ));
         }
         Ok(())
