@@ -537,13 +537,14 @@ impl TrainHook for IeeHook {
     fn step_done(&mut self, info: &StepInfo, loss: f64, _samples: usize) {
         let (stage, p) = self.cycles.stage(info.global_step);
         let c = self.cycles;
-        // The J steps before exploration, and the H steps after a grow (the next cycle's, or
-        // the fixed stage's first H).
+        let cycle = info.global_step / c.len();
+        // The J steps before exploration, and the H steps right after a grow (the next
+        // cycle's, or the first H of the fixed stage; not the fixed stage's later ones).
         if stage == Stage::Exploit && p >= c.h {
             self.loss.0 += loss;
             self.loss.1 += 1;
         } else if p < c.h
-            && stage != Stage::Explore
+            && (1..=c.count()).contains(&cycle)
             && let Some(last) = self.log.last_mut()
         {
             let n = p as f64;
