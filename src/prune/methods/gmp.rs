@@ -13,7 +13,7 @@ use super::{Flow, MethodContext, MethodOutcome, PruneMethod, phase_config, resol
 use crate::error::{LopperError, Result};
 use crate::model::Model;
 use crate::prune::weights::{Density, WeightBudget, WeightMasks, weight_layers};
-use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
+use crate::train::{OptimizerState, StepInfo, TrainHook};
 
 use super::magnitude::magnitude_masks;
 
@@ -208,11 +208,7 @@ impl PruneMethod for Gmp {
             cfg.lr,
             if resuming { " (resuming from the last completed epoch)" } else { "" }
         ));
-        let data = TrainData {
-            train: cx.data.train.clone(),
-            val: None,
-            test: None,
-        };
+        let data = cx.phase_data();
         let (outcome, collapse) = cx.train_phase("GMP's pruning phase", cfg, &data, &mut hook)?;
         let model = hook.masks.apply(outcome.model.valid(), None)?;
         Ok(MethodOutcome {

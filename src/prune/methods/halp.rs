@@ -32,7 +32,7 @@ use crate::prune::importance::{Criterion, Importance, Taylor, comparable_across_
 use crate::prune::knapsack::{Scale, prefix_knapsack, scaled_scores};
 use crate::prune::mask::{ChannelMasks, Selection};
 use crate::prune::measured::Surgery;
-use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
+use crate::train::{OptimizerState, StepInfo, TrainHook};
 
 /// Settings of HALP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -366,11 +366,7 @@ impl PruneMethod for Halp {
             cfg.lr,
             if resuming { " (resuming from the last completed epoch)" } else { "" }
         ));
-        let data = TrainData {
-            train: cx.data.train.clone(),
-            val: None,
-            test: None,
-        };
+        let data = cx.phase_data();
         let (outcome, collapse) = cx.train_phase("HALP's pruning phase", cfg, &data, &mut hook)?;
         let trained = outcome.model.valid();
         let scores = hook.scores.clone().ok_or_else(|| {

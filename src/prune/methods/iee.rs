@@ -46,7 +46,7 @@ use crate::prune::allocation::Target;
 use crate::prune::weights::{
     Density, WeightBudget, WeightLayer, WeightMasks, set_weight_values, weight_values,
 };
-use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
+use crate::train::{OptimizerState, StepInfo, TrainHook};
 
 use super::magnitude::sparse_start;
 
@@ -618,11 +618,7 @@ impl PruneMethod for Iee {
             cfg.lr,
             if resuming { " (resuming from the last completed epoch)" } else { "" }
         ));
-        let data = TrainData {
-            train: cx.data.train.clone(),
-            val: None,
-            test: None,
-        };
+        let data = cx.phase_data();
         let (outcome, collapse) =
             cx.train_phase_from(start, "IEE's phase", cfg, &data, &mut hook)?;
         crate::fsutil::write_jsonl(&cx.work_dir.join("iee_log.jsonl"), hook.log())?;

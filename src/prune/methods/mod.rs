@@ -275,6 +275,16 @@ impl MethodContext<'_> {
         (run, resuming)
     }
 
+    /// The data of a method's training phase: the training split, with no evaluation passes
+    /// between its epochs (the session evaluates the result).
+    pub fn phase_data(&self) -> TrainData {
+        TrainData {
+            train: self.data.train.clone(),
+            val: None,
+            test: None,
+        }
+    }
+
     /// Trains the method's own phase (DSA's allocation, GMP's pruning) in its run folder with
     /// `hook`, going on from its last epoch when the prune resumes, and shows its progress as
     /// `phase`. Returns the outcome and, from a trained run, why the phase collapsed if its

@@ -32,7 +32,7 @@ use crate::prune::weights::{
     Density, SoftWeightMasks, WeightBudget, WeightLayer, WeightMasks, nm_mask, solve_masks, top_k,
     weight_layers, weight_values,
 };
-use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
+use crate::train::{OptimizerState, StepInfo, TrainHook};
 
 /// Settings of PDP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -503,11 +503,7 @@ impl Pdp {
             cfg.lr,
             if resuming { " (resuming from the last completed epoch)" } else { "" }
         ));
-        let data = TrainData {
-            train: cx.data.train.clone(),
-            val: None,
-            test: None,
-        };
+        let data = cx.phase_data();
         let (outcome, collapse) = cx.train_phase("PDP's soft-mask phase", cfg, &data, hook)?;
         Ok((outcome.model.valid(), collapse))
     }

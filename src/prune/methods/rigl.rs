@@ -24,7 +24,7 @@ use crate::error::{LopperError, Result};
 use crate::model::{Model, NodeHook, param_id};
 use crate::prune::allocation::Target;
 use crate::prune::weights::{Density, WeightBudget, WeightLayer, WeightMasks, weight_values};
-use crate::train::{OptimizerState, StepInfo, TrainData, TrainHook};
+use crate::train::{OptimizerState, StepInfo, TrainHook};
 
 use super::magnitude::sparse_start;
 
@@ -335,11 +335,7 @@ impl PruneMethod for Rigl {
             cfg.lr,
             if resuming { " (resuming from the last completed epoch)" } else { "" }
         ));
-        let data = TrainData {
-            train: cx.data.train.clone(),
-            val: None,
-            test: None,
-        };
+        let data = cx.phase_data();
         let (outcome, collapse) =
             cx.train_phase_from(start, "RigL's sparse-training phase", cfg, &data, &mut hook)?;
         let log = cx.work_dir.join("rigl_log.jsonl");
