@@ -614,13 +614,24 @@ fn fnv(name: &str) -> u64 {
 /// the rest of the exploration set is zero again, and the budget holds.
 #[test]
 fn iee_freezes_the_active_set_while_exploring() {
-    use lopper::prune::methods::iee::{Cycles, IeeCriterion, IeeHook};
+    iee_cycle(WeightBudget::Sparsity(0.8));
+}
+
+/// The same under N:M: every group of 4 has its 2 again after the grow.
+#[test]
+fn iee_keeps_the_nm_pattern_through_a_cycle() {
+    iee_cycle(WeightBudget::NM { n: 2, m: 4 });
+}
+
+fn iee_cycle(budget: WeightBudget) {
+    use lopper::prune::importance::Criterion;
+    use lopper::prune::methods::iee::{Cycles, IeeHook};
     use lopper::prune::weights::{Density, solve_masks};
     let dev = Device::flex();
     let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
     let model = Model::init(g.clone(), 8, &dev).unwrap();
-    let layers = weight_layers(&g, &[], Pattern::Unstructured).unwrap();
-    let budget = WeightBudget::Sparsity(0.8);
+    let pattern = budget.pattern();
+    let layers = weight_layers(&g, &[], pattern).unwrap();
     let mut masks = WeightMasks::new(&g, layers.clone(), &dev);
     let masked: Vec<_> = layers.iter().filter(|l| l.is_masked()).collect();
     let scores: Vec<Vec<f64>> = masked
@@ -656,7 +667,7 @@ fn iee_freezes_the_active_set_while_exploring() {
         end: 6,
         swap: 0.2,
     };
-    let mut iee = IeeHook::new(masks, cycles, IeeCriterion::Magnitude, &model).unwrap();
+    let mut iee = IeeHook::new(masks, pattern, cycles, Criterion::L1, &model).unwrap();
     let snap = |at| SnapshotAt {
         at,
         layers: layers.clone(),
@@ -713,6 +724,154 @@ fn iee_freezes_the_active_set_while_exploring() {
             }
         }
     }
-    let report = measure(&trained, &layers, Pattern::Unstructured).unwrap();
+    let report = measure(&trained, &layers, pattern).unwrap();
     assert!(report.meets(budget), "{}", report.markdown());
+}
+
+/// Every parameter's values and optimiser state after one given step.
+struct ParamsAt {
+    at: usize,
+    values: Vec<(String, Vec<f32>)>,
+    moments: Vec<(u64, Vec<f32>)>,
+}
+
+impl TrainHook for ParamsAt {
+    fn after_step(
+        &mut self,
+        info: &StepInfo,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> lopper::Result<Model> {
+        if info.global_step == self.at {
+            let host = burn::module::Module::valid(&model);
+            self.values = host
+                .named_tensors()
+                .into_iter()
+                .filter(|(n, _)| !n.contains(".running_"))
+                .map(|(n, d)| (n, d.convert::<f32>().try_into_vec::<f32>().unwrap()))
+                .collect();
+            let ids: Vec<_> = self
+                .values
+                .iter()
+                .map(|(n, _)| burn::module::ParamId::from(fnv(n)))
+                .collect();
+            self.moments = optim
+                .snapshot(&ids)?
+                .into_iter()
+                .map(|(id, d)| (id, d.convert::<f32>().try_into_vec::<f32>().unwrap()))
+                .collect();
+        }
+        Ok(model)
+    }
+}
+
+/// One IEE cycle on the channels of a residual network (H = J = Q = 2 steps, Taylor scores):
+/// every parameter element the active set owns comes out of exploration with the value and
+/// optimiser state it went in with; exploration trained the rest; grown channels start with
+/// fresh state; each group keeps its width.
+#[test]
+fn iee_channels_freeze_the_active_set_while_exploring() {
+    use lopper::prune::importance::Criterion;
+    use lopper::prune::methods::iee::Cycles;
+    use lopper::prune::methods::iee_channels::{Growth, IeeChannelHook};
+    use lopper::prune::surgery::kept_elements;
+    use lopper::prune::{Selection, channel_groups};
+    let dev = Device::flex();
+    let g = lopper::zoo::build("resnet20", &[1, 28, 28], 10).unwrap();
+    let model = Model::init(g.clone(), 8, &dev).unwrap();
+    let groups = channel_groups(&g, &[]).unwrap();
+    let mut start = Selection::all(&groups);
+    for gr in groups.iter().filter(|gr| gr.is_prunable()) {
+        start.keep[gr.id] = Some((0..gr.channels * 3 / 4).collect());
+    }
+    let cycles = Cycles {
+        h: 2,
+        j: 2,
+        q: 2,
+        end: 6,
+        swap: 0.25,
+    };
+    let mut iee = IeeChannelHook::new(
+        &model,
+        &groups,
+        start.clone(),
+        cycles,
+        Criterion::Taylor,
+        Growth::PerGroup,
+        5,
+        &dev,
+    )
+    .unwrap();
+    let cfg = TrainConfig {
+        model: "resnet20".into(),
+        dataset: DatasetName::Mnist,
+        epochs: 1,
+        batch_size: 16,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let snap = |at| ParamsAt {
+        at,
+        values: vec![],
+        moments: vec![],
+    };
+    let (mut frozen, mut grown) = (snap(3), snap(5));
+    Trainer::new(cfg, None)
+        .unwrap()
+        .fit(
+            model.clone(),
+            &data(),
+            &mut [&mut frozen, &mut iee, &mut grown],
+        )
+        .unwrap();
+    let log = iee.log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(log[0].swapped > 0);
+    // The active set as exploration froze it: the final one less what grew back.
+    let mut at_freeze = iee.active().clone();
+    for gr in groups.iter().filter(|gr| gr.is_prunable()) {
+        let now = iee.active().kept(&groups, gr.id);
+        assert_eq!(
+            now.len(),
+            gr.channels * 3 / 4,
+            "group {} changed width",
+            gr.id
+        );
+        let back = &iee.last_grown()[gr.id];
+        at_freeze.keep[gr.id] = Some(now.into_iter().filter(|c| !back.contains(c)).collect());
+    }
+    let owned: std::collections::HashMap<String, Vec<f32>> =
+        kept_elements(&model, &groups, &at_freeze)
+            .unwrap()
+            .into_iter()
+            .collect();
+    let mut explored_moved = 0;
+    for ((name, before), (name2, after)) in frozen.values.iter().zip(&grown.values) {
+        assert_eq!(name, name2);
+        let a = &owned[name];
+        for e in 0..before.len() {
+            if a[e] != 0.0 {
+                assert_eq!(before[e], after[e], "{name}[{e}]: the active set moved");
+            } else if before[e] != after[e] {
+                explored_moved += 1;
+            }
+        }
+    }
+    assert!(explored_moved > 0, "exploration trained nothing");
+    assert_eq!(frozen.moments.len(), grown.moments.len());
+    for ((id, b), (id2, after)) in frozen.moments.iter().zip(&grown.moments) {
+        assert_eq!(id, id2);
+        let (name, _) = frozen.values.iter().find(|(n, _)| fnv(n) == *id).unwrap();
+        let a = &owned[name];
+        for e in 0..after.len() {
+            if a[e] != 0.0 {
+                assert_eq!(after[e], b[e], "{name}: a frozen moment moved");
+            } else {
+                assert_eq!(after[e], 0.0, "{name}: an exploration moment survived");
+            }
+        }
+    }
 }

@@ -46,7 +46,8 @@ pub enum MethodName {
     Pdp,
     /// Weights: RigL's sparse training (drop by magnitude, grow by gradient), then fine-tuning
     Rigl,
-    /// Weights: IEE, exploitation and exploration around a criterion, then fine-tuning
+    /// Weights or channels: IEE, exploitation and exploration around a criterion, then
+    /// fine-tuning (a weight budget zeroes weights, a channel budget removes channels)
     Iee,
 }
 
@@ -138,7 +139,8 @@ pub struct PruneArgs {
     /// One-shot methods: how channels are shared out between groups; magnitude and gmp: how
     /// a sparsity is shared out between layers (uniform, global or erk) [default: uniform];
     /// pdp: layers (default global) or, for a channel budget, groups (default uniform);
-    /// rigl: layers (default erk).
+    /// rigl: layers (default erk); iee: layers (default erk) or, for a channel budget, the
+    /// starting widths (default uniform; the halp criterion starts from its knapsack).
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocation: Option<AllocationFlag>,
@@ -291,10 +293,6 @@ pub struct PruneArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halp_lr: Option<f64>,
 
-    /// IEE: the criterion scoring the active and the exploration set [default: magnitude].
-    #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub iee_criterion: Option<lopper::prune::methods::iee::IeeCriterion>,
     /// IEE: epochs of the phase, before fine-tuning [default: 1].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -311,8 +309,8 @@ pub struct PruneArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iee_q: Option<usize>,
-    /// IEE: share of each layer's active weights swapped in the first cycle, decaying along a
-    /// cosine [default: 0.1].
+    /// IEE: share of each layer's active weights (each group's active channels) swapped in
+    /// the first cycle, decaying along a cosine [default: 0.1].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iee_swap: Option<f64>,
@@ -347,7 +345,10 @@ pub struct PruneArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rigl_lr: Option<f64>,
 
-    /// Iterative: importance criterion [default: taylor].
+    /// Iterative and IEE: importance criterion. Iterative: l1, l2, bn, taylor or random
+    /// [default: taylor]. IEE on weights: l1 (also spelled magnitude: |w|) or taylor (|w dL/dw|)
+    /// [default: l1]; on channels: any, halp growing by a knapsack under the budget
+    /// [default: taylor].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub criterion: Option<Criterion>,

@@ -561,6 +561,63 @@ impl Model {
         })
     }
 
+    /// The model with new values for the parameters `values(full name)` returns some for
+    /// (row-major, the parameter's size), each a leaf that keeps its id and gradient setting
+    /// (so the optimiser's state still belongs to it); the others, and the running statistics,
+    /// are left as they are.
+    pub fn set_params(mut self, mut values: impl FnMut(&str) -> Option<Vec<f32>>) -> Result<Model> {
+        fn put<const D: usize>(
+            p: Param<Tensor<D>>,
+            name: String,
+            values: &mut dyn FnMut(&str) -> Option<Vec<f32>>,
+        ) -> Result<Param<Tensor<D>>> {
+            let Some(v) = values(&name) else {
+                return Ok(p);
+            };
+            let t = p.val();
+            let dims = t.dims();
+            if v.len() != dims.iter().product::<usize>() {
+                return Err(LopperError::Config(format!(
+                    "{} values for the {:?} parameter '{name}'",
+                    v.len(),
+                    dims
+                )));
+            }
+            Ok(p.map(|t| {
+                let grad = t.is_require_grad();
+                Tensor::<D>::from_data(TensorData::new(v, dims), &t.device()).set_require_grad(grad)
+            }))
+        }
+        for (node, slot) in self.graph.nodes.iter().zip(self.layers.iter_mut()) {
+            let full = |p: &str| format!("{}.{p}", node.name);
+            let Some(layer) = slot.take() else { continue };
+            *slot = Some(match layer {
+                Layer::Conv(mut c) => {
+                    c.weight = put(c.weight, full("weight"), &mut values)?;
+                    c.bias = c
+                        .bias
+                        .map(|b| put(b, full("bias"), &mut values))
+                        .transpose()?;
+                    Layer::Conv(c)
+                }
+                Layer::Linear(mut l) => {
+                    l.weight = put(l.weight, full("weight"), &mut values)?;
+                    l.bias = l
+                        .bias
+                        .map(|b| put(b, full("bias"), &mut values))
+                        .transpose()?;
+                    Layer::Linear(l)
+                }
+                Layer::Norm(mut n) => {
+                    n.weight = put(n.weight, full("weight"), &mut values)?;
+                    n.bias = put(n.bias, full("bias"), &mut values)?;
+                    Layer::Norm(n)
+                }
+            });
+        }
+        Ok(self)
+    }
+
     /// Number of trainable parameters (from the graph; equals Burn's count minus buffers).
     pub fn num_params(&self) -> usize {
         self.graph.num_params()

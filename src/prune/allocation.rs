@@ -402,6 +402,32 @@ pub fn allocate(
     Ok(select(groups, scores, &counts))
 }
 
+/// [`allocate`], then filled up to the limit by [`harden`] at the widths it found: the
+/// widths a method that trains at fixed widths (PDP's channel mode, IEE's channels) starts
+/// from, so that training aims at widths it will keep.
+pub fn allocate_filled(
+    groups: &[ChannelGroup],
+    scores: &[Vec<f64>],
+    budget: &Budget,
+    model: &dyn CostModel,
+    allocation: Allocation,
+    round_to: usize,
+) -> Result<Selection> {
+    let sel = allocate(groups, scores, budget, model, allocation, round_to)?;
+    let ratios: Vec<f64> = groups
+        .iter()
+        .map(|g| sel.kept(groups, g.id).len() as f64 / g.channels as f64)
+        .collect();
+    harden(
+        groups,
+        scores,
+        &ratios,
+        model,
+        budget.limit(model.dense_cost()),
+        round_to,
+    )
+}
+
 /// Turns continuous keep ratios into a selection that meets `limit` exactly (the last step of
 /// DSA, ALGORITHMS.md step 7): keep `round(ratio * C)` of each group's most important
 /// channels, then repair the rounding greedily. While over the limit, drop the channel that

@@ -26,7 +26,10 @@ use crate::train::{StepInfo, TrainHook};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Criterion {
-    /// Sum of |w| of each output filter of the group's producers (Li et al. 2017).
+    /// Sum of |w| of each output filter of the group's producers (Li et al. 2017); for a
+    /// single weight, |w|. Also spelled `magnitude`.
+    #[value(alias = "magnitude")]
+    #[serde(alias = "magnitude")]
     L1,
     /// L2 norm of each output filter, summed over producers.
     L2,
@@ -37,6 +40,10 @@ pub enum Criterion {
     Taylor,
     /// Uniform random scores (a control).
     Random,
+    /// HALP's criterion (IEE's structured one): Taylor importance as `taylor`, spent under the
+    /// budget by a knapsack that weighs each channel's importance against what it costs
+    /// (its latency, with a latency budget).
+    Halp,
 }
 
 impl Criterion {
@@ -46,7 +53,7 @@ impl Criterion {
             Criterion::L1 => Box::new(Magnitude { squared: false }),
             Criterion::L2 => Box::new(Magnitude { squared: true }),
             Criterion::Bn => Box::new(BnScale),
-            Criterion::Taylor => Box::new(Taylor::default()),
+            Criterion::Taylor | Criterion::Halp => Box::new(Taylor::default()),
             Criterion::Random => Box::new(RandomScores { seed }),
         }
     }
@@ -59,6 +66,7 @@ impl Criterion {
             Criterion::Bn => "bn",
             Criterion::Taylor => "taylor",
             Criterion::Random => "random",
+            Criterion::Halp => "halp",
         }
     }
 }

@@ -95,6 +95,79 @@ pub fn kept_indices(
     Ok(keep)
 }
 
+/// The axes of tensor `name` of node `i` that index channels, each with the indices of it that
+/// `keep` (from [`kept_indices`]) keeps: output channels by the node's list, input channels by
+/// its input's.
+fn tensor_axes<'a>(
+    graph: &Graph,
+    keep: &'a [Vec<usize>],
+    i: usize,
+    name: &str,
+) -> Result<Vec<(usize, &'a [usize])>> {
+    let node = &graph.nodes[i];
+    let out_keep = keep[i].as_slice();
+    let in_keep = node.inputs.first().map(|&j| keep[j].as_slice());
+    Ok(match (&node.op, name) {
+        // Linear weights are [in, out]: axis 0 is the input.
+        (Op::Linear { .. }, "weight") => vec![
+            (
+                0,
+                in_keep.ok_or_else(|| LopperError::Graph("linear without input".into()))?,
+            ),
+            (1, out_keep),
+        ],
+        (Op::Conv2d { groups: 1, .. }, "weight") if !super::groups::is_pass_through(&node.op) => {
+            match in_keep {
+                Some(ik) => vec![(0, out_keep), (1, ik)],
+                None => vec![(0, out_keep)],
+            }
+        }
+        _ => vec![(0, out_keep)],
+    })
+}
+
+fn host(data: &TensorData) -> Result<(Vec<f32>, Vec<usize>)> {
+    let values = data
+        .clone()
+        .try_to_vec_as::<f32>()
+        .map_err(|e| LopperError::Graph(format!("{e:?}")))?;
+    Ok((values, data.shape().to_vec()))
+}
+
+/// For every tensor of `model` by full name (`<node>.<param>`): 1 where the element survives
+/// `selection` (each of its channel axes indexes a kept channel), 0 where surgery would remove
+/// it. What a method that trains only the removed part (IEE's exploration) must not touch of
+/// the rest.
+pub fn kept_elements(
+    model: &Model,
+    groups: &[ChannelGroup],
+    selection: &Selection,
+) -> Result<Vec<(String, Vec<f32>)>> {
+    let graph = &model.graph;
+    let keep = kept_indices(graph, groups, selection)?;
+    let mut out = vec![];
+    for (i, (node, layer)) in graph.nodes.iter().zip(&model.layers).enumerate() {
+        let Some(layer) = layer else { continue };
+        for (name, data) in layer.tensors() {
+            let shape = data.shape().to_vec();
+            let mut mask = vec![1.0f32; shape.iter().product()];
+            for (axis, idx) in tensor_axes(graph, &keep, i, name)? {
+                let n = shape[axis];
+                let inner: usize = shape[axis + 1..].iter().product();
+                let mut kept = vec![false; n];
+                idx.iter().for_each(|&c| kept[c] = true);
+                for (e, m) in mask.iter_mut().enumerate() {
+                    if !kept[(e / inner) % n] {
+                        *m = 0.0;
+                    }
+                }
+            }
+            out.push((format!("{}.{name}", node.name), mask));
+        }
+    }
+    Ok(out)
+}
+
 /// Builds the physically smaller model: every channel outside `selection` removed.
 pub fn prune_model(
     model: &Model,
@@ -157,33 +230,10 @@ pub fn prune_model(
     let mut sliced: HashMap<String, TensorData> = HashMap::new();
     for (i, (node, layer)) in graph.nodes.iter().zip(&model.layers).enumerate() {
         let Some(layer) = layer else { continue };
-        let out_keep = &keep[i];
-        let in_keep = node.inputs.first().map(|&j| &keep[j]);
         for (name, data) in layer.tensors() {
-            let shape = data.shape().to_vec();
-            let values = data
-                .try_to_vec_as::<f32>()
-                .map_err(|e| LopperError::Graph(format!("{e:?}")))?;
-            let (mut v, mut s) = select(
-                &values,
-                &shape,
-                0,
-                match (&node.op, name) {
-                    // Linear weights are [in, out]: axis 0 is the input.
-                    (Op::Linear { .. }, "weight") => {
-                        in_keep.ok_or_else(|| LopperError::Graph("linear without input".into()))?
-                    }
-                    _ => out_keep,
-                },
-            );
-            match (&node.op, name) {
-                (Op::Linear { .. }, "weight") => (v, s) = select(&v, &s, 1, out_keep),
-                (Op::Conv2d { .. }, "weight") if !super::groups::is_pass_through(&node.op) => {
-                    if let (Some(ik), Op::Conv2d { groups: 1, .. }) = (in_keep, &node.op) {
-                        (v, s) = select(&v, &s, 1, ik);
-                    }
-                }
-                _ => {}
+            let (mut v, mut s) = host(&data)?;
+            for (axis, idx) in tensor_axes(graph, &keep, i, name)? {
+                (v, s) = select(&v, &s, axis, idx);
             }
             sliced.insert(format!("{}.{name}", node.name), TensorData::new(v, s));
         }

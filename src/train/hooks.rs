@@ -163,6 +163,48 @@ pub(crate) fn restore_hooks(
     Ok(())
 }
 
+/// `grads` with each listed parameter's gradient multiplied elementwise by its mask (with the
+/// parameter's shape, row-major; 0 keeps an element out of this step's update, though weight
+/// decay still moves it). Parameters without a gradient this step are skipped.
+pub fn mask_gradients(
+    mut grads: GradientsParams,
+    masks: &[(ParamId, Vec<usize>, Vec<f32>)],
+) -> Result<GradientsParams> {
+    use burn::tensor::Tensor;
+    fn scaled<const D: usize>(
+        grads: &mut GradientsParams,
+        id: ParamId,
+        shape: &[usize],
+        m: &[f32],
+    ) -> Result<()> {
+        let Some(g) = grads.remove::<D>(id) else {
+            return Ok(());
+        };
+        if g.dims().as_slice() != shape {
+            return Err(LopperError::Config(format!(
+                "a gradient mask of shape {shape:?} for a gradient of {:?}",
+                g.dims()
+            )));
+        }
+        let mask = Tensor::<D>::from_data(TensorData::new(m.to_vec(), shape), &g.device());
+        grads.register(id, g * mask);
+        Ok(())
+    }
+    for (id, shape, m) in masks {
+        match shape.len() {
+            1 => scaled::<1>(&mut grads, *id, shape, m)?,
+            2 => scaled::<2>(&mut grads, *id, shape, m)?,
+            4 => scaled::<4>(&mut grads, *id, shape, m)?,
+            r => {
+                return Err(LopperError::Config(format!(
+                    "no gradient mask for a parameter of rank {r}"
+                )));
+            }
+        }
+    }
+    Ok(grads)
+}
+
 /// The optimiser's per-parameter state (SGD's momentum, Adam's moments), as the hooks may
 /// touch it after a step. Burn keeps the states private and type-erased; they are edited
 /// through the optimiser's own serialised record (tensors named `{param id}.{field}`), so an

@@ -1,7 +1,9 @@
 //! IEE, exploitation and exploration around an importance criterion (Sun et al., WACV 2025;
-//! ALGORITHMS.md "IEE"), for weights: the masked layers' weights are split into an active set
-//! A (trained, in the forward pass) and an exploration set E (masked). Cycles of `H + J + Q`
-//! steps run through the first `iee_end` of the phase:
+//! ALGORITHMS.md "IEE"). This file holds the plan, the cycles and the weight variant (a
+//! weight budget: unstructured or N:M); [`super::iee_channels`] the channel variant (a channel
+//! budget). For weights the masked layers' weights are split into an active set A (trained,
+//! in the forward pass) and an exploration set E (masked). Cycles of `H + J + Q` steps run
+//! through the first `iee_end` of the phase:
 //!
 //! 1. train A for `H` steps, then score A by the criterion and move the `k` lowest of each
 //!    layer to E (`k` = `iee_swap` of its active weights, decaying along a cosine over the
@@ -10,7 +12,8 @@
 //! 3. reactivate E with the values its weights had when they left A, freeze A, and train only
 //!    E for `Q` steps;
 //! 4. score E by the same criterion and move its `k` best of each layer back into A; the rest
-//!    of E is masked again.
+//!    of E is masked again. Under N:M each group of `M` gets back its best of E until it has
+//!    its `N` again, so the pattern holds after every cycle.
 //!
 //! Then the phase trains with the masks fixed, and the session fine-tunes with them frozen.
 //!
@@ -26,40 +29,31 @@
 //! - **E's optimiser state.** E's moments are zero when it is reactivated (they were zeroed
 //!   when its weights left A), build up during exploration, and are dropped at the grow:
 //!   grown weights start A with fresh moments, like RigL's.
-//! - **Criteria.** `magnitude` scores `|w|`; `taylor` scores `|w · ∂L/∂w|` summed over the
+//! - **Criteria.** `l1` (`magnitude`) scores `|w|`; `taylor` scores `|w · ∂L/∂w|` summed over the
 //!   steps that scored set trained (A over the `H` steps, E over the `Q` steps).
 //!
-//! Densities are ERK by default (uniform and global too), from one-shot magnitude masks of a
-//! trained run or random masks from scratch. `iee_log.jsonl` records every cycle: the swap
+//! Criteria: `l1` (magnitude, the default) or `taylor`. Densities are ERK by default (uniform
+//! and global too; none under N:M), from one-shot magnitude masks of a trained run or random
+//! masks from scratch. `iee_log.jsonl` records every cycle: the swap
 //! size, how many grown weights were ones just pruned, and the mean training loss over the
 //! `J` steps before exploration and over the `H` steps after the grow.
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use super::{Flow, MethodContext, MethodOutcome, PruneMethod, phase_config, resolve_phase};
 use crate::error::{LopperError, Result};
 use crate::model::{Model, NodeHook, param_id};
 use crate::prune::allocation::Target;
+use crate::prune::importance::Criterion;
 use crate::prune::weights::{
-    Density, WeightBudget, WeightLayer, WeightMasks, set_weight_values, weight_values,
+    Density, Pattern, WeightBudget, WeightLayer, WeightMasks, set_weight_values, weight_values,
 };
-use crate::train::{OptimizerState, StepInfo, TrainHook};
+use crate::train::{OptimizerState, StepInfo, TrainHook, mask_gradients};
 
 use super::magnitude::sparse_start;
-
-/// The importance IEE explores around, for weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum IeeCriterion {
-    /// |w|
-    #[default]
-    Magnitude,
-    /// |w · dL/dw|, summed over the steps the scored set trained
-    Taylor,
-}
 
 /// Settings of IEE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,8 +61,11 @@ pub struct IeePlan {
     /// How the sparsity is spread over the layers [default: erk].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocation: Option<Density>,
-    #[serde(default)]
-    pub iee_criterion: IeeCriterion,
+    /// The criterion the sets are scored by [default: l1 (magnitude) for weights, taylor for
+    /// channels]: for weights `l1` (|w|) or `taylor` (|w dL/dw|); for channels any channel
+    /// criterion, `halp` growing by a knapsack under the budget.
+    #[serde(alias = "iee_criterion", skip_serializing_if = "Option::is_none")]
+    pub criterion: Option<Criterion>,
     /// Epochs of the phase (before the session's fine-tuning).
     #[serde(default = "iee_epochs")]
     pub iee_epochs: usize,
@@ -113,7 +110,7 @@ impl Default for IeePlan {
     fn default() -> Self {
         IeePlan {
             allocation: None,
-            iee_criterion: IeeCriterion::default(),
+            criterion: None,
             iee_epochs: iee_epochs(),
             iee_h: iee_steps(),
             iee_j: iee_steps(),
@@ -127,10 +124,46 @@ impl Default for IeePlan {
 
 impl IeePlan {
     pub(crate) fn resolve(&mut self, flow: &Flow, target: &Target) -> Result<()> {
-        if !matches!(target, Target::Weights(WeightBudget::Sparsity(_))) {
-            return Err(LopperError::Config(format!(
-                "IEE explores single weights at an unstructured sparsity (sparsity=0.9); {target} is not one yet"
-            )));
+        match target {
+            Target::Weights(w) => {
+                let criterion = *self.criterion.get_or_insert(Criterion::L1);
+                if !matches!(criterion, Criterion::L1 | Criterion::Taylor) {
+                    return Err(LopperError::Config(format!(
+                        "IEE scores single weights by l1 (magnitude) or taylor; {} is a channel criterion (use a channel budget such as macs=0.5)",
+                        criterion.name()
+                    )));
+                }
+                match w {
+                    WeightBudget::NM { .. } if self.allocation.is_some() => {
+                        return Err(LopperError::Config(format!(
+                            "allocation (--allocation) spreads a sparsity over the layers; the budget {target} puts every pruned layer at its pattern"
+                        )));
+                    }
+                    WeightBudget::NM { .. } => {}
+                    WeightBudget::Sparsity(_) => {
+                        self.allocation.get_or_insert(Density::Erk);
+                    }
+                }
+            }
+            Target::Channels(_) => {
+                let criterion = *self.criterion.get_or_insert(Criterion::Taylor);
+                match self.allocation {
+                    Some(Density::Erk) => {
+                        return Err(LopperError::Config(format!(
+                            "ERK spreads a weight sparsity over layers; for the channel budget {target} use --allocation uniform or global"
+                        )));
+                    }
+                    Some(_) if criterion == Criterion::Halp => {
+                        return Err(LopperError::Config(
+                            "the halp criterion starts from HALP's knapsack and grows by it; --allocation does not apply".into(),
+                        ));
+                    }
+                    None if criterion != Criterion::Halp => {
+                        self.allocation = Some(Density::Uniform);
+                    }
+                    _ => {}
+                }
+            }
         }
         if self.iee_h == 0 || self.iee_j == 0 || self.iee_q == 0 {
             return Err(LopperError::Config(
@@ -147,7 +180,6 @@ impl IeePlan {
                 "iee_end (--iee-end) is a share of the phase, in (0, 1]".into(),
             ));
         }
-        self.allocation.get_or_insert(Density::Erk);
         resolve_phase(
             "IEE",
             "iee",
@@ -182,19 +214,20 @@ pub enum Stage {
 }
 
 impl Cycles {
-    fn len(&self) -> usize {
+    /// Steps per cycle.
+    pub fn steps(&self) -> usize {
         self.h + self.j + self.q
     }
 
     /// How many cycles fit.
     pub fn count(&self) -> usize {
-        self.end / self.len().max(1)
+        self.end / self.steps().max(1)
     }
 
     /// The stage of step `step` (0-based) and its position in its cycle.
     pub fn stage(&self, step: usize) -> (Stage, usize) {
-        let p = step % self.len();
-        if step / self.len() >= self.count() {
+        let p = step % self.steps();
+        if step / self.steps() >= self.count() {
             (Stage::Fixed, p)
         } else if p < self.h + self.j {
             (Stage::Exploit, p)
@@ -206,7 +239,7 @@ impl Cycles {
     /// The share swapped in the cycle of step `step`: `swap/2 (1 + cos(π c / C))` for cycle
     /// `c` of `C`.
     pub fn share(&self, step: usize) -> f64 {
-        let c = step / self.len();
+        let c = step / self.steps();
         let n = self.count().max(1);
         0.5 * self.swap * (1.0 + (std::f64::consts::PI * c as f64 / n as f64).cos())
     }
@@ -228,6 +261,42 @@ pub struct IeeCycle {
     pub loss_after: Option<f64>,
 }
 
+/// The losses the log reports per cycle, as the steps go by.
+#[derive(Default)]
+pub(crate) struct CycleLosses {
+    /// Sum and count over the current `J` steps.
+    sum: f64,
+    n: usize,
+}
+
+impl CycleLosses {
+    /// Takes in the loss of step `step`: the `J` steps before exploration add up for the next
+    /// cycle's `loss_before`; the `H` steps right after a grow (the next cycle's, or the first
+    /// `H` of the fixed stage; not its later ones) average into the last cycle's `loss_after`.
+    pub(crate) fn step(&mut self, cycles: &Cycles, step: usize, loss: f64, log: &mut [IeeCycle]) {
+        let (stage, p) = cycles.stage(step);
+        let cycle = step / cycles.steps();
+        if stage == Stage::Exploit && p >= cycles.h {
+            self.sum += loss;
+            self.n += 1;
+        } else if p < cycles.h
+            && (1..=cycles.count()).contains(&cycle)
+            && let Some(last) = log.last_mut()
+        {
+            let n = p as f64;
+            let prev = last.loss_after.unwrap_or(0.0);
+            last.loss_after = Some((prev * n + loss) / (n + 1.0));
+        }
+    }
+
+    /// The mean over the `J` steps just done, starting over.
+    pub(crate) fn before(&mut self) -> f64 {
+        let mean = self.sum / self.n.max(1) as f64;
+        *self = CycleLosses::default();
+        mean
+    }
+}
+
 /// Exploration in progress: what was set aside of A.
 #[derive(Serialize, Deserialize)]
 struct Frozen {
@@ -241,7 +310,9 @@ struct Frozen {
 pub struct IeeHook {
     masks: WeightMasks,
     cycles: Cycles,
-    criterion: IeeCriterion,
+    /// Taylor (|w dL/dw|) or magnitude (|w|).
+    taylor_scores: bool,
+    pattern: Pattern,
     /// E's last values per layer (full size; meaningful where the mask is 0).
     stored: Vec<Option<Vec<f32>>>,
     /// Taylor sums per layer since the last score.
@@ -249,8 +320,7 @@ pub struct IeeHook {
     /// Per layer, the weights moved to E at the last prune.
     pruned: Vec<Vec<usize>>,
     frozen: Option<Frozen>,
-    /// Loss sums: over the current J steps, over the current H steps.
-    loss: (f64, usize),
+    losses: CycleLosses,
     log: Vec<IeeCycle>,
 }
 
@@ -261,14 +331,26 @@ fn values(t: TensorData) -> Result<Vec<f32>> {
 }
 
 impl IeeHook {
-    /// IEE on `masks` (the starting masks, whose zeros the model to train already has);
-    /// `source`, the model before those zeros, gives the masked weights' last values.
+    /// IEE on `masks` (the starting masks, whose zeros the model to train already has, in
+    /// `pattern`); `source`, the model before those zeros, gives the masked weights' last
+    /// values. `criterion` is `l1` (|w|) or `taylor` (|w dL/dw|).
     pub fn new(
         masks: WeightMasks,
+        pattern: Pattern,
         cycles: Cycles,
-        criterion: IeeCriterion,
+        criterion: Criterion,
         source: &Model,
     ) -> Result<IeeHook> {
+        let taylor_scores = match criterion {
+            Criterion::L1 => false,
+            Criterion::Taylor => true,
+            other => {
+                return Err(LopperError::Config(format!(
+                    "IEE scores single weights by l1 (magnitude) or taylor, not {}",
+                    other.name()
+                )));
+            }
+        };
         let n = masks.layers().len();
         let stored = masks
             .layers()
@@ -278,12 +360,13 @@ impl IeeHook {
         Ok(IeeHook {
             masks,
             cycles,
-            criterion,
+            taylor_scores,
+            pattern,
             stored,
             taylor: vec![None; n],
             pruned: vec![vec![]; n],
             frozen: None,
-            loss: (0.0, 0),
+            losses: CycleLosses::default(),
             log: vec![],
         })
     }
@@ -308,8 +391,8 @@ impl IeeHook {
 
     /// The criterion's scores of layer `i` (every position).
     fn scores(&self, i: usize, w: &[f32]) -> Vec<f64> {
-        match (self.criterion, &self.taylor[i]) {
-            (IeeCriterion::Taylor, Some(t)) => t.clone(),
+        match (self.taylor_scores, &self.taylor[i]) {
+            (true, Some(t)) => t.clone(),
             _ => w.iter().map(|v| v.abs() as f64).collect(),
         }
     }
@@ -392,14 +475,11 @@ impl IeeHook {
             let w = weight_values(&host, &l)?;
             let scores = self.scores(i, &w);
             let mask = self.masks.mask(i).unwrap_or_default().to_vec();
-            let k = self.pruned[i].len();
-            let mut explored: Vec<usize> = (0..mask.len()).filter(|&p| mask[p] == 0.0).collect();
-            explored.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-            let grown = &explored[..k.min(explored.len())];
+            let grown = self.grown(i, &l, &mask, &scores);
             let kept_a = frozen.weights[i].clone().unwrap_or_default();
             let stored = self.stored[i].get_or_insert_with(|| vec![0.0; mask.len()]);
             let mut m = mask.clone();
-            for &p in grown {
+            for &p in &grown {
                 m[p] = 1.0;
                 regrown += usize::from(self.pruned[i].contains(&p));
             }
@@ -426,18 +506,44 @@ impl IeeHook {
             .collect();
         optim.restore(&moments)?;
         self.masks.set(next)?;
-        let (sum, n) = std::mem::take(&mut self.loss);
         self.log.push(IeeCycle {
             step: step + 1,
             swapped,
             regrown_just_pruned: regrown,
-            loss_before: sum / n.max(1) as f64,
+            loss_before: self.losses.before(),
             loss_after: None,
         });
         self.taylor.iter_mut().for_each(|t| *t = None);
         // E's moments from exploration are dropped with the rest of E (and the grown
         // weights' with them: they restart A with fresh moments).
         self.masks.apply(model, Some(optim))
+    }
+
+    /// The weights of layer `i` that grow back at the end of an exploration: the `k` best of
+    /// E (as many as were pruned), or under N:M, in each group of `M` the best of E until the
+    /// group has its `N` again.
+    fn grown(&self, i: usize, l: &WeightLayer, mask: &[f32], scores: &[f64]) -> Vec<usize> {
+        let best_first = |mut e: Vec<usize>| {
+            e.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+            e
+        };
+        match self.pattern {
+            Pattern::Unstructured => {
+                let mut explored =
+                    best_first((0..mask.len()).filter(|&p| mask[p] == 0.0).collect());
+                explored.truncate(self.pruned[i].len());
+                explored
+            }
+            Pattern::NM { n, m } => {
+                let mut grown = vec![];
+                l.for_each_group(m, |idx| {
+                    let active = idx.iter().filter(|&&p| mask[p] != 0.0).count();
+                    let e = best_first(idx.iter().copied().filter(|&p| mask[p] == 0.0).collect());
+                    grown.extend(e.into_iter().take(n.saturating_sub(active)));
+                });
+                grown
+            }
+        }
     }
 
     /// Adds `|w · g|` of the set that trains this step to the Taylor sums.
@@ -466,22 +572,18 @@ impl IeeHook {
 }
 
 /// Zeroes the gradient of every active weight (exploration trains E alone).
-fn zero_active(masks: &WeightMasks, mut grads: GradientsParams) -> GradientsParams {
-    for (i, l) in masks.layers().iter().enumerate() {
-        let Some(mask) = masks.mask(i) else { continue };
-        let id = param_id(&format!("{}.weight", l.name));
-        let e: Vec<f32> = mask.iter().map(|m| 1.0 - m).collect();
-        if l.shape.len() == 4 {
-            if let Some(g) = grads.remove::<4>(id) {
-                let m = Tensor::<4>::from_data(TensorData::new(e, g.dims()), &g.device());
-                grads.register(id, g * m);
-            }
-        } else if let Some(g) = grads.remove::<2>(id) {
-            let m = Tensor::<2>::from_data(TensorData::new(e, g.dims()), &g.device());
-            grads.register(id, g * m);
-        }
-    }
-    grads
+fn zero_active(masks: &WeightMasks, grads: GradientsParams) -> Result<GradientsParams> {
+    let e_only: Vec<_> = masks
+        .layers()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let mask = masks.mask(i)?;
+            let e = mask.iter().map(|m| 1.0 - m).collect();
+            Some((param_id(&format!("{}.weight", l.name)), l.shape.clone(), e))
+        })
+        .collect();
+    mask_gradients(grads, &e_only)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -508,16 +610,14 @@ impl TrainHook for IeeHook {
     ) -> Result<GradientsParams> {
         let (stage, p) = self.cycles.stage(info.global_step);
         let explore = stage == Stage::Explore;
-        if self.criterion == IeeCriterion::Taylor
-            && (explore || (stage == Stage::Exploit && p < self.cycles.h))
-        {
+        if self.taylor_scores && (explore || (stage == Stage::Exploit && p < self.cycles.h)) {
             self.accumulate(model, &grads, explore)?;
         }
-        Ok(if explore {
+        if explore {
             zero_active(&self.masks, grads)
         } else {
-            grads
-        })
+            Ok(grads)
+        }
     }
     fn after_step(
         &mut self,
@@ -530,27 +630,13 @@ impl TrainHook for IeeHook {
         match stage {
             Stage::Exploit if p == c.h - 1 => self.prune(info.global_step, model, optim),
             Stage::Exploit if p == c.h + c.j - 1 => self.explore(model, optim),
-            Stage::Explore if p == c.len() - 1 => self.grow(info.global_step, model, optim),
+            Stage::Explore if p == c.steps() - 1 => self.grow(info.global_step, model, optim),
             _ => Ok(model),
         }
     }
     fn step_done(&mut self, info: &StepInfo, loss: f64, _samples: usize) {
-        let (stage, p) = self.cycles.stage(info.global_step);
-        let c = self.cycles;
-        let cycle = info.global_step / c.len();
-        // The J steps before exploration, and the H steps right after a grow (the next
-        // cycle's, or the first H of the fixed stage; not the fixed stage's later ones).
-        if stage == Stage::Exploit && p >= c.h {
-            self.loss.0 += loss;
-            self.loss.1 += 1;
-        } else if p < c.h
-            && (1..=c.count()).contains(&cycle)
-            && let Some(last) = self.log.last_mut()
-        {
-            let n = p as f64;
-            let prev = last.loss_after.unwrap_or(0.0);
-            last.loss_after = Some((prev * n + loss) / (n + 1.0));
-        }
+        self.losses
+            .step(&self.cycles, info.global_step, loss, &mut self.log);
     }
     fn state(&self) -> Result<Option<serde_json::Value>> {
         serde_json::to_value(IeeState {
@@ -579,45 +665,71 @@ pub struct Iee {
     pub plan: IeePlan,
 }
 
+impl IeePlan {
+    /// The cycles of a phase of `total` steps.
+    pub(crate) fn cycles(&self, total: usize) -> Cycles {
+        Cycles {
+            h: self.iee_h,
+            j: self.iee_j,
+            q: self.iee_q,
+            end: (self.iee_end * total as f64).round() as usize,
+            swap: self.iee_swap,
+        }
+    }
+
+    /// The phase's opening line: its length, cycles and rate.
+    pub(crate) fn describe(&self, what: &str, cycles: &Cycles, lr: f64, resuming: bool) -> String {
+        format!(
+            "IEE: {} epoch(s) at {what} ({} criterion), {} cycle(s) of H {} + J {} + Q {} steps swapping {} of the active units at first, weight lr {lr}{}",
+            self.iee_epochs,
+            self.criterion.unwrap_or(Criterion::L1).name(),
+            cycles.count(),
+            self.iee_h,
+            self.iee_j,
+            self.iee_q,
+            self.iee_swap,
+            if resuming {
+                " (resuming from the last completed epoch)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// Warns when no cycle fits in the phase.
+    pub(crate) fn warn_if_no_cycle(&self, cycles: &Cycles, total: usize, cx: &mut MethodContext) {
+        if cycles.count() == 0 {
+            cx.progress.warning(&format!(
+                "IEE: no cycle of {} steps fits in {} of the phase's {total} steps; the phase trains with fixed masks. Use smaller --iee-h/--iee-j/--iee-q or more --iee-epochs",
+                cycles.steps(),
+                cycles.end
+            ));
+        }
+    }
+}
+
 impl PruneMethod for Iee {
     fn prune(&mut self, cx: &mut MethodContext) -> Result<MethodOutcome> {
+        if cx.channels.is_some() {
+            return super::iee_channels::prune(&self.plan, cx);
+        }
         let budget = cx.weight_budget()?;
         let p = &self.plan;
         let density = p.allocation.unwrap_or(Density::Erk);
         let (masks, start) = sparse_start(cx, budget, density, 0x1EE)?;
         let total = cx.data.train.num_batches() * p.iee_epochs;
-        let cycles = Cycles {
-            h: p.iee_h,
-            j: p.iee_j,
-            q: p.iee_q,
-            end: (p.iee_end * total as f64).round() as usize,
-            swap: p.iee_swap,
-        };
-        if cycles.count() == 0 {
-            cx.progress.warning(&format!(
-                "IEE: no cycle of {} steps fits in {} of the phase's {total} steps; the phase trains with fixed masks. Use smaller --iee-h/--iee-j/--iee-q or more --iee-epochs",
-                cycles.len(),
-                cycles.end
-            ));
-        }
-        let mut hook = IeeHook::new(masks, cycles, p.iee_criterion, cx.dense)?;
+        let cycles = p.cycles(total);
+        p.warn_if_no_cycle(&cycles, total, cx);
+        let criterion = p.criterion.unwrap_or(Criterion::L1);
+        let mut hook = IeeHook::new(masks, budget.pattern(), cycles, criterion, cx.dense)?;
         let cfg = phase_config(cx, p.iee_epochs, p.iee_lr);
         let (_, resuming) = cx.phase_run();
-        cx.progress.message(&format!(
-            "IEE: {} epoch(s) at {budget} ({density}, {} criterion), {} cycle(s) of H {} + J {} + Q {} steps swapping {} of the active weights at first, weight lr {}{}",
-            p.iee_epochs,
-            match p.iee_criterion {
-                IeeCriterion::Magnitude => "magnitude",
-                IeeCriterion::Taylor => "taylor",
-            },
-            cycles.count(),
-            p.iee_h,
-            p.iee_j,
-            p.iee_q,
-            p.iee_swap,
-            cfg.lr,
-            if resuming { " (resuming from the last completed epoch)" } else { "" }
-        ));
+        let what = match budget {
+            WeightBudget::NM { .. } => budget.to_string(),
+            WeightBudget::Sparsity(_) => format!("{budget}, {density}"),
+        };
+        cx.progress
+            .message(&p.describe(&what, &cycles, cfg.lr, resuming));
         let data = cx.phase_data();
         let (outcome, collapse) =
             cx.train_phase_from(start, "IEE's phase", cfg, &data, &mut hook)?;
@@ -626,7 +738,10 @@ impl PruneMethod for Iee {
         Ok(MethodOutcome {
             model,
             measured_ms: None,
-            allocation: format!("iee {density}"),
+            allocation: match budget {
+                WeightBudget::NM { .. } => format!("iee {}", budget.pattern()),
+                WeightBudget::Sparsity(_) => format!("iee {density}"),
+            },
             history: None,
             cost: None,
             collapse,

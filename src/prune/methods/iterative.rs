@@ -66,6 +66,11 @@ impl IterativePlan {
                     .into(),
             ));
         }
+        if self.criterion == Criterion::Halp {
+            return Err(LopperError::Config(
+                "the halp criterion is IEE's (--method iee); the iterative method ranks by taylor, l1, l2, bn or random (use --method halp for HALP itself)".into(),
+            ));
+        }
         if !(self.step_share > 0.0 && self.step_share <= 1.0) {
             return Err(LopperError::Config(
                 "step_share (--step-share), the share of the gap closed per step, must be in (0, 1]"

@@ -33,6 +33,7 @@ pub mod dsa;
 pub mod gmp;
 pub mod halp;
 pub mod iee;
+pub mod iee_channels;
 pub mod iterative;
 pub mod magnitude;
 pub mod one_shot;
@@ -118,16 +119,14 @@ impl MethodPlan {
         }
     }
 
-    /// Whether the method takes `target`: weight methods (`magnitude`, `gmp`) weight budgets,
-    /// channel methods channel budgets, PDP both (its weight or its channel mode).
+    /// Whether the method takes `target`: weight methods (`magnitude`, `gmp`, `rigl`) weight
+    /// budgets, channel methods channel budgets, PDP and IEE both (their weight or channel
+    /// variants).
     pub fn accepts(&self, target: &Target) -> bool {
         let weights = matches!(target, Target::Weights(_));
         match self {
-            MethodPlan::Pdp(_) => true,
-            MethodPlan::Magnitude(_)
-            | MethodPlan::Gmp(_)
-            | MethodPlan::Rigl(_)
-            | MethodPlan::Iee(_) => weights,
+            MethodPlan::Pdp(_) | MethodPlan::Iee(_) => true,
+            MethodPlan::Magnitude(_) | MethodPlan::Gmp(_) | MethodPlan::Rigl(_) => weights,
             _ => !weights,
         }
     }

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::error::{LopperError, Result};
 use crate::model::{Model, NodeHook};
-use crate::prune::allocation::{Allocation, Amount, Budget, Target, allocate, harden};
+use crate::prune::allocation::{Allocation, Amount, Budget, Target, allocate_filled, harden};
 use crate::prune::groups::ChannelGroup;
 use crate::prune::measured::Surgery;
 use crate::prune::pdp::{PdpChannelMask, PdpMask, Temperature, channel_norms};
@@ -573,26 +573,14 @@ impl Pdp {
                 resource,
                 amount: Amount::Absolute(limit),
             };
-            let sel = allocate(
+            // Filled up to the limit now, as hardening would at the end: the phase then trains
+            // toward the widths it will keep, and no channel the mask switched off comes back.
+            let filled = allocate_filled(
                 &solve_groups,
                 &scores,
                 &budget,
                 cost.as_ref(),
                 allocation,
-                round_to,
-            )?;
-            // Filled up to the limit now, as hardening would at the end: the phase then trains
-            // toward the widths it will keep, and no channel the mask switched off comes back.
-            let ratios: Vec<f64> = solve_groups
-                .iter()
-                .map(|g| sel.kept(&solve_groups, g.id).len() as f64 / g.channels as f64)
-                .collect();
-            let filled = harden(
-                &solve_groups,
-                &scores,
-                &ratios,
-                cost.as_ref(),
-                limit,
                 round_to,
             )?;
             Ok((0..solve_groups.len())
