@@ -625,7 +625,7 @@ fn iee_keeps_the_nm_pattern_through_a_cycle() {
 
 fn iee_cycle(budget: WeightBudget) {
     use lopper::prune::importance::Criterion;
-    use lopper::prune::methods::iee::{Cycles, IeeHook};
+    use lopper::prune::methods::iee::{Cycles, IeeHook, WeightUnits};
     use lopper::prune::weights::{Density, solve_masks};
     let dev = Device::flex();
     let g = lopper::zoo::build("lenet5", &[1, 28, 28], 10).unwrap();
@@ -667,7 +667,8 @@ fn iee_cycle(budget: WeightBudget) {
         end: 6,
         swap: 0.2,
     };
-    let mut iee = IeeHook::new(masks, pattern, cycles, Criterion::L1, &model).unwrap();
+    let units = WeightUnits::new(masks, pattern, Criterion::L1, &model).unwrap();
+    let mut iee = IeeHook::new(units, cycles);
     let snap = |at| SnapshotAt {
         at,
         layers: layers.clone(),
@@ -772,8 +773,8 @@ impl TrainHook for ParamsAt {
 #[test]
 fn iee_channels_freeze_the_active_set_while_exploring() {
     use lopper::prune::importance::Criterion;
-    use lopper::prune::methods::iee::Cycles;
-    use lopper::prune::methods::iee_channels::{Growth, IeeChannelHook};
+    use lopper::prune::methods::iee::{Cycles, IeeHook};
+    use lopper::prune::methods::iee_channels::{ChannelUnits, Growth};
     use lopper::prune::surgery::kept_elements;
     use lopper::prune::{Selection, channel_groups};
     let dev = Device::flex();
@@ -791,17 +792,17 @@ fn iee_channels_freeze_the_active_set_while_exploring() {
         end: 6,
         swap: 0.25,
     };
-    let mut iee = IeeChannelHook::new(
+    let units = ChannelUnits::new(
         &model,
         &groups,
         start.clone(),
-        cycles,
         Criterion::Taylor,
         Growth::PerGroup,
         5,
         &dev,
     )
     .unwrap();
+    let mut iee = IeeHook::new(units, cycles);
     let cfg = TrainConfig {
         model: "resnet20".into(),
         dataset: DatasetName::Mnist,
@@ -831,16 +832,16 @@ fn iee_channels_freeze_the_active_set_while_exploring() {
     assert_eq!(log.len(), 1, "{log:?}");
     assert!(log[0].swapped > 0);
     // The active set as exploration froze it: the final one less what grew back.
-    let mut at_freeze = iee.active().clone();
+    let mut at_freeze = iee.units().active().clone();
     for gr in groups.iter().filter(|gr| gr.is_prunable()) {
-        let now = iee.active().kept(&groups, gr.id);
+        let now = iee.units().active().kept(&groups, gr.id);
         assert_eq!(
             now.len(),
             gr.channels * 3 / 4,
             "group {} changed width",
             gr.id
         );
-        let back = &iee.last_grown()[gr.id];
+        let back = &iee.units().last_grown()[gr.id];
         at_freeze.keep[gr.id] = Some(now.into_iter().filter(|c| !back.contains(c)).collect());
     }
     let owned: std::collections::HashMap<String, Vec<f32>> =

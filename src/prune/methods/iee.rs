@@ -263,7 +263,7 @@ pub struct IeeCycle {
 
 /// The losses the log reports per cycle, as the steps go by.
 #[derive(Default)]
-pub(crate) struct CycleLosses {
+struct CycleLosses {
     /// Sum and count over the current `J` steps.
     sum: f64,
     n: usize,
@@ -273,7 +273,7 @@ impl CycleLosses {
     /// Takes in the loss of step `step`: the `J` steps before exploration add up for the next
     /// cycle's `loss_before`; the `H` steps right after a grow (the next cycle's, or the first
     /// `H` of the fixed stage; not its later ones) average into the last cycle's `loss_after`.
-    pub(crate) fn step(&mut self, cycles: &Cycles, step: usize, loss: f64, log: &mut [IeeCycle]) {
+    fn step(&mut self, cycles: &Cycles, step: usize, loss: f64, log: &mut [IeeCycle]) {
         let (stage, p) = cycles.stage(step);
         let cycle = step / cycles.steps();
         if stage == Stage::Exploit && p >= cycles.h {
@@ -290,10 +290,130 @@ impl CycleLosses {
     }
 
     /// The mean over the `J` steps just done, starting over.
-    pub(crate) fn before(&mut self) -> f64 {
+    fn before(&mut self) -> f64 {
         let mean = self.sum / self.n.max(1) as f64;
         *self = CycleLosses::default();
         mean
+    }
+}
+
+/// What IEE's cycles act on: single weights ([`WeightUnits`]) or channels
+/// ([`super::iee_channels::ChannelUnits`]). [`IeeHook`] runs the cycles and keeps the log; a
+/// unit set moves its units between A and E and keeps A frozen while E explores.
+pub trait Units {
+    /// The forward hook of the current masks (none while exploring: every unit computes).
+    fn node_hook(&self) -> Option<&dyn NodeHook>;
+    /// Takes in one step's gradients at `stage` (`scoring`: the `H` steps that score A, or
+    /// exploration) and returns those that may update: E's alone while exploring.
+    fn gradients(
+        &mut self,
+        stage: Stage,
+        scoring: bool,
+        model: &Model,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams>;
+    /// Step 1's end: moves `share` of A, its lowest-scoring units, to E.
+    fn prune(&mut self, share: f64, model: Model, optim: &mut OptimizerState) -> Result<Model>;
+    /// Step 3's start: E comes back with its last values, A is set aside.
+    fn explore(&mut self, model: Model, optim: &mut OptimizerState) -> Result<Model>;
+    /// Step 4: E's best join A, A is put back. Returns the model, how many units grew back
+    /// and how many of those were among the ones just pruned.
+    fn grow(&mut self, model: Model, optim: &mut OptimizerState) -> Result<(Model, usize, usize)>;
+    /// The checkpoint state.
+    fn state(&self) -> Result<serde_json::Value>;
+    fn restore(&mut self, state: serde_json::Value) -> Result<()>;
+}
+
+/// The training hook: IEE's cycles over a set of units.
+pub struct IeeHook<U: Units> {
+    units: U,
+    cycles: Cycles,
+    losses: CycleLosses,
+    log: Vec<IeeCycle>,
+}
+
+impl<U: Units> IeeHook<U> {
+    pub fn new(units: U, cycles: Cycles) -> IeeHook<U> {
+        IeeHook {
+            units,
+            cycles,
+            losses: CycleLosses::default(),
+            log: vec![],
+        }
+    }
+
+    pub fn units(&self) -> &U {
+        &self.units
+    }
+
+    pub fn log(&self) -> &[IeeCycle] {
+        &self.log
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HookState {
+    units: serde_json::Value,
+    log: Vec<IeeCycle>,
+}
+
+impl<U: Units> TrainHook for IeeHook<U> {
+    fn node_hook(&self) -> Option<&dyn NodeHook> {
+        self.units.node_hook()
+    }
+    fn after_backward(
+        &mut self,
+        info: &StepInfo,
+        model: &Model,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams> {
+        let (stage, p) = self.cycles.stage(info.global_step);
+        let scoring = stage == Stage::Explore || (stage == Stage::Exploit && p < self.cycles.h);
+        self.units.gradients(stage, scoring, model, grads)
+    }
+    fn after_step(
+        &mut self,
+        info: &StepInfo,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> Result<Model> {
+        let step = info.global_step;
+        let (stage, p) = self.cycles.stage(step);
+        let c = self.cycles;
+        match stage {
+            Stage::Exploit if p == c.h - 1 => self.units.prune(c.share(step), model, optim),
+            Stage::Exploit if p == c.h + c.j - 1 => self.units.explore(model, optim),
+            Stage::Explore if p == c.steps() - 1 => {
+                let (model, swapped, regrown) = self.units.grow(model, optim)?;
+                self.log.push(IeeCycle {
+                    step: step + 1,
+                    swapped,
+                    regrown_just_pruned: regrown,
+                    loss_before: self.losses.before(),
+                    loss_after: None,
+                });
+                Ok(model)
+            }
+            _ => Ok(model),
+        }
+    }
+    fn step_done(&mut self, info: &StepInfo, loss: f64, _samples: usize) {
+        self.losses
+            .step(&self.cycles, info.global_step, loss, &mut self.log);
+    }
+    fn state(&self) -> Result<Option<serde_json::Value>> {
+        serde_json::to_value(HookState {
+            units: self.units.state()?,
+            log: self.log.clone(),
+        })
+        .map(Some)
+        .map_err(|e| LopperError::Config(e.to_string()))
+    }
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        let s: HookState =
+            serde_json::from_value(state).map_err(|e| LopperError::Config(e.to_string()))?;
+        self.log = s.log;
+        self.units.restore(s.units)
     }
 }
 
@@ -306,10 +426,9 @@ struct Frozen {
     moments: Vec<(u64, Vec<f32>, Vec<usize>)>,
 }
 
-/// The training hook.
-pub struct IeeHook {
+/// IEE's units on weights: the masked layers' single weights.
+pub struct WeightUnits {
     masks: WeightMasks,
-    cycles: Cycles,
     /// Taylor (|w dL/dw|) or magnitude (|w|).
     taylor_scores: bool,
     pattern: Pattern,
@@ -320,8 +439,6 @@ pub struct IeeHook {
     /// Per layer, the weights moved to E at the last prune.
     pruned: Vec<Vec<usize>>,
     frozen: Option<Frozen>,
-    losses: CycleLosses,
-    log: Vec<IeeCycle>,
 }
 
 fn values(t: TensorData) -> Result<Vec<f32>> {
@@ -330,17 +447,16 @@ fn values(t: TensorData) -> Result<Vec<f32>> {
         .map_err(|e| LopperError::Graph(format!("{e:?}")))
 }
 
-impl IeeHook {
+impl WeightUnits {
     /// IEE on `masks` (the starting masks, whose zeros the model to train already has, in
     /// `pattern`); `source`, the model before those zeros, gives the masked weights' last
     /// values. `criterion` is `l1` (|w|) or `taylor` (|w dL/dw|).
     pub fn new(
         masks: WeightMasks,
         pattern: Pattern,
-        cycles: Cycles,
         criterion: Criterion,
         source: &Model,
-    ) -> Result<IeeHook> {
+    ) -> Result<WeightUnits> {
         let taylor_scores = match criterion {
             Criterion::L1 => false,
             Criterion::Taylor => true,
@@ -357,26 +473,19 @@ impl IeeHook {
             .iter()
             .map(|l| l.is_masked().then(|| weight_values(source, l)).transpose())
             .collect::<Result<Vec<_>>>()?;
-        Ok(IeeHook {
+        Ok(WeightUnits {
             masks,
-            cycles,
             taylor_scores,
             pattern,
             stored,
             taylor: vec![None; n],
             pruned: vec![vec![]; n],
             frozen: None,
-            losses: CycleLosses::default(),
-            log: vec![],
         })
     }
 
     pub fn masks(&self) -> &WeightMasks {
         &self.masks
-    }
-
-    pub fn log(&self) -> &[IeeCycle] {
-        &self.log
     }
 
     fn layers(&self) -> Vec<(usize, WeightLayer)> {
@@ -402,8 +511,12 @@ impl IeeHook {
     }
 
     /// Step 1's end: the `k` lowest-scoring active weights of each layer move to E.
-    fn prune(&mut self, step: usize, model: Model, optim: &mut OptimizerState) -> Result<Model> {
-        let share = self.cycles.share(step);
+    fn prune_weights(
+        &mut self,
+        share: f64,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> Result<Model> {
         let host = model.valid();
         let mut next = vec![];
         for (i, l) in self.layers() {
@@ -428,7 +541,7 @@ impl IeeHook {
     }
 
     /// Step 3's start: E gets its last values back, A is set aside and its moments zeroed.
-    fn explore(&mut self, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+    fn explore_weights(&mut self, model: Model, optim: &mut OptimizerState) -> Result<Model> {
         let host = model.valid();
         let mut model = model;
         let mut weights = vec![None; self.masks.layers().len()];
@@ -462,7 +575,11 @@ impl IeeHook {
 
     /// Step 4: the `k` best of E in each layer join A with their values; A and its moments
     /// are put back; the rest of E is set aside and masked.
-    fn grow(&mut self, step: usize, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+    fn grow_weights(
+        &mut self,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> Result<(Model, usize, usize)> {
         let frozen = self
             .frozen
             .take()
@@ -506,17 +623,11 @@ impl IeeHook {
             .collect();
         optim.restore(&moments)?;
         self.masks.set(next)?;
-        self.log.push(IeeCycle {
-            step: step + 1,
-            swapped,
-            regrown_just_pruned: regrown,
-            loss_before: self.losses.before(),
-            loss_after: None,
-        });
         self.taylor.iter_mut().for_each(|t| *t = None);
         // E's moments from exploration are dropped with the rest of E (and the grown
         // weights' with them: they restart A with fresh moments).
-        self.masks.apply(model, Some(optim))
+        let model = self.masks.apply(model, Some(optim))?;
+        Ok((model, swapped, regrown))
     }
 
     /// The weights of layer `i` that grow back at the end of an exploration: the `k` best of
@@ -587,30 +698,29 @@ fn zero_active(masks: &WeightMasks, grads: GradientsParams) -> Result<GradientsP
 }
 
 #[derive(Serialize, Deserialize)]
-struct IeeState {
+struct WeightState {
     masks: serde_json::Value,
     stored: Vec<Option<Vec<f32>>>,
     pruned: Vec<Vec<usize>>,
     frozen: Option<Frozen>,
-    log: Vec<IeeCycle>,
 }
 
-impl TrainHook for IeeHook {
+impl Units for WeightUnits {
     fn node_hook(&self) -> Option<&dyn NodeHook> {
         // Exploring, every weight computes: A frozen, E with its values back.
         self.frozen
             .is_none()
             .then_some(&self.masks as &dyn NodeHook)
     }
-    fn after_backward(
+    fn gradients(
         &mut self,
-        info: &StepInfo,
+        stage: Stage,
+        scoring: bool,
         model: &Model,
         grads: GradientsParams,
     ) -> Result<GradientsParams> {
-        let (stage, p) = self.cycles.stage(info.global_step);
         let explore = stage == Stage::Explore;
-        if self.taylor_scores && (explore || (stage == Stage::Exploit && p < self.cycles.h)) {
+        if self.taylor_scores && scoring {
             self.accumulate(model, &grads, explore)?;
         }
         if explore {
@@ -619,27 +729,17 @@ impl TrainHook for IeeHook {
             Ok(grads)
         }
     }
-    fn after_step(
-        &mut self,
-        info: &StepInfo,
-        model: Model,
-        optim: &mut OptimizerState,
-    ) -> Result<Model> {
-        let (stage, p) = self.cycles.stage(info.global_step);
-        let c = self.cycles;
-        match stage {
-            Stage::Exploit if p == c.h - 1 => self.prune(info.global_step, model, optim),
-            Stage::Exploit if p == c.h + c.j - 1 => self.explore(model, optim),
-            Stage::Explore if p == c.steps() - 1 => self.grow(info.global_step, model, optim),
-            _ => Ok(model),
-        }
+    fn prune(&mut self, share: f64, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+        self.prune_weights(share, model, optim)
     }
-    fn step_done(&mut self, info: &StepInfo, loss: f64, _samples: usize) {
-        self.losses
-            .step(&self.cycles, info.global_step, loss, &mut self.log);
+    fn explore(&mut self, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+        self.explore_weights(model, optim)
     }
-    fn state(&self) -> Result<Option<serde_json::Value>> {
-        serde_json::to_value(IeeState {
+    fn grow(&mut self, model: Model, optim: &mut OptimizerState) -> Result<(Model, usize, usize)> {
+        self.grow_weights(model, optim)
+    }
+    fn state(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(WeightState {
             masks: self.masks.state()?.unwrap_or_default(),
             stored: self.stored.clone(),
             pruned: self.pruned.clone(),
@@ -647,16 +747,14 @@ impl TrainHook for IeeHook {
                 weights: f.weights.clone(),
                 moments: f.moments.clone(),
             }),
-            log: self.log.clone(),
         })
-        .map(Some)
         .map_err(|e| LopperError::Config(e.to_string()))
     }
     fn restore(&mut self, state: serde_json::Value) -> Result<()> {
-        let s: IeeState =
+        let s: WeightState =
             serde_json::from_value(state).map_err(|e| LopperError::Config(e.to_string()))?;
         self.masks.restore(s.masks)?;
-        (self.stored, self.pruned, self.frozen, self.log) = (s.stored, s.pruned, s.frozen, s.log);
+        (self.stored, self.pruned, self.frozen) = (s.stored, s.pruned, s.frozen);
         Ok(())
     }
 }
@@ -721,7 +819,8 @@ impl PruneMethod for Iee {
         let cycles = p.cycles(total);
         p.warn_if_no_cycle(&cycles, total, cx);
         let criterion = p.criterion.unwrap_or(Criterion::L1);
-        let mut hook = IeeHook::new(masks, budget.pattern(), cycles, criterion, cx.dense)?;
+        let units = WeightUnits::new(masks, budget.pattern(), criterion, cx.dense)?;
+        let mut hook = IeeHook::new(units, cycles);
         let cfg = phase_config(cx, p.iee_epochs, p.iee_lr);
         let (_, resuming) = cx.phase_run();
         let what = match budget {
@@ -734,7 +833,7 @@ impl PruneMethod for Iee {
         let (outcome, collapse) =
             cx.train_phase_from(start, "IEE's phase", cfg, &data, &mut hook)?;
         crate::fsutil::write_jsonl(&cx.work_dir.join("iee_log.jsonl"), hook.log())?;
-        let model = hook.masks.apply(outcome.model.valid(), None)?;
+        let model = hook.units().masks.apply(outcome.model.valid(), None)?;
         Ok(MethodOutcome {
             model,
             measured_ms: None,

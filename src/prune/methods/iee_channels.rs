@@ -45,7 +45,7 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use super::halp::knapsack_selection;
-use super::iee::{CycleLosses, Cycles, IeeCycle, IeePlan, Stage};
+use super::iee::{IeeHook, IeePlan, Stage, Units};
 use super::{MethodContext, MethodOutcome, build_for_budget, phase_config};
 use crate::error::{LopperError, Result};
 use crate::graph::Graph;
@@ -60,7 +60,7 @@ use crate::prune::mask::{ChannelMasks, Selection};
 use crate::prune::measured::Surgery;
 use crate::prune::surgery::kept_elements;
 use crate::prune::weights::Density;
-use crate::train::{OptimizerState, StepInfo, TrainHook, mask_gradients};
+use crate::train::{OptimizerState, mask_gradients};
 
 /// A trainable parameter: full name, id and shape.
 #[derive(Debug, Clone)]
@@ -136,12 +136,11 @@ struct Frozen {
     moments: Vec<(u64, Vec<f32>, Vec<usize>)>,
 }
 
-/// The training hook.
-pub struct IeeChannelHook<'a> {
+/// IEE's units on channels: the prunable groups' channels.
+pub struct ChannelUnits<'a> {
     graph: Graph,
     groups: Vec<ChannelGroup>,
     params: Vec<ParamInfo>,
-    cycles: Cycles,
     scorer: Box<dyn Importance>,
     growth: Growth<'a>,
     active: Selection,
@@ -152,13 +151,11 @@ pub struct IeeChannelHook<'a> {
     frozen: Option<Frozen>,
     masks: Option<ChannelMasks>,
     train_device: burn::tensor::Device,
-    losses: CycleLosses,
-    log: Vec<IeeCycle>,
     /// Per group, the channels the last grow brought back.
     last_grown: Vec<Vec<usize>>,
 }
 
-impl<'a> IeeChannelHook<'a> {
+impl<'a> ChannelUnits<'a> {
     /// IEE on `groups` from the selection `start`; `source` (the model training starts
     /// from) gives the masked channels' last values. `device` is the plain training device.
     #[allow(clippy::too_many_arguments)]
@@ -166,12 +163,11 @@ impl<'a> IeeChannelHook<'a> {
         source: &Model,
         groups: &[ChannelGroup],
         start: Selection,
-        cycles: Cycles,
         criterion: Criterion,
         growth: Growth<'a>,
         seed: u64,
         device: &burn::tensor::Device,
-    ) -> Result<IeeChannelHook<'a>> {
+    ) -> Result<ChannelUnits<'a>> {
         let params: Vec<ParamInfo> = source
             .named_tensors()
             .into_iter()
@@ -183,11 +179,10 @@ impl<'a> IeeChannelHook<'a> {
             })
             .collect();
         let stored = param_values(source, &params)?;
-        let mut hook = IeeChannelHook {
+        let mut units = ChannelUnits {
             graph: source.graph.clone(),
             groups: groups.to_vec(),
             params,
-            cycles,
             scorer: criterion.build(seed),
             growth,
             active: start,
@@ -196,12 +191,10 @@ impl<'a> IeeChannelHook<'a> {
             frozen: None,
             masks: None,
             train_device: device.clone().autodiff(),
-            losses: CycleLosses::default(),
-            log: vec![],
             last_grown: vec![vec![]; groups.len()],
         };
-        hook.mask();
-        Ok(hook)
+        units.mask();
+        Ok(units)
     }
 
     /// The active set now.
@@ -212,10 +205,6 @@ impl<'a> IeeChannelHook<'a> {
     /// Per group, the channels the last grow brought back into the active set.
     pub fn last_grown(&self) -> &[Vec<usize>] {
         &self.last_grown
-    }
-
-    pub fn log(&self) -> &[IeeCycle] {
-        &self.log
     }
 
     fn mask(&mut self) {
@@ -243,10 +232,14 @@ impl<'a> IeeChannelHook<'a> {
     }
 
     /// Step 1's end: the `k` lowest-scoring active channels of each group move to E.
-    fn prune(&mut self, step: usize, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+    fn prune_channels(
+        &mut self,
+        share: f64,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> Result<Model> {
         let host = model.valid();
         let scores = self.scores(&host)?;
-        let share = self.cycles.share(step);
         let before = active_elements(&host, &self.groups, &self.active, &self.params)?;
         let values = param_values(&host, &self.params)?;
         for g in self.groups.iter().filter(|g| g.is_prunable()) {
@@ -274,7 +267,7 @@ impl<'a> IeeChannelHook<'a> {
     }
 
     /// Step 3's start: E gets its last values back, A is set aside, every channel computes.
-    fn explore(&mut self, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+    fn explore_channels(&mut self, model: Model, optim: &mut OptimizerState) -> Result<Model> {
         let host = model.valid();
         let active = active_elements(&host, &self.groups, &self.active, &self.params)?;
         let values = param_values(&host, &self.params)?;
@@ -373,7 +366,11 @@ impl<'a> IeeChannelHook<'a> {
 
     /// Step 4: E's best join A with their explored values; A and its optimiser state are put
     /// back; the rest of E keeps its values aside and is masked again.
-    fn grow(&mut self, step: usize, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+    fn grow_channels(
+        &mut self,
+        model: Model,
+        optim: &mut OptimizerState,
+    ) -> Result<(Model, usize, usize)> {
         let frozen = self
             .frozen
             .take()
@@ -427,16 +424,9 @@ impl<'a> IeeChannelHook<'a> {
             self.active.keep[g.id] = (kept.len() < g.channels).then_some(kept);
         }
         self.last_grown = grown;
-        self.log.push(IeeCycle {
-            step: step + 1,
-            swapped,
-            regrown_just_pruned: regrown,
-            loss_before: self.losses.before(),
-            loss_after: None,
-        });
         self.scorer.reset();
         self.mask();
-        Ok(model)
+        Ok((model, swapped, regrown))
     }
 
     /// Zeroes A's gradients (exploration trains E alone).
@@ -455,28 +445,27 @@ impl<'a> IeeChannelHook<'a> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct IeeChannelState {
+struct ChannelState {
     keep: Vec<Option<Vec<usize>>>,
     pruned: Vec<Vec<usize>>,
     stored: Vec<Vec<f32>>,
     frozen: Option<Frozen>,
-    log: Vec<IeeCycle>,
 }
 
-impl TrainHook for IeeChannelHook<'_> {
+impl Units for ChannelUnits<'_> {
     fn node_hook(&self) -> Option<&dyn NodeHook> {
         self.masks.as_ref().map(|m| m as &dyn NodeHook)
     }
-    fn after_backward(
+    fn gradients(
         &mut self,
-        info: &StepInfo,
+        stage: Stage,
+        scoring: bool,
         model: &Model,
         grads: GradientsParams,
     ) -> Result<GradientsParams> {
-        let (stage, p) = self.cycles.stage(info.global_step);
         // Scores accumulate over the steps the scored set trains (A's H, E's Q) and, for the
         // final build, the fixed stage.
-        if self.scorer.wants_gradients() && !(stage == Stage::Exploit && p >= self.cycles.h) {
+        if self.scorer.wants_gradients() && (scoring || stage == Stage::Fixed) {
             self.scorer.accumulate(model, &grads)?;
         }
         if stage == Stage::Explore {
@@ -485,27 +474,17 @@ impl TrainHook for IeeChannelHook<'_> {
             Ok(grads)
         }
     }
-    fn after_step(
-        &mut self,
-        info: &StepInfo,
-        model: Model,
-        optim: &mut OptimizerState,
-    ) -> Result<Model> {
-        let (stage, p) = self.cycles.stage(info.global_step);
-        let c = self.cycles;
-        match stage {
-            Stage::Exploit if p == c.h - 1 => self.prune(info.global_step, model, optim),
-            Stage::Exploit if p == c.h + c.j - 1 => self.explore(model, optim),
-            Stage::Explore if p == c.steps() - 1 => self.grow(info.global_step, model, optim),
-            _ => Ok(model),
-        }
+    fn prune(&mut self, share: f64, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+        self.prune_channels(share, model, optim)
     }
-    fn step_done(&mut self, info: &StepInfo, loss: f64, _samples: usize) {
-        self.losses
-            .step(&self.cycles, info.global_step, loss, &mut self.log);
+    fn explore(&mut self, model: Model, optim: &mut OptimizerState) -> Result<Model> {
+        self.explore_channels(model, optim)
     }
-    fn state(&self) -> Result<Option<serde_json::Value>> {
-        serde_json::to_value(IeeChannelState {
+    fn grow(&mut self, model: Model, optim: &mut OptimizerState) -> Result<(Model, usize, usize)> {
+        self.grow_channels(model, optim)
+    }
+    fn state(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(ChannelState {
             keep: self.active.keep.clone(),
             pruned: self.pruned.clone(),
             stored: self.stored.clone(),
@@ -514,13 +493,11 @@ impl TrainHook for IeeChannelHook<'_> {
                 active: f.active.clone(),
                 moments: f.moments.clone(),
             }),
-            log: self.log.clone(),
         })
-        .map(Some)
         .map_err(|e| LopperError::Config(e.to_string()))
     }
     fn restore(&mut self, state: serde_json::Value) -> Result<()> {
-        let s: IeeChannelState =
+        let s: ChannelState =
             serde_json::from_value(state).map_err(|e| LopperError::Config(e.to_string()))?;
         if s.keep.len() != self.groups.len() || s.stored.len() != self.params.len() {
             return Err(LopperError::Config(
@@ -528,7 +505,7 @@ impl TrainHook for IeeChannelHook<'_> {
             ));
         }
         self.active = Selection { keep: s.keep };
-        (self.pruned, self.stored, self.frozen, self.log) = (s.pruned, s.stored, s.frozen, s.log);
+        (self.pruned, self.stored, self.frozen) = (s.pruned, s.stored, s.frozen);
         if self.frozen.is_some() {
             self.masks = None;
         } else {
@@ -588,16 +565,16 @@ pub(crate) fn prune(plan: &IeePlan, cx: &mut MethodContext) -> Result<MethodOutc
     let total = cx.data.train.num_batches() * plan.iee_epochs;
     let cycles = plan.cycles(total);
     plan.warn_if_no_cycle(&cycles, total, cx);
-    let mut hook = IeeChannelHook::new(
+    let units = ChannelUnits::new(
         cx.dense,
         groups,
         start,
-        cycles,
         criterion,
         growth,
         cx.cfg.seed,
         cx.device,
     )?;
+    let mut hook = IeeHook::new(units, cycles);
     let cfg = phase_config(cx, plan.iee_epochs, plan.iee_lr);
     let (_, resuming) = cx.phase_run();
     let what = format!("{}, {how} start", cb.budget);
@@ -605,18 +582,19 @@ pub(crate) fn prune(plan: &IeePlan, cx: &mut MethodContext) -> Result<MethodOutc
         .message(&plan.describe(&what, &cycles, cfg.lr, resuming));
     let data = cx.phase_data();
     let (outcome, collapse) = cx.train_phase("IEE's phase", cfg, &data, &mut hook)?;
-    crate::fsutil::write_jsonl(&cx.work_dir.join("iee_log.jsonl"), &hook.log)?;
+    crate::fsutil::write_jsonl(&cx.work_dir.join("iee_log.jsonl"), hook.log())?;
+    let units = hook.units();
     let trained = outcome.model.valid();
     // The build keeps A: its channels rank above E's in every group (each set in the order of
     // the criterion's last scores), and the repair to the budget trades by those ranks.
-    let last = hook.scores(&trained)?;
+    let last = units.scores(&trained)?;
     let ranked: Vec<Vec<f64>> = groups
         .iter()
         .map(|g| {
             if !g.is_prunable() {
                 return vec![];
             }
-            let kept = hook.active.kept(groups, g.id);
+            let kept = units.active.kept(groups, g.id);
             let top = last[g.id].iter().copied().fold(0.0f64, f64::max).max(1e-30);
             (0..g.channels)
                 .map(|c| {
@@ -628,7 +606,7 @@ pub(crate) fn prune(plan: &IeePlan, cx: &mut MethodContext) -> Result<MethodOutc
         .collect();
     let ratios: Vec<f64> = groups
         .iter()
-        .map(|g| hook.active.kept(groups, g.id).len() as f64 / g.channels as f64)
+        .map(|g| units.active.kept(groups, g.id).len() as f64 / g.channels as f64)
         .collect();
     let surgery = Surgery {
         source: &trained,
