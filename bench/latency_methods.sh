@@ -9,7 +9,8 @@
 #   LOPPER=target/release/lopper RUN=bench/runs/lenet5 PROFILE=bench/runs/lenet5.latency.json \
 #     SEEDS="0 1 2" EPOCHS=2 bench/latency_methods.sh
 #
-# EXTRA passes more flags to every prune (e.g. EXTRA="--train-limit 10000").
+# EXTRA passes more flags to every prune (e.g. EXTRA="--train-limit 10000"), IEE_FLAGS to IEE's
+# (e.g. IEE_FLAGS="--iee-h 6 --iee-j 6 --iee-q 6" where an epoch is short).
 set -euo pipefail
 LOPPER=${LOPPER:-target/release/lopper}
 RUN=${RUN:?the dense run to prune}
@@ -20,6 +21,7 @@ OUT=${OUT:-bench/runs/latency}
 BUDGETS=${BUDGETS:-"latency=0.5"}
 METHODS=${METHODS:-"iee halp dsa"}
 EXTRA=${EXTRA:-}
+IEE_FLAGS=${IEE_FLAGS:-}
 mkdir -p "$OUT"
 row() {
   python3 - "$1" <<'PY'
@@ -38,8 +40,10 @@ for seed in $SEEDS; do
     tag=${budget//[=:.]/-}
     for m in $METHODS; do
       case $m in
-        iee) flags=(--method iee --criterion halp --iee-epochs 1) ;;
-        iee-taylor) flags=(--method iee --criterion taylor --iee-epochs 1) ;;
+        # shellcheck disable=SC2206
+        iee) flags=(--method iee --criterion halp --iee-epochs 1 $IEE_FLAGS) ;;
+        # shellcheck disable=SC2206
+        iee-taylor) flags=(--method iee --criterion taylor --iee-epochs 1 $IEE_FLAGS) ;;
         halp) flags=(--method halp --halp-epochs 1) ;;
         dsa) flags=(--method dsa --dsa-epochs 1) ;;
         *) echo "unknown method $m" >&2; exit 2 ;;

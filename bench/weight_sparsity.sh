@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Weight sparsity side by side (issues 23, 24, 25): from one dense run, magnitude (uniform,
-# global, ERK) fine-tuned E epochs against GMP, PDP and RigL (1 pruning or sparse-training
-# epoch + E-1 fine-tuning epochs; RigL for sparsity budgets only, at its default ERK):
-# equal total epochs. METHODS picks among magnitude, gmp, pdp and rigl, ALLOCS the magnitude
-# allocations for a sparsity budget, PDP_FLAGS adds flags to PDP (TAG names those runs).
+# global, ERK) fine-tuned E epochs against GMP, PDP, RigL and IEE (1 pruning or
+# sparse-training epoch + E-1 fine-tuning epochs; RigL for sparsity budgets only; RigL and IEE
+# at their default ERK): equal total epochs. METHODS picks among magnitude, gmp, pdp, rigl and
+# iee, ALLOCS the magnitude
+# allocations for a sparsity budget, PDP_FLAGS adds flags to PDP (TAG names those runs),
+# IEE_FLAGS to IEE (its cycles where an epoch is short: "--iee-h 6 --iee-j 6 --iee-q 6").
 # Prints one line per prune: method, budget, seed, top-1 before / after fine-tuning, sparsity
 # reached on the saved model, wall time.
 #
@@ -19,6 +21,7 @@ BUDGETS=${BUDGETS:-"sparsity=0.9 nm=2:4"}
 METHODS=${METHODS:-"magnitude gmp pdp rigl"}
 ALLOCS=${ALLOCS:-"uniform global erk"}
 PDP_FLAGS=${PDP_FLAGS:-}
+IEE_FLAGS=${IEE_FLAGS:-}
 TAG=${TAG:-}
 mkdir -p "$OUT"
 row() {
@@ -45,12 +48,13 @@ for seed in $SEEDS; do
         echo "seed $seed $(row "$d")"
       done
     fi
-    for m in gmp pdp rigl; do
+    for m in gmp pdp rigl iee; do
       [[ $METHODS == *$m* ]] || continue
       # RigL moves single weights: unstructured budgets only.
       [[ $m == rigl && $budget != sparsity=* ]] && continue
       flags=()
       [[ $m == pdp && -n $PDP_FLAGS ]] && read -ra flags <<< "$PDP_FLAGS"
+      [[ $m == iee && -n $IEE_FLAGS ]] && read -ra flags <<< "$IEE_FLAGS"
       d="$OUT/$m$TAG-$tag-s$seed"
       rm -rf "$d"
       "$LOPPER" prune --run "$RUN" --method $m --budget "$budget" --$m-epochs 1 "${flags[@]}" \

@@ -13,6 +13,7 @@ pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod graph;
+pub mod kernels;
 pub mod model;
 pub mod plot;
 pub mod prune;

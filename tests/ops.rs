@@ -357,3 +357,88 @@ fn gradients_match_finite_differences() {
     }
     assert!(checked >= 20);
 }
+
+/// The hand-written convolution kernels (forward, input and weight gradients) equal Burn's
+/// composed ops to 1e-4 relative on random shapes: odd sizes, stride 2, padding, 1×1.
+#[test]
+fn conv_kernels_match_burn() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use lopper::kernels::conv::{
+        ConvShape, conv2d as k_conv2d, conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad,
+    };
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(26);
+    let ad = dev().autodiff();
+    let cases = [
+        // (batch, c_in, h, w, c_out, k, stride, pad)
+        (2, 3, 7, 5, 4, 3, 1, 1),
+        (3, 5, 9, 9, 6, 3, 2, 1),
+        (2, 4, 8, 6, 3, 1, 1, 0),
+        (1, 6, 10, 7, 5, 1, 2, 0),
+        (2, 2, 6, 6, 3, 5, 1, 2),
+        (4, 16, 11, 11, 8, 3, 2, 0),
+    ];
+    let rel = |a: &[f32], b: &[f32], what: &str| {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{what}[{i}]: kernel {x}, burn {y} (scale {scale})"
+            );
+        }
+        assert_eq!(a.len(), b.len(), "{what}: length");
+    };
+    for (n, ci, h, w, co, k, s, p) in cases {
+        let shape = ConvShape {
+            batch: n,
+            c_in: ci,
+            height: h,
+            width: w,
+            c_out: co,
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+        };
+        let mut draw =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let x = draw(shape.input_len());
+        let wt = draw(shape.weight_len());
+        let b = draw(co);
+        let r = draw(shape.output_len());
+        let [oh, ow] = shape.out_hw();
+        let what = format!("{shape:?}");
+        // Burn: y = conv2d(x, w, b); L = sum(y * r), so dL/dy = r.
+        let xt = Tensor::<4>::from_data(data(&x, &[n, ci, h, w]), &ad).require_grad();
+        let wtt = Tensor::<4>::from_data(data(&wt, &[co, ci, k, k]), &ad).require_grad();
+        let bt = Tensor::<1>::from_data(data(&b, &[co]), &ad).require_grad();
+        let rt = Tensor::<4>::from_data(data(&r, &[n, co, oh, ow]), &ad);
+        let y = conv2d(
+            xt.clone(),
+            wtt.clone(),
+            Some(bt.clone()),
+            ConvOptions::new([s, s], [p, p], [1, 1], 1),
+        );
+        let grads = (y.clone() * rt).sum().backward();
+        rel(
+            &k_conv2d(&x, &wt, Some(&b), &shape),
+            &host(y),
+            &format!("{what} forward"),
+        );
+        rel(
+            &conv2d_input_grad(&wt, &r, &shape),
+            &host(xt.grad(&grads).unwrap()),
+            &format!("{what} dx"),
+        );
+        rel(
+            &conv2d_weight_grad(&x, &r, &shape),
+            &host(wtt.grad(&grads).unwrap()),
+            &format!("{what} dw"),
+        );
+        rel(
+            &conv2d_bias_grad(&r, &shape),
+            &host(bt.grad(&grads).unwrap()),
+            &format!("{what} db"),
+        );
+    }
+}

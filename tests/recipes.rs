@@ -89,6 +89,10 @@ fn every_recipe_runs() {
                 // One allocation epoch, with a keep-ratio step after every weight step.
                 args.extend(["--dsa-epochs", "1", "--ratio-every", "1"]);
             }
+            if table.get("method").and_then(|m| m.as_str()) == Some("iee") {
+                // 64 steps: cycles of 24 fit twice in the first 75% (50 each would not fit).
+                args.extend(["--iee-h", "8", "--iee-j", "8", "--iee-q", "8"]);
+            }
         } else {
             // From scratch the recipe's own allocation epochs train the model, on more data
             // (on 4096 images a LeNet-5 at batch 64 with a ratio step after every weight step
@@ -130,6 +134,9 @@ fn every_recipe_runs() {
                 "dsa_epochs",
                 "ratio_every",
                 "train_limit",
+                "iee_h",
+                "iee_j",
+                "iee_q",
             ]
             .contains(&k.as_str())
             {

@@ -794,15 +794,19 @@ impl IeePlan {
         )
     }
 
-    /// Warns when no cycle fits in the phase.
-    pub(crate) fn warn_if_no_cycle(&self, cycles: &Cycles, total: usize, cx: &mut MethodContext) {
+    /// Refuses a phase in which no cycle fits: it would train fixed masks and call that IEE.
+    pub(crate) fn check_cycles(&self, cycles: &Cycles, total: usize) -> Result<()> {
         if cycles.count() == 0 {
-            cx.progress.warning(&format!(
-                "IEE: no cycle of {} steps fits in {} of the phase's {total} steps; the phase trains with fixed masks. Use smaller --iee-h/--iee-j/--iee-q or more --iee-epochs",
+            return Err(LopperError::Config(format!(
+                "IEE: no cycle of {} steps (H {} + J {} + Q {}) fits in the first {} of the phase's {total} steps; use smaller --iee-h/--iee-j/--iee-q, more --iee-epochs or a later --iee-end",
                 cycles.steps(),
+                self.iee_h,
+                self.iee_j,
+                self.iee_q,
                 cycles.end
-            ));
+            )));
         }
+        Ok(())
     }
 }
 
@@ -813,11 +817,11 @@ impl PruneMethod for Iee {
         }
         let budget = cx.weight_budget()?;
         let p = &self.plan;
-        let density = p.allocation.unwrap_or(Density::Erk);
-        let (masks, start) = sparse_start(cx, budget, density, 0x1EE)?;
         let total = cx.data.train.num_batches() * p.iee_epochs;
         let cycles = p.cycles(total);
-        p.warn_if_no_cycle(&cycles, total, cx);
+        p.check_cycles(&cycles, total)?;
+        let density = p.allocation.unwrap_or(Density::Erk);
+        let (masks, start) = sparse_start(cx, budget, density, 0x1EE)?;
         let criterion = p.criterion.unwrap_or(Criterion::L1);
         let units = WeightUnits::new(masks, budget.pattern(), criterion, cx.dense)?;
         let mut hook = IeeHook::new(units, cycles);
@@ -850,7 +854,23 @@ impl PruneMethod for Iee {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cycles, Stage};
+    use super::{Cycles, IeePlan, Stage};
+
+    #[test]
+    fn a_phase_without_a_whole_cycle_is_refused() {
+        // ResNet-20 on 10,000 images: 78 steps, the cycles end by step 59.
+        let plan = IeePlan::default();
+        let e = plan.check_cycles(&plan.cycles(78), 78).unwrap_err();
+        assert!(e.to_string().contains("--iee-h"), "{e}");
+        let short = IeePlan {
+            iee_h: 6,
+            iee_j: 6,
+            iee_q: 6,
+            ..IeePlan::default()
+        };
+        assert_eq!(short.cycles(78).count(), 3);
+        assert!(short.check_cycles(&short.cycles(78), 78).is_ok());
+    }
 
     #[test]
     fn cycles_run_exploit_then_explore_and_stop_in_time() {

@@ -518,6 +518,9 @@ impl Units for ChannelUnits<'_> {
 /// IEE on channel groups under the context's channel budget.
 pub(crate) fn prune(plan: &IeePlan, cx: &mut MethodContext) -> Result<MethodOutcome> {
     let cb = cx.channel_budget()?;
+    let total = cx.data.train.num_batches() * plan.iee_epochs;
+    let cycles = plan.cycles(total);
+    plan.check_cycles(&cycles, total)?;
     let criterion = plan.criterion.unwrap_or(Criterion::Taylor);
     let groups = cx.groups;
     let round_to = cx.round_to;
@@ -562,9 +565,6 @@ pub(crate) fn prune(plan: &IeePlan, cx: &mut MethodContext) -> Result<MethodOutc
         };
         (sel, Growth::PerGroup, name.to_string())
     };
-    let total = cx.data.train.num_batches() * plan.iee_epochs;
-    let cycles = plan.cycles(total);
-    plan.warn_if_no_cycle(&cycles, total, cx);
     let units = ChannelUnits::new(
         cx.dense,
         groups,
