@@ -1155,6 +1155,34 @@ fn pdp_channels_halp_rigl_and_iee_from_the_cli() {
             "{name}: {report}"
         );
     }
+    // A phase too short for one IEE cycle or one RigL update is refused: it would train
+    // fixed masks under the method's name.
+    for (method, flags, why) in [
+        ("iee", &["--iee-h", "50"][..], "no cycle"),
+        ("rigl", &["--rigl-every", "50"][..], "no mask update fits"),
+    ] {
+        let mut args = vec![
+            "prune",
+            "--run",
+            run_s,
+            "--method",
+            method,
+            "--budget",
+            "sparsity=0.9",
+            "--quiet",
+            "--out",
+        ];
+        let out = dir.path().join(format!("short-{method}"));
+        args.push(out.to_str().unwrap());
+        args.extend(flags);
+        args.extend(common);
+        let o = lopper(&args);
+        assert!(
+            !o.status.success() && stderr(&o).contains(why),
+            "{method}: {}",
+            stderr(&o)
+        );
+    }
     // A channel criterion with a weight budget is refused before any data is read.
     let o = lopper(&[
         "prune",

@@ -320,10 +320,17 @@ impl PruneMethod for Rigl {
     fn prune(&mut self, cx: &mut MethodContext) -> Result<MethodOutcome> {
         let budget = cx.weight_budget()?;
         let p = &self.plan;
-        let density = p.allocation.unwrap_or(Density::Erk);
-        let (masks, start) = sparse_start(cx, budget, density, 0x816)?;
         let total = cx.data.train.num_batches() * p.rigl_epochs;
         let end = (p.rigl_end * total as f64).round() as usize;
+        if p.rigl_every >= end {
+            // No update would run: that is sparse training at fixed masks, not RigL.
+            return Err(LopperError::Config(format!(
+                "RigL: no mask update fits: the first is due at step {} and updates stop at step {end} of the phase's {total}; use a smaller --rigl-every, more --rigl-epochs or a later --rigl-end",
+                p.rigl_every
+            )));
+        }
+        let density = p.allocation.unwrap_or(Density::Erk);
+        let (masks, start) = sparse_start(cx, budget, density, 0x816)?;
         let mut hook = RiglHook::new(masks, p.rigl_fraction, p.rigl_every, end);
         let cfg = phase_config(cx, p.rigl_epochs, p.rigl_lr);
         let (_, resuming) = cx.phase_run();
