@@ -89,9 +89,12 @@ fn every_recipe_runs() {
                 // One allocation epoch, with a keep-ratio step after every weight step.
                 args.extend(["--dsa-epochs", "1", "--ratio-every", "1"]);
             }
-            if table.get("method").and_then(|m| m.as_str()) == Some("iee") {
-                // 64 steps: cycles of 24 fit twice in the first 75% (50 each would not fit).
-                args.extend(["--iee-h", "8", "--iee-j", "8", "--iee-q", "8"]);
+            // 64 steps: IEE's cycles of 24 fit twice in the first 75% (50 each would not fit),
+            // RigL's updates every 10 steps four times (every 100, none would).
+            match table.get("method").and_then(|m| m.as_str()) {
+                Some("iee") => args.extend(["--iee-h", "8", "--iee-j", "8", "--iee-q", "8"]),
+                Some("rigl") => args.extend(["--rigl-every", "10"]),
+                _ => {}
             }
         } else {
             // From scratch the recipe's own allocation epochs train the model, on more data
@@ -137,6 +140,7 @@ fn every_recipe_runs() {
                 "iee_h",
                 "iee_j",
                 "iee_q",
+                "rigl_every",
             ]
             .contains(&k.as_str())
             {
