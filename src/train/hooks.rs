@@ -205,6 +205,9 @@ pub fn mask_gradients(
     Ok(grads)
 }
 
+/// Optimiser state as host values: `(parameter id, values, shape)` per state tensor.
+pub type HostState = Vec<(u64, Vec<f32>, Vec<usize>)>;
+
 /// The optimiser's per-parameter state (SGD's momentum, Adam's moments), as the hooks may
 /// touch it after a step. Burn keeps the states private and type-erased; they are edited
 /// through the optimiser's own serialised record (tensors named `{param id}.{field}`), so an
@@ -265,6 +268,30 @@ impl<'a> OptimizerState<'a> {
             Ok(None)
         })?;
         Ok(saved)
+    }
+
+    /// [`Self::snapshot`] as plain host values, `(parameter id, values, shape)`, for a hook's
+    /// checkpoint state; [`Self::restore_host`] puts it back.
+    pub fn snapshot_host(&mut self, params: &[ParamId]) -> Result<HostState> {
+        self.snapshot(params)?
+            .into_iter()
+            .map(|(id, d)| {
+                let shape = d.shape().to_vec();
+                d.convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .map(|v| (id, v, shape))
+                    .map_err(|e| LopperError::Graph(format!("{e:?}")))
+            })
+            .collect()
+    }
+
+    /// Puts back a [`Self::snapshot_host`].
+    pub fn restore_host(&mut self, saved: HostState) -> Result<()> {
+        let saved: Vec<(u64, TensorData)> = saved
+            .into_iter()
+            .map(|(id, v, shape)| (id, TensorData::new(v, shape)))
+            .collect();
+        self.restore(&saved)
     }
 
     /// Puts back the state tensors of a [`Self::snapshot`], each parameter's in the order

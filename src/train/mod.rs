@@ -15,7 +15,9 @@ pub mod trainer;
 pub use batch_norm::{has_batch_norm, recalibrate_batch_norm};
 pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
 pub use eval::{EvalMetrics, evaluate};
-pub use hooks::{NoTrainHook, NodeChain, OptimizerState, StepInfo, TrainHook, mask_gradients};
+pub use hooks::{
+    HostState, NoTrainHook, NodeChain, OptimizerState, StepInfo, TrainHook, mask_gradients,
+};
 pub use progress::{Progress, ProgressHook, Silent};
 pub use run::{EpochRecord, RunDir};
 pub use trainer::{TrainData, TrainOutcome, Trainer};

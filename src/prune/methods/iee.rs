@@ -51,7 +51,7 @@ use crate::prune::importance::Criterion;
 use crate::prune::weights::{
     Density, Pattern, WeightBudget, WeightLayer, WeightMasks, set_weight_values, weight_values,
 };
-use crate::train::{OptimizerState, StepInfo, TrainHook, mask_gradients};
+use crate::train::{HostState, OptimizerState, StepInfo, TrainHook, mask_gradients};
 
 use super::magnitude::sparse_start;
 
@@ -423,7 +423,7 @@ struct Frozen {
     /// A's weights per layer (masks' layer order; none for dense layers).
     weights: Vec<Option<Vec<f32>>>,
     /// A's optimiser state: (parameter id, values, shape).
-    moments: Vec<(u64, Vec<f32>, Vec<usize>)>,
+    moments: HostState,
 }
 
 /// IEE's units on weights: the masked layers' single weights.
@@ -559,14 +559,7 @@ impl WeightUnits {
             ids.push(Self::param(&l));
             e_only.push((Self::param(&l), mask.iter().map(|m| 1.0 - m).collect()));
         }
-        let moments = optim
-            .snapshot(&ids)?
-            .into_iter()
-            .map(|(id, d)| {
-                let shape = d.shape().to_vec();
-                values(d).map(|v| (id, v, shape))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let moments = optim.snapshot_host(&ids)?;
         optim.scale(&e_only)?;
         self.frozen = Some(Frozen { weights, moments });
         self.taylor.iter_mut().for_each(|t| *t = None);
@@ -616,12 +609,7 @@ impl WeightUnits {
             model = set_weight_values(model, &l, new)?;
             next.push(m);
         }
-        let moments: Vec<(u64, TensorData)> = frozen
-            .moments
-            .into_iter()
-            .map(|(id, v, shape)| (id, TensorData::new(v, shape)))
-            .collect();
-        optim.restore(&moments)?;
+        optim.restore_host(frozen.moments)?;
         self.masks.set(next)?;
         self.taylor.iter_mut().for_each(|t| *t = None);
         // E's moments from exploration are dropped with the rest of E (and the grown

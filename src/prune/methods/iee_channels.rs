@@ -60,7 +60,7 @@ use crate::prune::mask::{ChannelMasks, Selection};
 use crate::prune::measured::Surgery;
 use crate::prune::surgery::kept_elements;
 use crate::prune::weights::Density;
-use crate::train::{OptimizerState, mask_gradients};
+use crate::train::{HostState, OptimizerState, mask_gradients};
 
 /// A trainable parameter: full name, id and shape.
 #[derive(Debug, Clone)]
@@ -133,7 +133,7 @@ struct Frozen {
     /// A's elements (1) per parameter.
     active: Vec<Vec<f32>>,
     /// The optimiser state: (parameter id, values, shape).
-    moments: Vec<(u64, Vec<f32>, Vec<usize>)>,
+    moments: HostState,
 }
 
 /// IEE's units on channels: the prunable groups' channels.
@@ -282,14 +282,7 @@ impl<'a> ChannelUnits<'a> {
             })
             .collect();
         let model = self.put(model, with_e)?;
-        let moments = optim
-            .snapshot(&self.ids())?
-            .into_iter()
-            .map(|(id, d)| {
-                let shape = d.shape().to_vec();
-                to_host(d).map(|v| (id, v, shape))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let moments = optim.snapshot_host(&self.ids())?;
         optim.reset(&self.ids())?;
         self.frozen = Some(Frozen {
             values,
@@ -399,12 +392,7 @@ impl<'a> ChannelUnits<'a> {
             );
         }
         let model = self.put(model, next)?;
-        let moments: Vec<(u64, TensorData)> = frozen
-            .moments
-            .into_iter()
-            .map(|(id, v, shape)| (id, TensorData::new(v, shape)))
-            .collect();
-        optim.restore(&moments)?;
+        optim.restore_host(frozen.moments)?;
         // Only A's elements keep their state: grown channels start fresh.
         optim.scale(
             &self
