@@ -1,7 +1,8 @@
 //! Training-step throughput of a zoo model on the default backend, and where the time goes.
 //!
 //! `cargo run --release --example bench_step -- [--model resnet20] [--batch 128] [--steps 20]
-//! [--device cpu|cuda|wgpu] [--reps 3]` (`--reps 0` skips the per-op profile)
+//! [--device cpu|cuda|wgpu] [--reps 3] [--kernels on|off|both]` (`--reps 0` skips the per-op
+//! profile; `--kernels` picks lopper's convolution kernels, Burn's own op, or both side by side)
 //!
 //! Prints one JSON line with images/s for the full step, then a profile table: the step split
 //! into data preparation, forward (+ loss), backward and optimiser (each timed with a device
@@ -130,7 +131,7 @@ fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usiz
 fn main() {
     let model_name: String = arg("--model", "resnet20".to_string());
     let batch = arg("--batch", 128);
-    let steps = arg("--steps", 20);
+    let steps: usize = arg("--steps", 20);
     let device_name: String = arg("--device", "cpu".to_string());
     let device = match lopper::device::training_device(&device_name) {
         Ok(d) => d,
@@ -157,33 +158,55 @@ fn main() {
     );
     let batches: Vec<_> = batcher.epoch(0, 0, 0).collect();
 
-    // Full steps, data prepared ahead (as in training).
-    let mut phase: BTreeMap<&str, f64> = BTreeMap::new();
+    // Full steps, data prepared ahead (as in training). With `--kernels both`, rounds with
+    // lopper's kernels and with Burn's own convolution alternate, so both see the same machine.
+    let kernels: String = arg("--kernels", "on".to_string());
+    let modes: Vec<bool> = match kernels.as_str() {
+        "on" => vec![true],
+        "off" => vec![false],
+        "both" => vec![true, false],
+        other => {
+            eprintln!("bench_step: --kernels takes on, off or both, not '{other}'");
+            std::process::exit(2);
+        }
+    };
+    let rounds = if modes.len() > 1 { 2 } else { 1 };
+    let per_round = steps.div_ceil(rounds);
+    let mut phase: BTreeMap<(bool, &str), f64> = BTreeMap::new();
+    let mut timed: BTreeMap<bool, (f64, usize)> = BTreeMap::new();
     let warmup = 3;
-    let mut timed_secs = 0.0;
-    for b in 0..warmup + steps {
-        let timed = b >= warmup;
-        let batch = &batches[b % batches.len()];
-        let t0 = Instant::now();
-        let (x, _) = batch.to_tensors(&device);
-        let logits = model.forward(x, true);
-        let loss = cross_entropy(logits, &batch.labels, 0.0, &device);
-        let _ = loss.clone().into_scalar::<f32>();
-        let t1 = Instant::now();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        sync(&device);
-        let t2 = Instant::now();
-        model = optim.step(0.05, model, grads);
-        sync(&device);
-        let t3 = Instant::now();
-        if timed {
-            *phase.entry("forward + loss").or_default() += (t1 - t0).as_secs_f64();
-            *phase.entry("backward").or_default() += (t2 - t1).as_secs_f64();
-            *phase.entry("optimiser").or_default() += (t3 - t2).as_secs_f64();
-            timed_secs += (t3 - t0).as_secs_f64();
+    for _ in 0..rounds {
+        for &on in &modes {
+            lopper::kernels::set_enabled(on);
+            for b in 0..warmup + per_round {
+                let is_timed = b >= warmup;
+                let batch = &batches[b % batches.len()];
+                let t0 = Instant::now();
+                let (x, _) = batch.to_tensors(&device);
+                let logits = model.forward(x, true);
+                let loss = cross_entropy(logits, &batch.labels, 0.0, &device);
+                let _ = loss.clone().into_scalar::<f32>();
+                let t1 = Instant::now();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                sync(&device);
+                let t2 = Instant::now();
+                model = optim.step(0.05, model, grads);
+                sync(&device);
+                let t3 = Instant::now();
+                if is_timed {
+                    *phase.entry((on, "forward + loss")).or_default() += (t1 - t0).as_secs_f64();
+                    *phase.entry((on, "backward")).or_default() += (t2 - t1).as_secs_f64();
+                    *phase.entry((on, "optimiser")).or_default() += (t3 - t2).as_secs_f64();
+                    let t = timed.entry(on).or_default();
+                    t.0 += (t3 - t0).as_secs_f64();
+                    t.1 += 1;
+                }
+            }
         }
     }
-    let step_secs = timed_secs / steps as f64;
+    lopper::kernels::set_enabled(modes[0]);
+    let step_of = |on: bool| timed[&on].0 / timed[&on].1 as f64;
+    let step_secs = step_of(modes[0]);
     let engine = match device_name.as_str() {
         "cpu" | "flex" => "burn flex",
         other => other,
@@ -191,18 +214,41 @@ fn main() {
     let data_secs = time(5, || {
         let _ = batcher.epoch(7, 1, 0).next();
     });
+    let label = |on: bool| if on { "lopper kernels" } else { "burn conv" };
     println!(
-        "{{\"engine\": \"lopper ({engine})\", \"model\": \"{model_name}\", \"batch\": {batch}, \"steps\": {steps}, \"images_per_sec\": {:.2}, \"step_seconds\": {:.4}}}",
+        "{{\"engine\": \"lopper ({engine}, {})\", \"model\": \"{model_name}\", \"batch\": {batch}, \"steps\": {}, \"images_per_sec\": {:.2}, \"step_seconds\": {:.4}}}",
+        label(modes[0]),
+        timed[&modes[0]].1,
         batch as f64 / step_secs,
         step_secs
     );
+    if modes.len() > 1 {
+        let other = step_of(false);
+        println!(
+            "\nSide by side ({rounds} alternating rounds of {per_round} steps): lopper kernels {:.1} images/s, burn conv {:.1} images/s, ratio {:.2}",
+            batch as f64 / step_secs,
+            batch as f64 / other,
+            other / step_secs
+        );
+    }
 
-    println!("\nStep phases (mean seconds per step, each followed by a device sync):");
-    println!("| phase | seconds | share |\n|---|---|---|");
-    let total: f64 = phase.values().sum::<f64>() / steps as f64;
-    for (k, v) in &phase {
-        let v = v / steps as f64;
-        println!("| {k} | {v:.4} | {:.1}% |", 100.0 * v / total);
+    for &on in &modes {
+        let n = timed[&on].1 as f64;
+        println!(
+            "\nStep phases, {} (mean seconds per step, each followed by a device sync):",
+            label(on)
+        );
+        println!("| phase | seconds | share |\n|---|---|---|");
+        let total: f64 = phase
+            .iter()
+            .filter(|((m, _), _)| *m == on)
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            / n;
+        for ((_, k), v) in phase.iter().filter(|((m, _), _)| *m == on) {
+            let v = v / n;
+            println!("| {k} | {v:.4} | {:.1}% |", 100.0 * v / total);
+        }
     }
     println!("| data (prepared on a worker thread, overlapped) | {data_secs:.4} | — |");
 

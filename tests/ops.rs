@@ -442,3 +442,114 @@ fn conv_kernels_match_burn() {
         );
     }
 }
+
+/// `lopper::kernels::conv2d` (the kernels through Burn's backend extension, forward and
+/// handwritten backward on `Autodiff<Flex>`) against Burn's own `conv2d` on random geometries:
+/// odd sizes, strides 1–3, padding, 1×1 to 5×5, with and without bias, strided (non-contiguous)
+/// inputs, and grouped or dilated convolutions, which must fall back to Burn's op.
+#[test]
+fn conv_extension_matches_burn_on_random_shapes() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use lopper::kernels;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(2026);
+    let ad = dev().autodiff();
+    let rel = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{what}[{i}]: extension {x}, burn {y} (scale {scale})"
+            );
+        }
+    };
+    let mut covered = 0;
+    for case in 0..40 {
+        let k = [1, 3, 3, 5][rng.random_range(0..4)];
+        let stride = rng.random_range(1..=3);
+        let pad = rng.random_range(0..=k / 2 + 1);
+        let grouped = case % 8 == 7;
+        let dilated = case % 8 == 6;
+        let groups = if grouped { 2 } else { 1 };
+        let dilation = if dilated { 2 } else { 1 };
+        let ci = groups * rng.random_range(1..=6);
+        let co = groups * rng.random_range(1..=5);
+        let n = rng.random_range(1..=4);
+        let h = rng.random_range(dilation * (k - 1) + 1..=13);
+        let w = rng.random_range(dilation * (k - 1) + 1..=11);
+        let bias = rng.random_bool(0.5);
+        let transposed = rng.random_bool(0.3);
+        let opts = ConvOptions::new([stride, stride], [pad, pad], [dilation, dilation], groups);
+        let what = format!(
+            "case {case}: x [{n},{ci},{h},{w}] w [{co},{},{k},{k}] stride {stride} pad {pad} \
+             groups {groups} dilation {dilation} bias {bias} transposed {transposed}",
+            ci / groups
+        );
+        let mut draw =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let xv = draw(n * ci * h * w);
+        let wv = draw(co * (ci / groups) * k * k);
+        let bv = draw(co);
+        let run = |ours: bool| {
+            // A transposed input is stored [N, C, W, H] and swapped back: a strided view.
+            let leaf_shape = if transposed {
+                [n, ci, w, h]
+            } else {
+                [n, ci, h, w]
+            };
+            let leaf = Tensor::<4>::from_data(data(&xv, &leaf_shape), &ad).require_grad();
+            let x = if transposed {
+                leaf.clone().swap_dims(2, 3)
+            } else {
+                leaf.clone()
+            };
+            let wt =
+                Tensor::<4>::from_data(data(&wv, &[co, ci / groups, k, k]), &ad).require_grad();
+            let bt = bias.then(|| Tensor::<1>::from_data(data(&bv, &[co]), &ad).require_grad());
+            let y = if ours {
+                kernels::conv2d(x.clone(), wt.clone(), bt.clone(), opts.clone())
+            } else {
+                conv2d(x.clone(), wt.clone(), bt.clone(), opts.clone())
+            };
+            // L = sum(y * r) with a fixed r, so dL/dy = r.
+            let r = Tensor::<4>::from_data(
+                data(
+                    &(0..y.shape().num_elements())
+                        .map(|i| ((i * 7919) % 13) as f32 / 6.0 - 1.0)
+                        .collect::<Vec<_>>(),
+                    &y.dims(),
+                ),
+                &ad,
+            );
+            let grads = (y.clone() * r).sum().backward();
+            (
+                host(y),
+                host(leaf.grad(&grads).unwrap()),
+                host(wt.grad(&grads).unwrap()),
+                bt.map(|b| host(b.grad(&grads).unwrap())),
+            )
+        };
+        let before = kernels::kernel_calls();
+        let ours = run(true);
+        let ran = kernels::kernel_calls() - before;
+        let theirs = run(false);
+        if grouped || dilated {
+            assert_eq!(ran, 0, "{what}: the kernels cannot run this one");
+        } else {
+            assert!(ran >= 3, "{what}: the kernels ran {ran} passes, not 3");
+            covered += 1;
+        }
+        rel(&ours.0, &theirs.0, &format!("{what} forward"));
+        rel(&ours.1, &theirs.1, &format!("{what} dx"));
+        rel(&ours.2, &theirs.2, &format!("{what} dw"));
+        if let (Some(a), Some(b)) = (ours.3, theirs.3) {
+            rel(&a, &b, &format!("{what} db"));
+        }
+    }
+    assert!(
+        covered >= 25,
+        "only {covered} cases went through the kernels"
+    );
+}

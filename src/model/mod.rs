@@ -405,7 +405,7 @@ impl Model {
                         node.name
                     )));
                 };
-                Value::Spatial(fops::conv2d(
+                Value::Spatial(crate::kernels::conv2d(
                     x.spatial(node)?,
                     w,
                     p.bias.as_ref().map(|b| b.val()),
