@@ -553,3 +553,92 @@ fn conv_extension_matches_burn_on_random_shapes() {
         "only {covered} cases went through the kernels"
     );
 }
+
+/// `lopper::kernels::batch_norm_train` (the BatchNorm kernel through the backend extension,
+/// with its handwritten backward) against Burn's `batch_norm_train` on random shapes: output,
+/// batch statistics, and the gradients of the input, `gamma` and `beta`, on contiguous and
+/// strided inputs, with activations far from zero mean.
+#[test]
+fn batch_norm_extension_matches_burn_on_random_shapes() {
+    use burn::tensor::module::batch_norm_train;
+    use lopper::kernels;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(1926);
+    let ad = dev().autodiff();
+    let rel = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{what}[{i}]: extension {x}, burn {y} (scale {scale})"
+            );
+        }
+    };
+    for case in 0..30 {
+        let n = rng.random_range(1..=6);
+        let c = rng.random_range(1..=9);
+        let h = rng.random_range(1..=9);
+        let w = rng.random_range(1..=7);
+        let offset = rng.random_range(-3.0..3.0f32);
+        let transposed = rng.random_bool(0.3);
+        let what =
+            format!("case {case}: [{n},{c},{h},{w}] offset {offset} transposed {transposed}");
+        let mut draw = |len: usize, off: f32| -> Vec<f32> {
+            (0..len)
+                .map(|_| off + rng.random_range(-1.0..1.0))
+                .collect()
+        };
+        let xv = draw(n * c * h * w, offset);
+        let gv = draw(c, 1.0);
+        let bv = draw(c, 0.0);
+        let r: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i * 7919) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let run = |ours: bool| {
+            let leaf_shape = if transposed {
+                [n, c, w, h]
+            } else {
+                [n, c, h, w]
+            };
+            let leaf = Tensor::<4>::from_data(data(&xv, &leaf_shape), &ad).require_grad();
+            let x = if transposed {
+                leaf.clone().swap_dims(2, 3)
+            } else {
+                leaf.clone()
+            };
+            let g = Tensor::<1>::from_data(data(&gv, &[c]), &ad).require_grad();
+            let b = Tensor::<1>::from_data(data(&bv, &[c]), &ad).require_grad();
+            let (y, mean, var) = if ours {
+                kernels::batch_norm_train(x, g.clone(), b.clone(), 1e-5)
+            } else {
+                let o = batch_norm_train(x, g.clone(), b.clone(), 1e-5);
+                (o.output, o.mean, o.variance)
+            };
+            let rt = Tensor::<4>::from_data(data(&r, &y.dims()), &ad);
+            let grads = (y.clone() * rt).sum().backward();
+            (
+                [host(y), host(mean), host(var)],
+                [
+                    host(leaf.grad(&grads).unwrap()),
+                    host(g.grad(&grads).unwrap()),
+                    host(b.grad(&grads).unwrap()),
+                ],
+            )
+        };
+        let before = kernels::kernel_calls();
+        let ours = run(true);
+        assert_eq!(
+            kernels::kernel_calls() - before,
+            2,
+            "{what}: the kernels ran no forward and backward"
+        );
+        let theirs = run(false);
+        for (k, name) in ["output", "mean", "variance"].iter().enumerate() {
+            rel(&ours.0[k], &theirs.0[k], &format!("{what} {name}"));
+        }
+        for (k, name) in ["dx", "dgamma", "dbeta"].iter().enumerate() {
+            rel(&ours.1[k], &theirs.1[k], &format!("{what} {name}"));
+        }
+    }
+}

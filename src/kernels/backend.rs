@@ -18,21 +18,49 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, DispatchDevice, Flex, backend_extension};
+use burn::backend::{
+    AutodiffBackend, Backend, DispatchDevice, ExtensionType, Flex, backend_extension,
+};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData, module as fops};
 
 use super::conv::{self, ConvShape};
+use super::norm::{self, NormShape};
 
-/// Convolution without bias, as one backend operation.
+/// BatchNorm's training output with the batch statistics (biased variance) it used.
+#[derive(ExtensionType)]
+pub struct BatchNormOutput<B: Backend> {
+    pub output: FloatTensor<B>,
+    pub mean: FloatTensor<B>,
+    pub variance: FloatTensor<B>,
+}
+
+/// The operations the kernels provide, each one backend operation. The default bodies (Burn's
+/// own ops) document the contract; the Flex and `Autodiff<Flex>` impls replace them.
 #[backend_extension(Flex, Autodiff)]
 pub trait KernelOps: Backend {
+    /// Convolution without bias.
     fn lopper_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, options)
+    }
+
+    /// BatchNorm with batch statistics, over axis 1 of an NCHW input.
+    fn lopper_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOutput<Self> {
+        let r = Self::batch_norm_train(x, gamma, beta, epsilon);
+        BatchNormOutput {
+            output: r.output,
+            mean: r.mean,
+            variance: r.variance,
+        }
     }
 }
 
@@ -106,6 +134,36 @@ pub fn conv2d(
         }
         None => y,
     }
+}
+
+/// BatchNorm in training mode on an NCHW batch: the output, the batch mean and the biased batch
+/// variance. The kernels on a `flex` device, Burn's `batch_norm_train` elsewhere.
+pub fn batch_norm_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let covered = x.dtype() == DType::F32
+        && gamma.dtype() == DType::F32
+        && beta.dtype() == DType::F32
+        && enabled()
+        && is_flex(x.device().as_dispatch());
+    if !covered {
+        let r = fops::batch_norm_train(x, gamma, beta, epsilon);
+        return (r.output, r.mean, r.variance);
+    }
+    let r = <burn::backend::Dispatch as KernelOps>::lopper_batch_norm_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    );
+    (
+        Tensor::from_dispatch(r.output),
+        Tensor::from_dispatch(r.mean),
+        Tensor::from_dispatch(r.variance),
+    )
 }
 
 /// The geometry of a convolution the kernels cover, or `None` (then Flex's own op runs).
@@ -186,9 +244,122 @@ fn flex_weight_grad(
     flex_tensor(dw, [s.c_out, s.c_in, s.kernel[0], s.kernel[1]])
 }
 
+/// The geometry of a BatchNorm input the kernels cover.
+fn norm_shape_of(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> Option<NormShape> {
+    let xs = x.layout().shape();
+    let covered = [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32)
+        && xs.num_dims() >= 2
+        && gamma.layout().shape().num_elements() == xs[1]
+        && beta.layout().shape().num_elements() == xs[1];
+    covered.then(|| NormShape {
+        batch: xs[0],
+        channels: xs[1],
+        spatial: (2..xs.num_dims()).map(|d| xs[d]).product(),
+    })
+}
+
+fn flex_vector(values: Vec<f32>) -> FlexTensor {
+    let n = values.len();
+    FlexTensor::from_data(TensorData::new(values, [n]))
+}
+
+fn flex_batch_norm_train(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    epsilon: f64,
+) -> BatchNormOutput<Flex> {
+    let Some(s) = norm_shape_of(&x, &gamma, &beta) else {
+        let r = Flex::batch_norm_train(x, gamma, beta, epsilon);
+        return BatchNormOutput {
+            output: r.output,
+            mean: r.mean,
+            variance: r.variance,
+        };
+    };
+    count_kernel_call();
+    let shape = x.layout().shape().clone();
+    let (y, mean, var) = with_f32(&x, |xv| {
+        with_f32(&gamma, |g| {
+            with_f32(&beta, |b| norm::batch_norm_train(xv, g, b, epsilon, &s))
+        })
+    });
+    BatchNormOutput {
+        output: FlexTensor::from_data(TensorData::new(y, shape)),
+        mean: flex_vector(mean),
+        variance: flex_vector(var),
+    }
+}
+
 impl KernelOps for Flex {
     fn lopper_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
         flex_conv2d(x, weight, options)
+    }
+
+    fn lopper_batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> BatchNormOutput<Flex> {
+        flex_batch_norm_train(x, gamma, beta, epsilon)
+    }
+}
+
+/// The backward of [`KernelOps::lopper_batch_norm_train`] on Flex: one kernel call gives the
+/// input, `gamma` and `beta` gradients.
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl Backward<Flex, 3> for BatchNormBackward {
+    type State = (NodeId, NodeId, FlexTensor, FlexTensor, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x_id, gamma_id, mean, var, epsilon) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_id);
+        let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_id);
+        let (dx, dgamma, dbeta) = match norm_shape_of(&x, &gamma, &mean) {
+            Some(s) => {
+                count_kernel_call();
+                let shape = x.layout().shape().clone();
+                let (dx, dg, db) = with_f32(&x, |xv| {
+                    with_f32(&gamma, |g| {
+                        with_f32(&mean, |mu| {
+                            with_f32(&var, |v| {
+                                with_f32(&dy, |d| {
+                                    norm::batch_norm_train_backward(xv, g, mu, v, epsilon, d, &s)
+                                })
+                            })
+                        })
+                    })
+                });
+                (
+                    FlexTensor::from_data(TensorData::new(dx, shape)),
+                    flex_vector(dg),
+                    flex_vector(db),
+                )
+            }
+            None => {
+                let r = Flex::batch_norm_train_backward(x, gamma, mean, var, epsilon, dy);
+                (r.x_grad, r.gamma_grad, r.beta_grad)
+            }
+        };
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, dgamma);
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, dbeta);
+        }
     }
 }
 
@@ -222,6 +393,49 @@ impl Backward<Flex, 2> for Conv2dBackward {
 }
 
 impl<C: CheckpointStrategy> KernelOps for Autodiff<Flex, C> {
+    fn lopper_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOutput<Self> {
+        match BatchNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                let gamma_id = prep.checkpoint(&gamma);
+                let r = flex_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let state = (x_id, gamma_id, r.mean.clone(), r.variance.clone(), epsilon);
+                BatchNormOutput {
+                    output: prep.finish(state, r.output),
+                    mean: Self::from_inner(r.mean),
+                    variance: Self::from_inner(r.variance),
+                }
+            }
+            OpsKind::UnTracked(prep) => {
+                let r = flex_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                BatchNormOutput {
+                    output: prep.finish(r.output),
+                    mean: Self::from_inner(r.mean),
+                    variance: Self::from_inner(r.variance),
+                }
+            }
+        }
+    }
+
     fn lopper_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

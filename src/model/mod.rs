@@ -421,8 +421,9 @@ impl Model {
                 };
                 let x = x.spatial(node)?;
                 if train && x.is_autodiff() {
-                    let r = fops::batch_norm_train(x, p.weight.val(), p.bias.val(), *eps);
-                    let n = r.output.dims();
+                    let (output, batch_mean, batch_var) =
+                        crate::kernels::batch_norm_train(x, p.weight.val(), p.bias.val(), *eps);
+                    let n = output.dims();
                     let count = (n[0] * n[2] * n[3]) as f64;
                     // Running variance is the unbiased estimate, as in PyTorch.
                     let unbias = if count > 1.0 {
@@ -431,15 +432,15 @@ impl Model {
                         1.0
                     };
                     let mean = stats.mean.value_sync().mul_scalar(1.0 - momentum)
-                        + r.mean.detach().without_autodiff().mul_scalar(*momentum);
+                        + batch_mean.detach().without_autodiff().mul_scalar(*momentum);
                     let var = stats.var.value_sync().mul_scalar(1.0 - momentum)
-                        + r.variance
+                        + batch_var
                             .detach()
                             .without_autodiff()
                             .mul_scalar(momentum * unbias);
                     stats.mean.update(mean);
                     stats.var.update(var);
-                    Value::Spatial(r.output)
+                    Value::Spatial(output)
                 } else {
                     Value::Spatial(fops::batch_norm(
                         x,
