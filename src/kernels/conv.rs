@@ -14,6 +14,8 @@
 //! its own `cols`.
 
 use gemm::{Parallelism, gemm};
+
+use super::direct;
 use rayon::prelude::*;
 
 /// The geometry of a convolution.
@@ -61,6 +63,22 @@ impl ConvShape {
     /// A 1×1 convolution whose `cols` is the image itself.
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// The direct (no im2col) geometry, when [`direct::covers`] this convolution and it is
+    /// not a 1×1 (which needs no im2col anyway).
+    fn direct(&self) -> Option<direct::Geometry> {
+        (direct::covers(self.kernel, self.stride, self.padding) && !self.is_pointwise()).then_some(
+            direct::Geometry {
+                batch: self.batch,
+                c_in: self.c_in,
+                height: self.height,
+                width: self.width,
+                c_out: self.c_out,
+                kernel: self.kernel,
+                padding: self.padding,
+            },
+        )
     }
 
     pub fn input_len(&self) -> usize {
@@ -197,6 +215,16 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<
     assert_eq!(x.len(), s.input_len(), "conv2d: input size");
     assert_eq!(w.len(), s.weight_len(), "conv2d: weight size");
     let (k, p) = (s.k(), s.p());
+    if let Some(g) = s.direct() {
+        let mut y = direct::conv2d(x, w, &g);
+        if let Some(b) = bias {
+            for (i, row) in y.chunks_mut(p).enumerate() {
+                let v = b[i % s.c_out];
+                row.iter_mut().for_each(|o| *o += v);
+            }
+        }
+        return y;
+    }
     let mut y = vec![0.0f32; s.output_len()];
     y.par_chunks_mut(s.out_len())
         .zip(x.par_chunks(s.image_len()))
@@ -301,6 +329,9 @@ pub fn conv2d_input_grad(w: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
         s.output_len(),
         "conv2d_input_grad: output gradient size"
     );
+    if let Some(g) = s.direct() {
+        return direct::input_grad(w, dy, &g);
+    }
     let (k, p) = (s.k(), s.p());
     let mut dx = vec![0.0f32; s.input_len()];
     dx.par_chunks_mut(s.image_len())

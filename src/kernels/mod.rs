@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod conv;
+pub mod direct;
 pub mod norm;
 
 pub use backend::{batch_norm_train, conv2d, enabled, kernel_calls, set_enabled};
