@@ -267,6 +267,9 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
         s.output_len(),
         "conv2d_weight_grad: output gradient size"
     );
+    if let Some(g) = s.direct() {
+        return direct::weight_grad(x, dy, &g);
+    }
     let (k, p) = (s.k(), s.p());
     let threads = rayon::current_num_threads().max(1);
     let per = s.batch.div_ceil(threads).max(1);

@@ -241,3 +241,91 @@ pub fn input_grad(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         w[((co * g.c_in + c) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)]
     })
 }
+
+/// The weight gradient of [`conv2d`] given `dy [N, C_out, OH, OW]`, without an im2col matrix:
+/// with `dy` laid out in padded-width order (junk columns zero), each tap's gradient is one
+/// GEMM, `dW[:, :, ky, kx] += dy_n [C_out, Q] · xp_nᵀ` shifted by `ky·Wp + kx` (`Q = OH·Wp`),
+/// reading the padded input in place. Threads sum their images into their own `dW`.
+pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let [kh, kw] = g.kernel;
+    let [oh, ow] = g.out_hw();
+    let [hp, wp] = g.padded();
+    let [ph, pw] = g.padding;
+    let (image_len, out_len) = (g.c_in * g.height * g.width, g.c_out * oh * ow);
+    assert_eq!(
+        x.len(),
+        g.batch * image_len,
+        "direct weight_grad: input size"
+    );
+    assert_eq!(
+        dy.len(),
+        g.batch * out_len,
+        "direct weight_grad: gradient size"
+    );
+    let taps = kh * kw;
+    let weight_len = g.c_out * g.c_in * taps;
+    let q_total = oh * wp;
+    let padded_len = g.c_in * hp * wp + kw + wp;
+    let threads = rayon::current_num_threads().max(1);
+    let per = g.batch.div_ceil(threads).max(1);
+    let partial: Vec<Vec<f32>> = (0..g.batch.div_ceil(per))
+        .into_par_iter()
+        .map(|t| {
+            let mut dw = vec![0.0f32; weight_len];
+            let mut xp = vec![0.0f32; padded_len];
+            let mut dyp = vec![0.0f32; g.c_out * q_total];
+            for n in t * per..((t + 1) * per).min(g.batch) {
+                let xn = &x[n * image_len..][..image_len];
+                let dyn_ = &dy[n * out_len..][..out_len];
+                for c in 0..g.c_in {
+                    for iy in 0..g.height {
+                        let src = &xn[(c * g.height + iy) * g.width..][..g.width];
+                        xp[c * hp * wp + (iy + ph) * wp + pw..][..g.width].copy_from_slice(src);
+                    }
+                }
+                for co in 0..g.c_out {
+                    for oy in 0..oh {
+                        dyp[co * q_total + oy * wp..][..ow]
+                            .copy_from_slice(&dyn_[(co * oh + oy) * ow..][..ow]);
+                    }
+                }
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        // SAFETY: dst addresses dW[co, c, ky, kx] for co < C_out, c < C_in;
+                        // lhs is dyp [C_out, Q]; rhs element (q, c) is xp[c·Hp·Wp + ky·Wp +
+                        // kx + q], inside xp (padded_len covers the last tap's last q).
+                        unsafe {
+                            gemm::gemm(
+                                g.c_out,
+                                g.c_in,
+                                q_total,
+                                dw.as_mut_ptr().add(ky * kw + kx),
+                                taps as isize,
+                                (g.c_in * taps) as isize,
+                                true,
+                                dyp.as_ptr(),
+                                1,
+                                q_total as isize,
+                                xp.as_ptr().add(ky * wp + kx),
+                                (hp * wp) as isize,
+                                1,
+                                1.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    }
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0.0f32; weight_len];
+    for part in partial {
+        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
