@@ -2,8 +2,9 @@
 //! activations (Burn's composed op takes about six forward and ten backward, through strided
 //! reductions).
 //!
-//! - Forward: per-channel mean, then biased variance around it (two reads, accumulated in
-//!   `f64` so a large batch loses nothing), then `y = x·scale + shift` in one pass.
+//! - Forward: per image row of a channel, its mean and squared deviations (`f32` lanes; the
+//!   row is still in L1 for the second read), rows combined exactly in `f64`; then
+//!   `y = x·scale + shift` in one pass.
 //! - Backward: per-channel `Σdy` and `Σdy·(x−mean)` in one read of `x` and `dy`, then
 //!   `dx = a·dy + b·x + c` per channel in one pass, with `a = γ/σ`,
 //!   `b = −γ·Σdy(x−mean)/(M·σ³)` and `c = −a·Σdy/M − b·mean` (`M = N·H·W`, `σ = √(var+ε)`).
@@ -56,24 +57,22 @@ pub fn batch_norm_train(
     let stats: Vec<(f64, f64)> = (0..s.channels)
         .into_par_iter()
         .map(|c| {
-            let mean = s
-                .rows(x, c)
-                .map(|r| r.iter().map(|&v| v as f64).sum::<f64>())
-                .sum::<f64>()
-                / m;
-            let var = s
+            // Per image row: its mean and the squared deviations around it (the row is in L1
+            // for the second read); rows combine exactly in f64 (Chan et al.).
+            let rows: Vec<(f64, f64)> = s
                 .rows(x, c)
                 .map(|r| {
-                    r.iter()
-                        .map(|&v| {
-                            let d = v as f64 - mean;
-                            d * d
-                        })
-                        .sum::<f64>()
+                    let mu = lanes_sum(r, |v| v) / r.len().max(1) as f32;
+                    (mu as f64, lanes_sum(r, |v| (v - mu) * (v - mu)) as f64)
                 })
-                .sum::<f64>()
-                / m;
-            (mean, var)
+                .collect();
+            let hw = s.spatial as f64;
+            let mean = rows.iter().map(|&(mu, _)| mu).sum::<f64>() / s.batch.max(1) as f64;
+            let m2: f64 = rows
+                .iter()
+                .map(|&(mu, m2)| m2 + hw * (mu - mean) * (mu - mean))
+                .sum();
+            (mean, m2 / m)
         })
         .collect();
     let (scale, shift): (Vec<f32>, Vec<f32>) = stats
@@ -123,7 +122,7 @@ pub fn batch_norm_train_backward(
         "batch_norm_train_backward: gradient size"
     );
     let m = s.count().max(1) as f64;
-    // Per channel: Σdy and Σdy·(x − mean).
+    // Per channel: Σdy and Σdy·(x − mean), in f32 lanes per image row, rows summed in f64.
     let sums: Vec<(f64, f64)> = (0..s.channels)
         .into_par_iter()
         .map(|c| {
@@ -131,11 +130,8 @@ pub fn batch_norm_train_backward(
             s.rows(x, c)
                 .zip(s.rows(dy, c))
                 .map(|(xr, gr)| {
-                    xr.iter()
-                        .zip(gr)
-                        .fold((0.0f64, 0.0f64), |(a, b), (&v, &g)| {
-                            (a + g as f64, b + (g * (v - mu)) as f64)
-                        })
+                    let (a, b) = lanes_dot(xr, gr, mu);
+                    (a as f64, b as f64)
                 })
                 .fold((0.0, 0.0), |(a, b), (p, q)| (a + p, b + q))
         })
@@ -171,4 +167,40 @@ pub fn batch_norm_train_backward(
             });
     }
     (dx, dgamma, dbeta)
+}
+
+const LANES: usize = 8;
+
+/// `Σ f(v)` over a row, in `LANES` independent accumulators so the compiler vectorises it.
+#[inline(always)]
+fn lanes_sum(r: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = r.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// `(Σ g, Σ g·(x − mu))` over a row pair, in `LANES` independent accumulators.
+#[inline(always)]
+fn lanes_dot(x: &[f32], g: &[f32], mu: f32) -> (f32, f32) {
+    let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (xc, gc) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
+    let (xt, gt) = (xc.remainder(), gc.remainder());
+    for (xs, gs) in xc.zip(gc) {
+        for l in 0..LANES {
+            a[l] += gs[l];
+            b[l] += gs[l] * (xs[l] - mu);
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
+    for (&v, &d) in xt.iter().zip(gt) {
+        sa += d;
+        sb += d * (v - mu);
+    }
+    (sa, sb)
 }
