@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release --example bench_step -- [--model resnet20] [--batch 128] [--steps 20]
 //! [--device cpu|cuda|wgpu] [--reps 3] [--kernels on|off|both]` (`--reps 0` skips the per-op
-//! profile; `--kernels` picks lopper's convolution kernels, Burn's own op, or both side by side)
+//! profile; `--kernels` picks lopper's convolution kernels, Burn's own op, or both side by side;
+//! `--mask channels|pdp` times DSA's or PDP's masked step against the plain one)
 //!
 //! Prints one JSON line with images/s for the full step, then a profile table: the step split
 //! into data preparation, forward (+ loss), backward and optimiser (each timed with a device
@@ -22,7 +23,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use lopper::data::{Batcher, Dataset, DatasetName};
 use lopper::graph::{Graph, GraphBuilder, Op};
-use lopper::model::{Model, NoHook, Value};
+use lopper::model::{Model, NoHook, NodeHook, Value};
 use lopper::train::{TrainConfig, loss::cross_entropy, optim::build_optimizer};
 
 fn sync(device: &Device) {
@@ -128,6 +129,48 @@ fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usiz
     (fwd, (fwd_bwd - fwd).max(0.0))
 }
 
+/// The forward hook of `--mask`: DSA's soft channel masks (one per channel group, values in
+/// [0.5, 1], with gradients) or PDP's soft weight masks at 90% on every conv and linear.
+fn mask_hook(kind: &str, graph: &Graph, device: &Device) -> Option<Box<dyn NodeHook>> {
+    use lopper::prune::{groups::channel_groups, mask::ChannelMasks};
+    use lopper::prune::pdp::{PdpMask, Temperature};
+    use lopper::prune::weights::{Pattern, SoftWeightMasks, weight_layers};
+    match kind {
+        "none" => None,
+        "channels" => {
+            let groups = channel_groups(graph, &[]).expect("channel groups");
+            let masks: Vec<Option<Tensor<1>>> = groups
+                .iter()
+                .map(|g| {
+                    Some(
+                        Tensor::<1>::random([g.channels], Distribution::Uniform(0.5, 1.0), device)
+                            .require_grad(),
+                    )
+                })
+                .collect();
+            Some(Box::new(ChannelMasks::new(graph, &groups, &masks, device)))
+        }
+        "pdp" => {
+            let layers = weight_layers(graph, &[], Pattern::Unstructured).expect("weight layers");
+            let mut targets = vec![0.0; graph.nodes.len()];
+            for l in &layers {
+                targets[l.node] = 0.9;
+            }
+            let mask = PdpMask {
+                pattern: Pattern::Unstructured,
+                temperature: Temperature::Relative(1e-2),
+                t_grad: false,
+                targets,
+            };
+            Some(Box::new(SoftWeightMasks::new(graph, layers, mask)))
+        }
+        other => {
+            eprintln!("bench_step: --mask takes none, channels or pdp, not '{other}'");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
     let model_name: String = arg("--model", "resnet20".to_string());
     let batch = arg("--batch", 128);
@@ -170,20 +213,41 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // `--mask channels|pdp`: the masked step of DSA (soft channel masks with gradients) or of
+    // PDP (soft weight masks at 90%) against the plain step, alternating, kernels as chosen.
+    let mask_kind: String = arg("--mask", "none".to_string());
+    let masked = mask_hook(&mask_kind, &graph, &device);
+    if masked.is_some() && modes.len() > 1 {
+        eprintln!("bench_step: --mask compares against the plain step; give --kernels on or off");
+        std::process::exit(2);
+    }
+    // (kernels on, masked) per mode.
+    let modes: Vec<(bool, bool)> = match &masked {
+        Some(_) => vec![(modes[0], false), (modes[0], true)],
+        None => modes.iter().map(|&k| (k, false)).collect(),
+    };
     let rounds = if modes.len() > 1 { 2 } else { 1 };
     let per_round = steps.div_ceil(rounds);
-    let mut phase: BTreeMap<(bool, &str), f64> = BTreeMap::new();
-    let mut timed: BTreeMap<bool, (f64, usize)> = BTreeMap::new();
+    let mut phase: BTreeMap<((bool, bool), &str), f64> = BTreeMap::new();
+    let mut timed: BTreeMap<(bool, bool), (f64, usize)> = BTreeMap::new();
     let warmup = 3;
     for _ in 0..rounds {
         for &on in &modes {
-            lopper::kernels::set_enabled(on);
+            lopper::kernels::set_enabled(on.0);
             for b in 0..warmup + per_round {
                 let is_timed = b >= warmup;
                 let batch = &batches[b % batches.len()];
                 let t0 = Instant::now();
                 let (x, _) = batch.to_tensors(&device);
-                let logits = model.forward(x, true);
+                let logits = match (&masked, on.1) {
+                    (Some(hook), true) => {
+                        match model.forward_hooked(Value::Spatial(x), true, hook.as_ref()) {
+                            Ok(Value::Flat(t)) => t,
+                            _ => panic!("masked forward"),
+                        }
+                    }
+                    _ => model.forward(x, true),
+                };
                 let loss = cross_entropy(logits, &batch.labels, 0.0, &device);
                 let _ = loss.clone().into_scalar::<f32>();
                 let t1 = Instant::now();
@@ -204,8 +268,8 @@ fn main() {
             }
         }
     }
-    lopper::kernels::set_enabled(modes[0]);
-    let step_of = |on: bool| timed[&on].0 / timed[&on].1 as f64;
+    lopper::kernels::set_enabled(modes[0].0);
+    let step_of = |on: (bool, bool)| timed[&on].0 / timed[&on].1 as f64;
     let step_secs = step_of(modes[0]);
     let engine = match device_name.as_str() {
         "cpu" | "flex" => "burn flex",
@@ -214,7 +278,11 @@ fn main() {
     let data_secs = time(5, || {
         let _ = batcher.epoch(7, 1, 0).next();
     });
-    let label = |on: bool| if on { "lopper kernels" } else { "burn conv" };
+    let label = |on: (bool, bool)| match on {
+        (true, false) => "lopper kernels".to_string(),
+        (false, false) => "burn conv".to_string(),
+        (k, true) => format!("{} + {mask_kind} masks", if k { "lopper kernels" } else { "burn conv" }),
+    };
     println!(
         "{{\"engine\": \"lopper ({engine}, {})\", \"model\": \"{model_name}\", \"batch\": {batch}, \"steps\": {}, \"images_per_sec\": {:.2}, \"step_seconds\": {:.4}}}",
         label(modes[0]),
@@ -222,8 +290,17 @@ fn main() {
         batch as f64 / step_secs,
         step_secs
     );
-    if modes.len() > 1 {
-        let other = step_of(false);
+    if masked.is_some() {
+        let with = step_of(modes[1]);
+        println!(
+            "\nSide by side ({rounds} alternating rounds of {per_round} steps): plain {:.1} images/s, {} {:.1} images/s, masked step costs {:+.1}%",
+            batch as f64 / step_secs,
+            label(modes[1]),
+            batch as f64 / with,
+            100.0 * (with / step_secs - 1.0)
+        );
+    } else if modes.len() > 1 {
+        let other = step_of(modes[1]);
         println!(
             "\nSide by side ({rounds} alternating rounds of {per_round} steps): lopper kernels {:.1} images/s, burn conv {:.1} images/s, ratio {:.2}",
             batch as f64 / step_secs,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # lopper benchmarks: one command, results as Markdown tables on stdout.
 #
-#   bench/run.sh throughput   # a. resnet20 training step, lopper vs PyTorch CPU, + profile
+#   bench/run.sh throughput   # a/s. resnet20 training step, lopper (kernels and Burn's ops) vs
+#                             # PyTorch CPU, + profile; then MODELS (mobilenet_v2 vgg11) side by side
 #   bench/run.sh lenet5       # b. lenet5 on MNIST, 2 epochs: test top-1 and wall time
 #   bench/run.sh resnet20     # c. resnet20 on CIFAR-10, the dense baseline (about an hour)
 #   bench/run.sh latency      # latency model vs measured latency of 10 random prunings
@@ -32,7 +33,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 throughput() {
   echo "## a. resnet20 training step, batch 128, $threads threads"
   local ours theirs
-  RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model resnet20 --batch 128 --steps "${STEPS:-20}" > bench/runs/bench_step.txt
+  # --kernels both: lopper's kernels and Burn's own ops alternate in one run (ratio printed).
+  RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model resnet20 --batch 128 --steps "${STEPS:-20}" --kernels both > bench/runs/bench_step.txt
   ours=$(head -1 bench/runs/bench_step.txt)
   echo "lopper:  $ours"
   if [ -x bench/.venv/bin/python ]; then
@@ -50,6 +52,10 @@ PY
     echo "(no bench/.venv: PyTorch skipped)"
   fi
   tail -n +2 bench/runs/bench_step.txt
+  for m in ${MODELS:-mobilenet_v2 vgg11}; do
+    echo "## $m training step, batch 128, $threads threads (kernels against Burn's ops)"
+    RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model "$m" --batch 128 --steps "${STEPS:-10}" --kernels both --reps 0 | grep -E '^\{|^Side by side'
+  done
 }
 
 train_bench() { # name, then lopper train flags
