@@ -132,9 +132,9 @@ fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usiz
 /// The forward hook of `--mask`: DSA's soft channel masks (one per channel group, values in
 /// [0.5, 1], with gradients) or PDP's soft weight masks at 90% on every conv and linear.
 fn mask_hook(kind: &str, graph: &Graph, device: &Device) -> Option<Box<dyn NodeHook>> {
-    use lopper::prune::{groups::channel_groups, mask::ChannelMasks};
     use lopper::prune::pdp::{PdpMask, Temperature};
     use lopper::prune::weights::{Pattern, SoftWeightMasks, weight_layers};
+    use lopper::prune::{groups::channel_groups, mask::ChannelMasks};
     match kind {
         "none" => None,
         "channels" => {
@@ -281,7 +281,10 @@ fn main() {
     let label = |on: (bool, bool)| match on {
         (true, false) => "lopper kernels".to_string(),
         (false, false) => "burn conv".to_string(),
-        (k, true) => format!("{} + {mask_kind} masks", if k { "lopper kernels" } else { "burn conv" }),
+        (k, true) => format!(
+            "{} + {mask_kind} masks",
+            if k { "lopper kernels" } else { "burn conv" }
+        ),
     };
     println!(
         "{{\"engine\": \"lopper ({engine}, {})\", \"model\": \"{model_name}\", \"batch\": {batch}, \"steps\": {}, \"images_per_sec\": {:.2}, \"step_seconds\": {:.4}}}",

@@ -312,7 +312,13 @@ fn gradients_match_finite_differences() {
         .unwrap()
     };
     let m = build(None, &ad);
+    let before = lopper::kernels::kernel_calls();
     let grads = loss_of(&m, &x, &ad).backward();
+    // On flex the model's convolutions and BatchNorm run through lopper's kernels: two conv
+    // forwards and weight gradients (the input needs no gradient), BN forward and backward.
+    if lopper::kernels::enabled() {
+        assert_eq!(lopper::kernels::kernel_calls() - before, 6, "kernel passes");
+    }
     let analytic = |name: &str| -> Vec<f32> {
         let node = m.graph.node_index(name.split('.').next().unwrap()).unwrap();
         match (m.layers[node].as_ref().unwrap(), name.ends_with("bias")) {
