@@ -452,7 +452,8 @@ fn conv_kernels_match_burn() {
 /// `lopper::kernels::conv2d` (the kernels through Burn's backend extension, forward and
 /// handwritten backward on `Autodiff<Flex>`) against Burn's own `conv2d` on random geometries:
 /// odd sizes, strides 1–3, padding, 1×1 to 5×5, with and without bias, strided (non-contiguous)
-/// inputs, and grouped or dilated convolutions, which must fall back to Burn's op.
+/// inputs, depthwise at stride 1 (the kernels) and above (Burn's op), and grouped or dilated
+/// convolutions, which must fall back to Burn's op.
 #[test]
 fn conv_extension_matches_burn_on_random_shapes() {
     use burn::tensor::module::conv2d;
@@ -461,9 +462,11 @@ fn conv_extension_matches_burn_on_random_shapes() {
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let mut rng = StdRng::seed_from_u64(2026);
     let ad = dev().autodiff();
-    let rel = |a: &[f32], b: &[f32], what: &str| {
+    let rel = |a: &[f32], b: &[f32], what: &str, floor: f32| {
         assert_eq!(a.len(), b.len(), "{what}: length");
-        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        // `floor`: the size of the terms summed, so that cancellation (a bias gradient of ~1e-6
+        // summed from O(1) terms in another order) is not read as a relative error.
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(floor);
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             assert!(
                 (x - y).abs() <= 1e-4 * scale,
@@ -472,16 +475,29 @@ fn conv_extension_matches_burn_on_random_shapes() {
         }
     };
     let mut covered = 0;
-    for case in 0..40 {
+    let mut depthwise_covered = 0;
+    for case in 0..64 {
         let k = [1, 3, 3, 5][rng.random_range(0..4)];
         let stride = rng.random_range(1..=3);
         let pad = rng.random_range(0..=k / 2 + 1);
         let grouped = case % 8 == 7;
         let dilated = case % 8 == 6;
-        let groups = if grouped { 2 } else { 1 };
+        // Depthwise (groups = C_in = C_out); stride 1 is the kernels', the rest Burn's.
+        let depthwise = case % 8 == 5;
         let dilation = if dilated { 2 } else { 1 };
-        let ci = groups * rng.random_range(1..=6);
-        let co = groups * rng.random_range(1..=5);
+        let (groups, ci, co) = if depthwise {
+            let c = rng.random_range(1..=7);
+            (c, c, c)
+        } else if grouped {
+            (2, 2 * rng.random_range(2..=3), 2 * rng.random_range(1..=3))
+        } else {
+            (1, rng.random_range(1..=6), rng.random_range(1..=5))
+        };
+        let stride = if depthwise && case % 16 == 5 {
+            1
+        } else {
+            stride
+        };
         let n = rng.random_range(1..=4);
         let h = rng.random_range(dilation * (k - 1) + 1..=13);
         let w = rng.random_range(dilation * (k - 1) + 1..=11);
@@ -541,17 +557,19 @@ fn conv_extension_matches_burn_on_random_shapes() {
         let ours = run(true);
         let ran = kernels::kernel_calls() - before;
         let theirs = run(false);
-        if grouped || dilated {
+        let by_kernels = !dilated && (groups == 1 || (depthwise && stride == 1 && pad < k));
+        if !by_kernels {
             assert_eq!(ran, 0, "{what}: the kernels cannot run this one");
         } else {
             assert!(ran >= 3, "{what}: the kernels ran {ran} passes, not 3");
             covered += 1;
+            depthwise_covered += (groups > 1) as usize;
         }
-        rel(&ours.0, &theirs.0, &format!("{what} forward"));
-        rel(&ours.1, &theirs.1, &format!("{what} dx"));
-        rel(&ours.2, &theirs.2, &format!("{what} dw"));
+        rel(&ours.0, &theirs.0, &format!("{what} forward"), 1e-3);
+        rel(&ours.1, &theirs.1, &format!("{what} dx"), 1e-3);
+        rel(&ours.2, &theirs.2, &format!("{what} dw"), 1e-3);
         if let (Some(a), Some(b)) = (ours.3, theirs.3) {
-            rel(&a, &b, &format!("{what} db"));
+            rel(&a, &b, &format!("{what} db"), 1.0);
         }
     }
     assert!(

@@ -1,8 +1,9 @@
 //! The kernels plugged into Burn through its backend-extension mechanism: an extension trait
 //! implemented for `Flex` (the forward kernel) and for `Autodiff<Flex>` (the forward kernel plus
 //! a handwritten backward that calls the gradient kernels). Model code calls [`conv2d`], which
-//! routes a convolution the kernels cover on a `flex` device through the extension and every
-//! other one (GPU backends, groups, dilation, other dtypes) to Burn's own `conv2d`.
+//! routes a convolution the kernels cover on a `flex` device (groups 1, or depthwise with
+//! stride 1) through the extension and every other one (GPU backends, other grouped or
+//! dilated convolutions, other dtypes) to Burn's own `conv2d`.
 //!
 //! [`set_enabled`] (or `LOPPER_KERNELS=burn` in the environment) sends everything to Burn's ops,
 //! so the two can be compared side by side in one process.
@@ -25,6 +26,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData, module as fops};
 
 use super::conv::{self, ConvShape};
+use super::direct::{self, Geometry};
 use super::norm::{self, NormShape};
 
 /// BatchNorm's training output with the batch statistics (biased variance) it used.
@@ -112,7 +114,18 @@ pub fn conv2d(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    let covered = options.groups == 1
+    let depthwise = {
+        let (xd, wd) = (x.dims(), weight.dims());
+        options.groups == xd[1]
+            && wd[0] == xd[1]
+            && wd[1] == 1
+            && direct::covers(
+                [wd[2], wd[3]],
+                options.stride,
+                options.padding.map(|(begin, _)| begin),
+            )
+    };
+    let covered = (options.groups == 1 || depthwise)
         && options.dilation == [1, 1]
         && options.padding.iter().all(|(begin, end)| begin == end)
         && x.dtype() == DType::F32
@@ -171,7 +184,6 @@ fn shape_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<
     let (xs, ws) = (x.layout().shape(), w.layout().shape());
     let covered = options.groups == 1
         && options.dilation == [1, 1]
-        && options.padding.iter().all(|(begin, end)| begin == end)
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
         && xs.num_dims() == 4
@@ -202,7 +214,41 @@ fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// The geometry of a depthwise convolution the kernels cover: groups = `C_in` = `C_out`,
+/// weights `[C, 1, kh, kw]`, stride 1, symmetric padding below the kernel size.
+fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<Geometry> {
+    let (xs, ws) = (x.layout().shape(), w.layout().shape());
+    let padding = options.padding.map(|(begin, _)| begin);
+    let covered = x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && xs.num_dims() == 4
+        && ws.num_dims() == 4
+        && options.groups == xs[1]
+        && ws[0] == xs[1]
+        && ws[1] == 1
+        && options.dilation == [1, 1]
+        && options.padding.iter().all(|(begin, end)| begin == end)
+        && direct::depthwise::covers_depthwise([ws[2], ws[3]], options.stride, padding);
+    covered.then(|| Geometry {
+        batch: xs[0],
+        c_in: xs[1],
+        height: xs[2],
+        width: xs[3],
+        c_out: ws[0],
+        kernel: [ws[2], ws[3]],
+        padding,
+    })
+}
+
 fn flex_conv2d(x: FlexTensor, w: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+    if let Some(g) = depthwise_of(&x, &w, &options) {
+        count_kernel_call();
+        let y = with_f32(&x, |xv| {
+            with_f32(&w, |wv| direct::depthwise::conv2d(xv, wv, &g))
+        });
+        let [oh, ow] = g.out_hw();
+        return flex_tensor(y, [g.batch, g.c_out, oh, ow]);
+    }
     let Some(s) = shape_of(&x, &w, &options) else {
         return Flex::conv2d(x, w, None, options);
     };
@@ -218,6 +264,13 @@ fn flex_input_grad(
     dy: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
+    if let Some(g) = depthwise_of(&x, &w, &options) {
+        count_kernel_call();
+        let dx = with_f32(&w, |wv| {
+            with_f32(&dy, |d| direct::depthwise::input_grad(wv, d, &g))
+        });
+        return flex_tensor(dx, [g.batch, g.c_in, g.height, g.width]);
+    }
     let Some(s) = shape_of(&x, &w, &options) else {
         return Flex::conv2d_x_backward(x, w, dy, options);
     };
@@ -234,6 +287,13 @@ fn flex_weight_grad(
     dy: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
+    if let Some(g) = depthwise_of(&x, &w, &options) {
+        count_kernel_call();
+        let dw = with_f32(&x, |xv| {
+            with_f32(&dy, |d| direct::depthwise::weight_grad(xv, d, &g))
+        });
+        return flex_tensor(dw, [g.c_out, 1, g.kernel[0], g.kernel[1]]);
+    }
     let Some(s) = shape_of(&x, &w, &options) else {
         return Flex::conv2d_weight_backward(x, w, dy, options);
     };

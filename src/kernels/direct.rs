@@ -329,3 +329,181 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     }
     dw
 }
+
+/// Depthwise convolution (groups = `C_in` = `C_out`, weights `[C, 1, kh, kw]`), stride 1, on
+/// the same padded planes and padded-width order: each channel's output is `Σ_taps w·xp`
+/// shifted, a run of contiguous multiply-adds.
+pub mod depthwise {
+    use rayon::prelude::*;
+
+    use super::{Geometry, covers};
+
+    /// One channel: `y [OH, OW] = Σ_t w[t] · xp[q + off_t]` over the padded plane `xp`, via
+    /// the padded-width buffer `acc [OH·Wp]`.
+    #[inline(always)]
+    fn plane(
+        g: &Geometry,
+        xp: &[f32],
+        w: &[f32],
+        acc: &mut [f32],
+        y: &mut [f32],
+        fma: impl Fn(f32, f32, f32) -> f32,
+    ) {
+        let [kh, kw] = g.kernel;
+        let [oh, ow] = g.out_hw();
+        let wp = g.padded()[1];
+        acc.fill(0.0);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let wt = w[ky * kw + kx];
+                let src = &xp[ky * wp + kx..][..acc.len()];
+                for (a, &v) in acc.iter_mut().zip(src) {
+                    *a = fma(wt, v, *a);
+                }
+            }
+        }
+        for oy in 0..oh {
+            y[oy * ow..][..ow].copy_from_slice(&acc[oy * wp..][..ow]);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn plane_avx2(g: &Geometry, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
+        plane(g, xp, w, acc, y, |a, b, c| a.mul_add(b, c))
+    }
+
+    fn plane_any(g: &Geometry, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { plane_avx2(g, xp, w, acc, y) };
+        }
+        plane(g, xp, w, acc, y, |a, b, c| a * b + c)
+    }
+
+    /// Copies plane `src [H, W]` into the interior of the zero-bordered `xp [Hp, Wp]`.
+    fn pad_into(g: &Geometry, src: &[f32], xp: &mut [f32]) {
+        let wp = g.padded()[1];
+        let [ph, pw] = g.padding;
+        for iy in 0..g.height {
+            xp[(iy + ph) * wp + pw..][..g.width].copy_from_slice(&src[iy * g.width..][..g.width]);
+        }
+    }
+
+    /// The plane buffer length: the padded plane plus the last tap's over-read.
+    fn padded_len(g: &Geometry) -> usize {
+        let [hp, wp] = g.padded();
+        hp * wp + g.kernel[1] + wp
+    }
+
+    fn convolve(x: &[f32], g: &Geometry, w: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+        let [kh, kw] = g.kernel;
+        let [oh, ow] = g.out_hw();
+        let wp = g.padded()[1];
+        let (hw, out) = (g.height * g.width, oh * ow);
+        let mut y = vec![0.0f32; g.batch * g.c_out * out];
+        if out == 0 || hw == 0 {
+            return y;
+        }
+        let taps: Vec<f32> = (0..g.c_out * kh * kw)
+            .map(|i| w(i / (kh * kw), i % (kh * kw)))
+            .collect();
+        y.par_chunks_mut(out)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each_init(
+                || (vec![0.0f32; padded_len(g)], vec![0.0f32; oh * wp]),
+                |(xp, acc), (i, (yc, xc))| {
+                    let c = i % g.c_out;
+                    pad_into(g, xc, xp);
+                    plane_any(g, xp, &taps[c * kh * kw..][..kh * kw], acc, yc);
+                },
+            );
+        y
+    }
+
+    /// Whether the depthwise kernels take this convolution (as [`covers`]: stride 1, padding
+    /// below the kernel size).
+    pub fn covers_depthwise(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> bool {
+        covers(kernel, stride, padding)
+    }
+
+    /// The forward pass: `x [N, C, H, W]`, `w [C, 1, kh, kw]`.
+    pub fn conv2d(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+        let [kh, kw] = g.kernel;
+        assert_eq!(g.c_in, g.c_out, "depthwise: C_in = C_out");
+        assert_eq!(
+            x.len(),
+            g.batch * g.c_in * g.height * g.width,
+            "depthwise: input size"
+        );
+        assert_eq!(w.len(), g.c_out * kh * kw, "depthwise: weight size");
+        convolve(x, g, |c, t| w[c * kh * kw + t])
+    }
+
+    /// The input gradient: the depthwise convolution of `dy` with the kernel flipped and
+    /// padding `k − 1 − p`.
+    pub fn input_grad(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+        let [kh, kw] = g.kernel;
+        let [oh, ow] = g.out_hw();
+        assert_eq!(
+            dy.len(),
+            g.batch * g.c_out * oh * ow,
+            "depthwise: gradient size"
+        );
+        let t = Geometry {
+            height: oh,
+            width: ow,
+            padding: [kh - 1 - g.padding[0], kw - 1 - g.padding[1]],
+            ..*g
+        };
+        convolve(dy, &t, |c, tap| {
+            let (ky, kx) = (tap / kw, tap % kw);
+            w[c * kh * kw + (kh - 1 - ky) * kw + (kw - 1 - kx)]
+        })
+    }
+
+    /// The weight gradient `[C, 1, kh, kw]`: per channel and tap, the dot product of the
+    /// padded-width output gradient with the shifted padded input, summed over images.
+    pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+        let [kh, kw] = g.kernel;
+        let [oh, ow] = g.out_hw();
+        let wp = g.padded()[1];
+        let (hw, out) = (g.height * g.width, oh * ow);
+        assert_eq!(x.len(), g.batch * g.c_in * hw, "depthwise: input size");
+        assert_eq!(
+            dy.len(),
+            g.batch * g.c_out * out,
+            "depthwise: gradient size"
+        );
+        let taps = kh * kw;
+        // Per channel (in parallel), summed over images in order: deterministic.
+        let per_channel: Vec<Vec<f64>> = (0..g.c_out)
+            .into_par_iter()
+            .map(|c| {
+                let mut xp = vec![0.0f32; padded_len(g)];
+                let mut dyp = vec![0.0f32; oh * wp];
+                let mut sums = vec![0.0f64; taps];
+                for n in 0..g.batch {
+                    let img = n * g.c_out + c;
+                    pad_into(g, &x[img * hw..][..hw], &mut xp);
+                    for oy in 0..oh {
+                        dyp[oy * wp..][..ow].copy_from_slice(&dy[img * out + oy * ow..][..ow]);
+                    }
+                    for (t, s) in sums.iter_mut().enumerate() {
+                        let off = (t / kw) * wp + t % kw;
+                        *s += super::super::norm::dot(&dyp, &xp[off..][..dyp.len()]) as f64;
+                    }
+                }
+                sums
+            })
+            .collect();
+        per_channel
+            .into_iter()
+            .flatten()
+            .map(|v| v as f32)
+            .collect()
+    }
+}

@@ -204,3 +204,21 @@ fn lanes_dot(x: &[f32], g: &[f32], mu: f32) -> (f32, f32) {
     }
     (sa, sb)
 }
+
+/// `Σ a·b` in `LANES` independent accumulators (vectorised).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (xs, ys) in ac.zip(bc) {
+        for l in 0..LANES {
+            acc[l] += xs[l] * ys[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
