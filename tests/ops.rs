@@ -576,6 +576,10 @@ fn conv_extension_matches_burn_on_random_shapes() {
         covered >= 25,
         "only {covered} cases went through the kernels"
     );
+    assert!(
+        depthwise_covered >= 2,
+        "only {depthwise_covered} depthwise cases went through the kernels"
+    );
 }
 
 /// `lopper::kernels::batch_norm_train` (the BatchNorm kernel through the backend extension,
