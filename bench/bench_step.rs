@@ -240,7 +240,10 @@ fn main() {
                 let t0 = Instant::now();
                 let (x, _) = batch.to_tensors(&device);
                 let logits = match (&masked, on.1) {
-                    (Some(hook), true) => {
+                    (Some(_), true) => {
+                        // A fresh hook each step, as DSA builds its masks each step (a soft
+                        // mask's graph is consumed by the step's backward).
+                        let hook = mask_hook(&mask_kind, &graph, &device).expect("mask hook");
                         match model.forward_hooked(Value::Spatial(x), true, hook.as_ref()) {
                             Ok(Value::Flat(t)) => t,
                             _ => panic!("masked forward"),

@@ -189,8 +189,12 @@ fn shape_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<
         && xs.num_dims() == 4
         && ws.num_dims() == 4
         && xs[1] == ws[1]
-        && options.padding.iter().all(|(begin, end)| begin == end);
-    covered.then(|| ConvShape {
+        && options.padding.iter().all(|(begin, end)| begin == end)
+        && (0..2).all(|d| xs[2 + d] + 2 * options.padding[d].0 >= ws[2 + d]);
+    if !covered {
+        return None;
+    }
+    let s = ConvShape {
         batch: xs[0],
         c_in: xs[1],
         height: xs[2],
@@ -199,8 +203,17 @@ fn shape_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<
         kernel: [ws[2], ws[3]],
         stride: options.stride,
         padding: options.padding.map(|(begin, _)| begin),
-    })
+    };
+    // Below 8×8 output positions per image the per-image kernels waste most of their blocks
+    // (VGG-11's 4×4 and 2×2 layers ran 0.76× Burn's speed through them): Flex's batched
+    // convolution does better there.
+    let [oh, ow] = s.out_hw();
+    (oh * ow >= MIN_POSITIONS).then_some(s)
 }
+
+/// The fewest output positions per image (`OH·OW`) for which the convolution kernels run;
+/// smaller convolutions go to Flex's own op.
+pub const MIN_POSITIONS: usize = 64;
 
 /// The tensor's elements as one contiguous `f32` slice (copied only when it is a strided view).
 fn with_f32<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
@@ -228,8 +241,9 @@ fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Opt
         && ws[1] == 1
         && options.dilation == [1, 1]
         && options.padding.iter().all(|(begin, end)| begin == end)
-        && direct::depthwise::covers_depthwise([ws[2], ws[3]], options.stride, padding);
-    covered.then(|| Geometry {
+        && direct::depthwise::covers_depthwise([ws[2], ws[3]], options.stride, padding)
+        && (0..2).all(|d| xs[2 + d] + 2 * padding[d] >= ws[2 + d]);
+    let g = covered.then(|| Geometry {
         batch: xs[0],
         c_in: xs[1],
         height: xs[2],
@@ -237,7 +251,9 @@ fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Opt
         c_out: ws[0],
         kernel: [ws[2], ws[3]],
         padding,
-    })
+    })?;
+    let [oh, ow] = g.out_hw();
+    (oh * ow >= MIN_POSITIONS).then_some(g)
 }
 
 fn flex_conv2d(x: FlexTensor, w: FlexTensor, options: ConvOptions<2>) -> FlexTensor {

@@ -15,6 +15,7 @@
 
 use gemm::{Parallelism, gemm};
 
+use super::denormal::FlushGuard;
 use super::direct;
 use rayon::prelude::*;
 
@@ -231,6 +232,7 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<
         .for_each_init(
             || vec![0.0f32; if s.is_pointwise() { 0 } else { k * p }],
             |cols, (yn, xn)| {
+                let _flush = FlushGuard::new();
                 let c: &[f32] = if s.is_pointwise() {
                     xn
                 } else {
@@ -277,6 +279,7 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     let partial: Vec<Vec<f32>> = (0..s.batch.div_ceil(per))
         .into_par_iter()
         .map(|t| {
+            let _flush = FlushGuard::new();
             let mut dw = vec![0.0f32; s.weight_len()];
             let mut cols = vec![0.0f32; if s.is_pointwise() { 0 } else { k * p }];
             for n in t * per..((t + 1) * per).min(s.batch) {
@@ -342,6 +345,7 @@ pub fn conv2d_input_grad(w: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
         .for_each_init(
             || vec![0.0f32; if s.is_pointwise() { 0 } else { k * p }],
             |cols, (dxn, dyn_)| {
+                let _flush = FlushGuard::new();
                 // Wᵀ: element (k, co) at co·K + k.
                 let a = View {
                     ptr: w.as_ptr(),

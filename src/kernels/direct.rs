@@ -18,6 +18,8 @@
 
 use rayon::prelude::*;
 
+use super::denormal::FlushGuard;
+
 const CO_BLOCK: usize = 4;
 const Q_BLOCK: usize = 24;
 
@@ -180,6 +182,7 @@ fn convolve(x: &[f32], g: &Geometry, w: impl Fn(usize, usize, usize, usize) -> f
         .for_each_init(
             || vec![0.0f32; padded_len],
             |xp, (yn, xn)| {
+                let _flush = FlushGuard::new();
                 // The borders stay zero from the allocation; only the interior is written.
                 for c in 0..g.c_in {
                     for iy in 0..g.height {
@@ -271,6 +274,7 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let partial: Vec<Vec<f32>> = (0..g.batch.div_ceil(per))
         .into_par_iter()
         .map(|t| {
+            let _flush = FlushGuard::new();
             let mut dw = vec![0.0f32; weight_len];
             let mut xp = vec![0.0f32; padded_len];
             let mut dyp = vec![0.0f32; g.c_out * q_total];
@@ -416,6 +420,7 @@ pub mod depthwise {
             .for_each_init(
                 || (vec![0.0f32; padded_len(g)], vec![0.0f32; oh * wp]),
                 |(xp, acc), (i, (yc, xc))| {
+                    let _flush = crate::kernels::denormal::FlushGuard::new();
                     let c = i % g.c_out;
                     pad_into(g, xc, xp);
                     plane_any(g, xp, &taps[c * kh * kw..][..kh * kw], acc, yc);
@@ -483,6 +488,7 @@ pub mod depthwise {
         let per_channel: Vec<Vec<f64>> = (0..g.c_out)
             .into_par_iter()
             .map(|c| {
+                let _flush = crate::kernels::denormal::FlushGuard::new();
                 let mut xp = vec![0.0f32; padded_len(g)];
                 let mut dyp = vec![0.0f32; oh * wp];
                 let mut sums = vec![0.0f64; taps];

@@ -6,7 +6,8 @@
 
 pub mod backend;
 pub mod conv;
+pub mod denormal;
 pub mod direct;
 pub mod norm;
 
-pub use backend::{batch_norm_train, conv2d, enabled, kernel_calls, set_enabled};
+pub use backend::{MIN_POSITIONS, batch_norm_train, conv2d, enabled, kernel_calls, set_enabled};
