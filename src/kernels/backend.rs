@@ -23,10 +23,10 @@ use burn::backend::{
     AutodiffBackend, Backend, DispatchDevice, ExtensionType, Flex, backend_extension,
 };
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData, module as fops};
+use burn::tensor::{DType, Shape, Tensor, TensorData, module as fops};
 
 use super::conv::{self, ConvShape};
-use super::direct::{self, Geometry};
+use super::direct;
 use super::norm::{self, NormShape};
 
 /// BatchNorm's training output with the batch statistics (biased variance) it used.
@@ -223,13 +223,9 @@ fn with_f32<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
     }
 }
 
-fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
-
 /// The geometry of a depthwise convolution the kernels cover: groups = `C_in` = `C_out`,
 /// weights `[C, 1, kh, kw]`, stride 1, symmetric padding below the kernel size.
-fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<Geometry> {
+fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<ConvShape> {
     let (xs, ws) = (x.layout().shape(), w.layout().shape());
     let padding = options.padding.map(|(begin, _)| begin);
     let covered = x.dtype() == DType::F32
@@ -241,37 +237,57 @@ fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Opt
         && ws[1] == 1
         && options.dilation == [1, 1]
         && options.padding.iter().all(|(begin, end)| begin == end)
-        && direct::depthwise::covers_depthwise([ws[2], ws[3]], options.stride, padding)
+        && direct::covers([ws[2], ws[3]], options.stride, padding)
         && (0..2).all(|d| xs[2 + d] + 2 * padding[d] >= ws[2 + d]);
-    let g = covered.then(|| Geometry {
+    let g = covered.then(|| ConvShape {
         batch: xs[0],
         c_in: xs[1],
         height: xs[2],
         width: xs[3],
         c_out: ws[0],
         kernel: [ws[2], ws[3]],
+        stride: [1, 1],
         padding,
     })?;
     let [oh, ow] = g.out_hw();
     (oh * ow >= MIN_POSITIONS).then_some(g)
 }
 
-fn flex_conv2d(x: FlexTensor, w: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-    if let Some(g) = depthwise_of(&x, &w, &options) {
-        count_kernel_call();
-        let y = with_f32(&x, |xv| {
-            with_f32(&w, |wv| direct::depthwise::conv2d(xv, wv, &g))
-        });
-        let [oh, ow] = g.out_hw();
-        return flex_tensor(y, [g.batch, g.c_out, oh, ow]);
+/// Which code runs a convolution pass on Flex.
+enum Plan {
+    Depthwise(ConvShape),
+    Dense(ConvShape),
+    Flex,
+}
+
+fn plan(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Plan {
+    if let Some(s) = depthwise_of(x, w, options) {
+        Plan::Depthwise(s)
+    } else if let Some(s) = shape_of(x, w, options) {
+        Plan::Dense(s)
+    } else {
+        Plan::Flex
     }
-    let Some(s) = shape_of(&x, &w, &options) else {
-        return Flex::conv2d(x, w, None, options);
-    };
+}
+
+/// A kernel pass on two `f32` operands.
+type Pass = fn(&[f32], &[f32], &ConvShape) -> Vec<f32>;
+
+/// Runs `pass` on `a` and `b` and wraps its result with `shape`.
+fn run_pass(a: &FlexTensor, b: &FlexTensor, s: &ConvShape, pass: Pass, shape: Shape) -> FlexTensor {
     count_kernel_call();
-    let y = with_f32(&x, |xv| with_f32(&w, |wv| conv::conv2d(xv, wv, None, &s)));
+    let v = with_f32(a, |av| with_f32(b, |bv| pass(av, bv, s)));
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+fn flex_conv2d(x: FlexTensor, w: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+    let (s, pass): (ConvShape, Pass) = match plan(&x, &w, &options) {
+        Plan::Depthwise(s) => (s, direct::depthwise::conv2d),
+        Plan::Dense(s) => (s, |x, w, s| conv::conv2d(x, w, None, s)),
+        Plan::Flex => return Flex::conv2d(x, w, None, options),
+    };
     let [oh, ow] = s.out_hw();
-    flex_tensor(y, [s.batch, s.c_out, oh, ow])
+    run_pass(&x, &w, &s, pass, Shape::new([s.batch, s.c_out, oh, ow]))
 }
 
 fn flex_input_grad(
@@ -280,21 +296,12 @@ fn flex_input_grad(
     dy: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
-    if let Some(g) = depthwise_of(&x, &w, &options) {
-        count_kernel_call();
-        let dx = with_f32(&w, |wv| {
-            with_f32(&dy, |d| direct::depthwise::input_grad(wv, d, &g))
-        });
-        return flex_tensor(dx, [g.batch, g.c_in, g.height, g.width]);
-    }
-    let Some(s) = shape_of(&x, &w, &options) else {
-        return Flex::conv2d_x_backward(x, w, dy, options);
+    let (s, pass): (ConvShape, Pass) = match plan(&x, &w, &options) {
+        Plan::Depthwise(s) => (s, direct::depthwise::input_grad),
+        Plan::Dense(s) => (s, conv::conv2d_input_grad),
+        Plan::Flex => return Flex::conv2d_x_backward(x, w, dy, options),
     };
-    count_kernel_call();
-    let dx = with_f32(&w, |wv| {
-        with_f32(&dy, |g| conv::conv2d_input_grad(wv, g, &s))
-    });
-    flex_tensor(dx, [s.batch, s.c_in, s.height, s.width])
+    run_pass(&w, &dy, &s, pass, x.layout().shape().clone())
 }
 
 fn flex_weight_grad(
@@ -303,21 +310,12 @@ fn flex_weight_grad(
     dy: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
-    if let Some(g) = depthwise_of(&x, &w, &options) {
-        count_kernel_call();
-        let dw = with_f32(&x, |xv| {
-            with_f32(&dy, |d| direct::depthwise::weight_grad(xv, d, &g))
-        });
-        return flex_tensor(dw, [g.c_out, 1, g.kernel[0], g.kernel[1]]);
-    }
-    let Some(s) = shape_of(&x, &w, &options) else {
-        return Flex::conv2d_weight_backward(x, w, dy, options);
+    let (s, pass): (ConvShape, Pass) = match plan(&x, &w, &options) {
+        Plan::Depthwise(s) => (s, direct::depthwise::weight_grad),
+        Plan::Dense(s) => (s, conv::conv2d_weight_grad),
+        Plan::Flex => return Flex::conv2d_weight_backward(x, w, dy, options),
     };
-    count_kernel_call();
-    let dw = with_f32(&x, |xv| {
-        with_f32(&dy, |g| conv::conv2d_weight_grad(xv, g, &s))
-    });
-    flex_tensor(dw, [s.c_out, s.c_in, s.kernel[0], s.kernel[1]])
+    run_pass(&x, &dy, &s, pass, w.layout().shape().clone())
 }
 
 /// The geometry of a BatchNorm input the kernels cover.

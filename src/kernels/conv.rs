@@ -66,20 +66,18 @@ impl ConvShape {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
     }
 
-    /// The direct (no im2col) geometry, when [`direct::covers`] this convolution and it is
-    /// not a 1×1 (which needs no im2col anyway).
-    fn direct(&self) -> Option<direct::Geometry> {
-        (direct::covers(self.kernel, self.stride, self.padding) && !self.is_pointwise()).then_some(
-            direct::Geometry {
-                batch: self.batch,
-                c_in: self.c_in,
-                height: self.height,
-                width: self.width,
-                c_out: self.c_out,
-                kernel: self.kernel,
-                padding: self.padding,
-            },
-        )
+    /// Padded input height and width.
+    pub(crate) fn padded(&self) -> [usize; 2] {
+        [
+            self.height + 2 * self.padding[0],
+            self.width + 2 * self.padding[1],
+        ]
+    }
+
+    /// Whether the direct (no im2col) kernels take this convolution: [`direct::covers`] it
+    /// and it is not a 1×1 (which needs no im2col anyway).
+    fn is_direct(&self) -> bool {
+        direct::covers(self.kernel, self.stride, self.padding) && !self.is_pointwise()
     }
 
     pub fn input_len(&self) -> usize {
@@ -216,8 +214,8 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<
     assert_eq!(x.len(), s.input_len(), "conv2d: input size");
     assert_eq!(w.len(), s.weight_len(), "conv2d: weight size");
     let (k, p) = (s.k(), s.p());
-    if let Some(g) = s.direct() {
-        let mut y = direct::conv2d(x, w, &g);
+    if s.is_direct() {
+        let mut y = direct::conv2d(x, w, s);
         if let Some(b) = bias {
             for (i, row) in y.chunks_mut(p).enumerate() {
                 let v = b[i % s.c_out];
@@ -269,8 +267,8 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
         s.output_len(),
         "conv2d_weight_grad: output gradient size"
     );
-    if let Some(g) = s.direct() {
-        return direct::weight_grad(x, dy, &g);
+    if s.is_direct() {
+        return direct::weight_grad(x, dy, s);
     }
     let (k, p) = (s.k(), s.p());
     let threads = rayon::current_num_threads().max(1);
@@ -335,8 +333,8 @@ pub fn conv2d_input_grad(w: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
         s.output_len(),
         "conv2d_input_grad: output gradient size"
     );
-    if let Some(g) = s.direct() {
-        return direct::input_grad(w, dy, &g);
+    if s.is_direct() {
+        return direct::input_grad(w, dy, s);
     }
     let (k, p) = (s.k(), s.p());
     let mut dx = vec![0.0f32; s.input_len()];

@@ -18,42 +18,15 @@
 
 use rayon::prelude::*;
 
+use super::conv::ConvShape;
 use super::denormal::FlushGuard;
 
 const CO_BLOCK: usize = 4;
 const Q_BLOCK: usize = 24;
 
-/// A stride-1 convolution's geometry.
-#[derive(Debug, Clone, Copy)]
-pub struct Geometry {
-    pub batch: usize,
-    pub c_in: usize,
-    pub height: usize,
-    pub width: usize,
-    pub c_out: usize,
-    pub kernel: [usize; 2],
-    pub padding: [usize; 2],
-}
-
-impl Geometry {
-    pub fn out_hw(&self) -> [usize; 2] {
-        [
-            self.height + 2 * self.padding[0] + 1 - self.kernel[0],
-            self.width + 2 * self.padding[1] + 1 - self.kernel[1],
-        ]
-    }
-
-    fn padded(&self) -> [usize; 2] {
-        [
-            self.height + 2 * self.padding[0],
-            self.width + 2 * self.padding[1],
-        ]
-    }
-}
-
 /// Weights re-laid for the micro-kernel: `[C_out / CO_BLOCK][C_in][kh][kw][CO_BLOCK]`, output
 /// channels past `C_out` zero. `w(co, c, ky, kx)` reads the source weight.
-fn pack_weights(g: &Geometry, w: impl Fn(usize, usize, usize, usize) -> f32) -> Vec<f32> {
+fn pack_weights(g: &ConvShape, w: impl Fn(usize, usize, usize, usize) -> f32) -> Vec<f32> {
     let [kh, kw] = g.kernel;
     let blocks = g.c_out.div_ceil(CO_BLOCK);
     let mut out = vec![0.0f32; blocks * g.c_in * kh * kw * CO_BLOCK];
@@ -105,7 +78,7 @@ unsafe fn block(
 /// One image: `y [C_out, OH, OW]` from the padded input `xp`.
 #[inline(always)]
 fn image(
-    g: &Geometry,
+    g: &ConvShape,
     xp: &[f32],
     packed: &[f32],
     offs: &[usize],
@@ -146,11 +119,11 @@ fn image(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn image_fma(g: &Geometry, xp: &[f32], packed: &[f32], offs: &[usize], y: &mut [f32]) {
+fn image_fma(g: &ConvShape, xp: &[f32], packed: &[f32], offs: &[usize], y: &mut [f32]) {
     image(g, xp, packed, offs, y, |a, b, c| a.mul_add(b, c))
 }
 
-fn image_any(g: &Geometry, xp: &[f32], packed: &[f32], offs: &[usize], y: &mut [f32]) {
+fn image_any(g: &ConvShape, xp: &[f32], packed: &[f32], offs: &[usize], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.
@@ -161,7 +134,11 @@ fn image_any(g: &Geometry, xp: &[f32], packed: &[f32], offs: &[usize], y: &mut [
 
 /// The shared body of the forward pass and the input gradient: `y = conv(x, w)` with stride 1,
 /// `w` given through the accessor.
-fn convolve(x: &[f32], g: &Geometry, w: impl Fn(usize, usize, usize, usize) -> f32) -> Vec<f32> {
+fn convolve(x: &[f32], g: &ConvShape, w: impl Fn(usize, usize, usize, usize) -> f32) -> Vec<f32> {
+    assert!(
+        covers(g.kernel, g.stride, g.padding),
+        "direct kernels: stride 1 and padding below the kernel only"
+    );
     let [oh, ow] = g.out_hw();
     let [hp, wp] = g.padded();
     let [kh, kw] = g.kernel;
@@ -203,7 +180,7 @@ pub fn covers(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> bo
 }
 
 /// The forward pass of a stride-1 convolution, `x [N, C_in, H, W]`, `w [C_out, C_in, kh, kw]`.
-pub fn conv2d(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+pub fn conv2d(x: &[f32], w: &[f32], g: &ConvShape) -> Vec<f32> {
     let [kh, kw] = g.kernel;
     assert_eq!(
         x.len(),
@@ -220,26 +197,38 @@ pub fn conv2d(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     })
 }
 
-/// The input gradient of [`conv2d`] given `dy [N, C_out, OH, OW]`: a stride-1 convolution of
-/// `dy` with padding `k − 1 − p` and the weights flipped and transposed.
-pub fn input_grad(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
-    let [kh, kw] = g.kernel;
+/// The geometry of a stride-1 convolution's input gradient as a convolution of `dy` (of
+/// `dy_len` elements): channels swapped, the output's size in, padding `k − 1 − p`, giving the
+/// input's size out.
+fn gradient_shape(g: &ConvShape, dy_len: usize) -> ConvShape {
     let [oh, ow] = g.out_hw();
     assert_eq!(
-        dy.len(),
+        dy_len,
         g.batch * g.c_out * oh * ow,
-        "direct input_grad: gradient size"
+        "direct input gradient: gradient size"
     );
-    let t = Geometry {
+    let t = ConvShape {
         batch: g.batch,
         c_in: g.c_out,
         height: oh,
         width: ow,
         c_out: g.c_in,
         kernel: g.kernel,
-        padding: [kh - 1 - g.padding[0], kw - 1 - g.padding[1]],
+        stride: [1, 1],
+        padding: [
+            g.kernel[0] - 1 - g.padding[0],
+            g.kernel[1] - 1 - g.padding[1],
+        ],
     };
     debug_assert_eq!(t.out_hw(), [g.height, g.width]);
+    t
+}
+
+/// The input gradient of [`conv2d`] given `dy [N, C_out, OH, OW]`: a stride-1 convolution of
+/// `dy` with padding `k − 1 − p` and the weights flipped and transposed.
+pub fn input_grad(w: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
+    let [kh, kw] = g.kernel;
+    let t = gradient_shape(g, dy.len());
     convolve(dy, &t, |c, co, ky, kx| {
         w[((co * g.c_in + c) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)]
     })
@@ -249,7 +238,11 @@ pub fn input_grad(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 /// with `dy` laid out in padded-width order (junk columns zero), each tap's gradient is one
 /// GEMM, `dW[:, :, ky, kx] += dy_n [C_out, Q] · xp_nᵀ` shifted by `ky·Wp + kx` (`Q = OH·Wp`),
 /// reading the padded input in place. Threads sum their images into their own `dW`.
-pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+pub fn weight_grad(x: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
+    assert!(
+        covers(g.kernel, g.stride, g.padding),
+        "direct kernels: stride 1 and padding below the kernel only"
+    );
     let [kh, kw] = g.kernel;
     let [oh, ow] = g.out_hw();
     let [hp, wp] = g.padded();
@@ -340,13 +333,13 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 pub mod depthwise {
     use rayon::prelude::*;
 
-    use super::{Geometry, covers};
+    use super::{ConvShape, covers};
 
     /// One channel: `y [OH, OW] = Σ_t w[t] · xp[q + off_t]` over the padded plane `xp`, via
     /// the padded-width buffer `acc [OH·Wp]`.
     #[inline(always)]
     fn plane(
-        g: &Geometry,
+        g: &ConvShape,
         xp: &[f32],
         w: &[f32],
         acc: &mut [f32],
@@ -373,11 +366,11 @@ pub mod depthwise {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn plane_avx2(g: &Geometry, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
+    fn plane_avx2(g: &ConvShape, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
         plane(g, xp, w, acc, y, |a, b, c| a.mul_add(b, c))
     }
 
-    fn plane_any(g: &Geometry, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
+    fn plane_any(g: &ConvShape, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -388,7 +381,7 @@ pub mod depthwise {
     }
 
     /// Copies plane `src [H, W]` into the interior of the zero-bordered `xp [Hp, Wp]`.
-    fn pad_into(g: &Geometry, src: &[f32], xp: &mut [f32]) {
+    fn pad_into(g: &ConvShape, src: &[f32], xp: &mut [f32]) {
         let wp = g.padded()[1];
         let [ph, pw] = g.padding;
         for iy in 0..g.height {
@@ -397,12 +390,16 @@ pub mod depthwise {
     }
 
     /// The plane buffer length: the padded plane plus the last tap's over-read.
-    fn padded_len(g: &Geometry) -> usize {
+    fn padded_len(g: &ConvShape) -> usize {
         let [hp, wp] = g.padded();
         hp * wp + g.kernel[1] + wp
     }
 
-    fn convolve(x: &[f32], g: &Geometry, w: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    fn convolve(x: &[f32], g: &ConvShape, w: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+        assert!(
+            covers(g.kernel, g.stride, g.padding),
+            "direct kernels: stride 1 and padding below the kernel only"
+        );
         let [kh, kw] = g.kernel;
         let [oh, ow] = g.out_hw();
         let wp = g.padded()[1];
@@ -429,14 +426,8 @@ pub mod depthwise {
         y
     }
 
-    /// Whether the depthwise kernels take this convolution (as [`covers`]: stride 1, padding
-    /// below the kernel size).
-    pub fn covers_depthwise(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> bool {
-        covers(kernel, stride, padding)
-    }
-
     /// The forward pass: `x [N, C, H, W]`, `w [C, 1, kh, kw]`.
-    pub fn conv2d(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    pub fn conv2d(x: &[f32], w: &[f32], g: &ConvShape) -> Vec<f32> {
         let [kh, kw] = g.kernel;
         assert_eq!(g.c_in, g.c_out, "depthwise: C_in = C_out");
         assert_eq!(
@@ -450,20 +441,10 @@ pub mod depthwise {
 
     /// The input gradient: the depthwise convolution of `dy` with the kernel flipped and
     /// padding `k − 1 − p`.
-    pub fn input_grad(w: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    pub fn input_grad(w: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
         let [kh, kw] = g.kernel;
-        let [oh, ow] = g.out_hw();
-        assert_eq!(
-            dy.len(),
-            g.batch * g.c_out * oh * ow,
-            "depthwise: gradient size"
-        );
-        let t = Geometry {
-            height: oh,
-            width: ow,
-            padding: [kh - 1 - g.padding[0], kw - 1 - g.padding[1]],
-            ..*g
-        };
+        // C_in = C_out, so the swap of channels is no change.
+        let t = super::gradient_shape(g, dy.len());
         convolve(dy, &t, |c, tap| {
             let (ky, kx) = (tap / kw, tap % kw);
             w[c * kh * kw + (kh - 1 - ky) * kw + (kw - 1 - kx)]
@@ -472,7 +453,11 @@ pub mod depthwise {
 
     /// The weight gradient `[C, 1, kh, kw]`: per channel and tap, the dot product of the
     /// padded-width output gradient with the shifted padded input, summed over images.
-    pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    pub fn weight_grad(x: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
+        assert!(
+            covers(g.kernel, g.stride, g.padding),
+            "direct kernels: stride 1 and padding below the kernel only"
+        );
         let [kh, kw] = g.kernel;
         let [oh, ow] = g.out_hw();
         let wp = g.padded()[1];
