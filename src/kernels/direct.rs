@@ -142,7 +142,6 @@ fn convolve(x: &[f32], g: &ConvShape, w: impl Fn(usize, usize, usize, usize) -> 
     let [oh, ow] = g.out_hw();
     let [hp, wp] = g.padded();
     let [kh, kw] = g.kernel;
-    let [ph, pw] = g.padding;
     let packed = pack_weights(g, w);
     let offs: Vec<usize> = (0..g.c_in)
         .flat_map(|c| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (c, ky, kx))))
@@ -160,17 +159,30 @@ fn convolve(x: &[f32], g: &ConvShape, w: impl Fn(usize, usize, usize, usize) -> 
             || vec![0.0f32; padded_len],
             |xp, (yn, xn)| {
                 let _flush = FlushGuard::new();
-                // The borders stay zero from the allocation; only the interior is written.
-                for c in 0..g.c_in {
-                    for iy in 0..g.height {
-                        let src = &xn[(c * g.height + iy) * g.width..][..g.width];
-                        xp[c * hp * wp + (iy + ph) * wp + pw..][..g.width].copy_from_slice(src);
-                    }
-                }
+                pad_image(g, xn, xp);
                 image_any(g, xp, &packed, &offs, yn);
             },
         );
     y
+}
+
+/// Copies one plane `src [H, W]` into the interior of the zero-bordered `xp [Hp, Wp]` (the
+/// borders stay zero from the allocation, so a buffer is reused across images of one call).
+fn pad_plane(g: &ConvShape, src: &[f32], xp: &mut [f32]) {
+    let wp = g.padded()[1];
+    let [ph, pw] = g.padding;
+    for iy in 0..g.height {
+        xp[(iy + ph) * wp + pw..][..g.width].copy_from_slice(&src[iy * g.width..][..g.width]);
+    }
+}
+
+/// Copies an image `[C_in, H, W]` into its padded planes `xp [C_in, Hp, Wp]`.
+fn pad_image(g: &ConvShape, x: &[f32], xp: &mut [f32]) {
+    let [hp, wp] = g.padded();
+    let plane = g.height * g.width;
+    for c in 0..g.c_in {
+        pad_plane(g, &x[c * plane..][..plane], &mut xp[c * hp * wp..]);
+    }
 }
 
 /// Whether [`conv2d`] and [`input_grad`] take this convolution: stride 1, padding below the
@@ -246,7 +258,6 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
     let [kh, kw] = g.kernel;
     let [oh, ow] = g.out_hw();
     let [hp, wp] = g.padded();
-    let [ph, pw] = g.padding;
     let (image_len, out_len) = (g.c_in * g.height * g.width, g.c_out * oh * ow);
     assert_eq!(
         x.len(),
@@ -274,12 +285,7 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
             for n in t * per..((t + 1) * per).min(g.batch) {
                 let xn = &x[n * image_len..][..image_len];
                 let dyn_ = &dy[n * out_len..][..out_len];
-                for c in 0..g.c_in {
-                    for iy in 0..g.height {
-                        let src = &xn[(c * g.height + iy) * g.width..][..g.width];
-                        xp[c * hp * wp + (iy + ph) * wp + pw..][..g.width].copy_from_slice(src);
-                    }
-                }
+                pad_image(g, xn, &mut xp);
                 for co in 0..g.c_out {
                     for oy in 0..oh {
                         dyp[co * q_total + oy * wp..][..ow]
@@ -380,15 +386,6 @@ pub mod depthwise {
         plane(g, xp, w, acc, y, |a, b, c| a * b + c)
     }
 
-    /// Copies plane `src [H, W]` into the interior of the zero-bordered `xp [Hp, Wp]`.
-    fn pad_into(g: &ConvShape, src: &[f32], xp: &mut [f32]) {
-        let wp = g.padded()[1];
-        let [ph, pw] = g.padding;
-        for iy in 0..g.height {
-            xp[(iy + ph) * wp + pw..][..g.width].copy_from_slice(&src[iy * g.width..][..g.width]);
-        }
-    }
-
     /// The plane buffer length: the padded plane plus the last tap's over-read.
     fn padded_len(g: &ConvShape) -> usize {
         let [hp, wp] = g.padded();
@@ -419,7 +416,7 @@ pub mod depthwise {
                 |(xp, acc), (i, (yc, xc))| {
                     let _flush = crate::kernels::denormal::FlushGuard::new();
                     let c = i % g.c_out;
-                    pad_into(g, xc, xp);
+                    super::pad_plane(g, xc, xp);
                     plane_any(g, xp, &taps[c * kh * kw..][..kh * kw], acc, yc);
                 },
             );
@@ -479,7 +476,7 @@ pub mod depthwise {
                 let mut sums = vec![0.0f64; taps];
                 for n in 0..g.batch {
                     let img = n * g.c_out + c;
-                    pad_into(g, &x[img * hw..][..hw], &mut xp);
+                    super::pad_plane(g, &x[img * hw..][..hw], &mut xp);
                     for oy in 0..oh {
                         dyp[oy * wp..][..ow].copy_from_slice(&dy[img * out + oy * ow..][..ow]);
                     }
