@@ -3,7 +3,8 @@
 //! `cargo run --release --example bench_step -- [--model resnet20] [--batch 128] [--steps 20]
 //! [--device cpu|cuda|wgpu] [--reps 3] [--kernels on|off|both]` (`--reps 0` skips the per-op
 //! profile; `--kernels` picks lopper's convolution kernels, Burn's own op, or both side by side;
-//! `--mask channels|pdp` times DSA's or PDP's masked step against the plain one)
+//! `--mask channels|pdp` times DSA's or PDP's masked step against the plain one; `unfused`
+//! and `channels-unfused` the steps without BatchNorm's fused mask and ReLU)
 //!
 //! Prints one JSON line with images/s for the full step, then a profile table: the step split
 //! into data preparation, forward (+ loss), backward and optimiser (each timed with a device
@@ -129,12 +130,48 @@ fn node_times(graph: &Graph, i: usize, batch: usize, device: &Device, reps: usiz
     (fwd, (fwd_bwd - fwd).max(0.0))
 }
 
+/// `--mask NAME-unfused` (or `unfused` alone): the inner hook's channel factor multiplied into
+/// the value after the node, and every node's output read, so the executor fuses nothing:
+/// the step as it ran before BatchNorm took the mask and the ReLU into its kernel.
+struct Unfused(Option<Box<dyn NodeHook>>);
+
+impl NodeHook for Unfused {
+    fn after_node(&self, index: usize, node: &lopper::graph::Node, value: Value) -> Value {
+        match self
+            .0
+            .as_ref()
+            .and_then(|h| h.channel_scale(index, node, value.is_autodiff()))
+        {
+            Some(m) => value.scale_channels(m),
+            None => value,
+        }
+    }
+    fn weight(
+        &self,
+        index: usize,
+        node: &lopper::graph::Node,
+        w: lopper::model::Weight,
+    ) -> lopper::model::Weight {
+        match &self.0 {
+            Some(h) => h.weight(index, node, w),
+            None => w,
+        }
+    }
+}
+
 /// The forward hook of `--mask`: DSA's soft channel masks (one per channel group, values in
-/// [0.5, 1], with gradients) or PDP's soft weight masks at 90% on every conv and linear.
+/// [0.5, 1], with gradients) or PDP's soft weight masks at 90% on every conv and linear;
+/// with `-unfused`, see [`Unfused`].
 fn mask_hook(kind: &str, graph: &Graph, device: &Device) -> Option<Box<dyn NodeHook>> {
     use lopper::prune::pdp::{PdpMask, Temperature};
     use lopper::prune::weights::{Pattern, SoftWeightMasks, weight_layers};
     use lopper::prune::{groups::channel_groups, mask::ChannelMasks};
+    if kind == "unfused" {
+        return Some(Box::new(Unfused(None)));
+    }
+    if let Some(inner) = kind.strip_suffix("-unfused") {
+        return Some(Box::new(Unfused(mask_hook(inner, graph, device))));
+    }
     match kind {
         "none" => None,
         "channels" => {
@@ -165,7 +202,10 @@ fn mask_hook(kind: &str, graph: &Graph, device: &Device) -> Option<Box<dyn NodeH
             Some(Box::new(SoftWeightMasks::new(graph, layers, mask)))
         }
         other => {
-            eprintln!("bench_step: --mask takes none, channels or pdp, not '{other}'");
+            eprintln!(
+                "bench_step: --mask takes none, channels, pdp, unfused or channels-unfused, \
+                 not '{other}'"
+            );
             std::process::exit(2);
         }
     }

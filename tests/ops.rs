@@ -591,7 +591,9 @@ fn conv_extension_matches_burn_on_random_shapes() {
 /// `lopper::kernels::batch_norm_train` (the BatchNorm kernel through the backend extension,
 /// with its handwritten backward) against Burn's `batch_norm_train` on random shapes: output,
 /// batch statistics, and the gradients of the input, `gamma` and `beta`, on contiguous and
-/// strided inputs, with activations far from zero mean.
+/// strided inputs, with activations far from zero mean; with and without the fused epilogue
+/// (a channel scale with some zeros, carrying a gradient, and the ReLU), against Burn's
+/// multiplication and `relu` after its BatchNorm.
 #[test]
 fn batch_norm_extension_matches_burn_on_random_shapes() {
     use burn::tensor::module::batch_norm_train;
@@ -616,8 +618,12 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
         let w = rng.random_range(1..=7);
         let offset = rng.random_range(-3.0..3.0f32);
         let transposed = rng.random_bool(0.3);
-        let what =
-            format!("case {case}: [{n},{c},{h},{w}] offset {offset} transposed {transposed}");
+        let scaled = rng.random_bool(0.5);
+        let relu = rng.random_bool(0.5);
+        let what = format!(
+            "case {case}: [{n},{c},{h},{w}] offset {offset} transposed {transposed} \
+             scaled {scaled} relu {relu}"
+        );
         let mut draw = |len: usize, off: f32| -> Vec<f32> {
             (0..len)
                 .map(|_| off + rng.random_range(-1.0..1.0))
@@ -626,6 +632,11 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
         let xv = draw(n * c * h * w, offset);
         let gv = draw(c, 1.0);
         let bv = draw(c, 0.0);
+        // Channel masks: soft values, some exactly zero (a pruned channel).
+        let sv: Vec<f32> = draw(c, 0.5)
+            .into_iter()
+            .map(|v| if v < 0.0 { 0.0 } else { v })
+            .collect();
         let r: Vec<f32> = (0..n * c * h * w)
             .map(|i| ((i * 7919) % 17) as f32 / 8.0 - 1.0)
             .collect();
@@ -643,11 +654,23 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
             };
             let g = Tensor::<1>::from_data(data(&gv, &[c]), &ad).require_grad();
             let b = Tensor::<1>::from_data(data(&bv, &[c]), &ad).require_grad();
+            let m = Tensor::<1>::from_data(data(&sv, &[c]), &ad).require_grad();
+            let scale = scaled.then(|| m.clone());
             let (y, mean, var) = if ours {
-                kernels::batch_norm_train(x, g.clone(), b.clone(), 1e-5)
+                let epilogue = kernels::NormEpilogue { scale, relu };
+                kernels::batch_norm_train(x, g.clone(), b.clone(), epilogue, 1e-5)
             } else {
                 let o = batch_norm_train(x, g.clone(), b.clone(), 1e-5);
-                (o.output, o.mean, o.variance)
+                let y = match scale {
+                    Some(m) => o.output * m.reshape([1, c, 1, 1]),
+                    None => o.output,
+                };
+                let y = if relu {
+                    burn::tensor::activation::relu(y)
+                } else {
+                    y
+                };
+                (y, o.mean, o.variance)
             };
             let rt = Tensor::<4>::from_data(data(&r, &y.dims()), &ad);
             let grads = (y.clone() * rt).sum().backward();
@@ -657,6 +680,7 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
                     host(leaf.grad(&grads).unwrap()),
                     host(g.grad(&grads).unwrap()),
                     host(b.grad(&grads).unwrap()),
+                    m.grad(&grads).map(host).unwrap_or_default(),
                 ],
             )
         };
@@ -671,7 +695,12 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
         for (k, name) in ["output", "mean", "variance"].iter().enumerate() {
             rel(&ours.0[k], &theirs.0[k], &format!("{what} {name}"));
         }
-        for (k, name) in ["dx", "dgamma", "dbeta"].iter().enumerate() {
+        assert_eq!(
+            ours.1[3].len(),
+            if scaled { c } else { 0 },
+            "{what}: dscale"
+        );
+        for (k, name) in ["dx", "dgamma", "dbeta", "dscale"].iter().enumerate() {
             rel(&ours.1[k], &theirs.1[k], &format!("{what} {name}"));
         }
     }

@@ -256,13 +256,9 @@ fn the_channel_mask_cuts_each_group_at_its_width() {
         let mut mask = PdpChannelMask::new(&groups, Temperature::Relative(0.1), t_grad);
         mask.kept[group.id] = kept;
         mask.update(&trained, &groups).unwrap();
-        let ones = Tensor::<4>::ones([1, channels, 1, 1], &ad);
-        let lopper::model::Value::Spatial(m) =
-            mask.after_node(point, &g.nodes[point], lopper::model::Value::Spatial(ones))
-        else {
-            unreachable!()
-        };
-        let m = m.reshape([channels]);
+        let m = mask
+            .channel_scale(point, &g.nodes[point], true)
+            .expect("the mask point has a mask");
         let mv = host(m.clone());
         // Exactly the target width at m >= 0.5, the top channels by norm.
         let hard: Vec<bool> = mv.iter().map(|&v| v >= 0.5).collect();

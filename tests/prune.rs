@@ -235,3 +235,106 @@ fn resource_gradient_matches_finite_differences() {
         assert!(rm.eval(&vec![0.5; a.len()]) < 0.5 * rm.dense());
     }
 }
+
+/// The old way of masking: the factor applied to the value after the node, with the executor
+/// told that the hook reads outputs, so nothing is fused.
+struct UnfusedMasks<'a>(&'a ChannelMasks);
+
+impl lopper::model::NodeHook for UnfusedMasks<'_> {
+    fn after_node(&self, index: usize, node: &lopper::graph::Node, value: Value) -> Value {
+        match self.0.channel_scale(index, node, value.is_autodiff()) {
+            Some(m) => value.scale_channels(m),
+            None => value,
+        }
+    }
+}
+
+/// A training forward and backward pass with soft channel masks (some exactly zero) on
+/// models with BatchNorm + ReLU (fused into the BatchNorm kernel with the mask) gives the
+/// logits and the gradients of the input and of the masks themselves that the unfused pass
+/// (BatchNorm, then the mask, then ReLU) gives.
+#[test]
+fn fused_mask_and_relu_keep_training_values_and_gradients() {
+    use lopper::model::NodeHook;
+    let ad = Device::flex().autodiff();
+    for name in ["resnet20", "mobilenet_v1"] {
+        let g = lopper::zoo::build(name, &[3, 16, 16], 10).unwrap();
+        let groups = channel_groups(&g, &[]).unwrap();
+        let model = burn::module::Module::train(burn::module::Module::fork(randomised(&g, 3), &ad));
+        let mut rng = StdRng::seed_from_u64(11);
+        let mask_values: Vec<Vec<f32>> = groups
+            .iter()
+            .map(|gr| {
+                (0..gr.channels)
+                    .map(|_| rng.random_range(-0.3..1.2f32).max(0.0))
+                    .collect()
+            })
+            .collect();
+        let x: Vec<f32> = (0..4 * 3 * 16 * 16)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let run = |fused: bool| {
+            let masks: Vec<Tensor<1>> = mask_values
+                .iter()
+                .map(|m| {
+                    Tensor::<1>::from_data(TensorData::new(m.clone(), [m.len()]), &ad)
+                        .require_grad()
+                })
+                .collect();
+            let hook = ChannelMasks::new(
+                &g,
+                &groups,
+                &masks.iter().cloned().map(Some).collect::<Vec<_>>(),
+                &ad,
+            );
+            let unfused = UnfusedMasks(&hook);
+            let h: &dyn NodeHook = if fused { &hook } else { &unfused };
+            let input = Tensor::<4>::from_data(TensorData::new(x.clone(), [4, 3, 16, 16]), &ad)
+                .require_grad();
+            let Value::Flat(logits) = model
+                .forward_hooked(Value::Spatial(input.clone()), true, h)
+                .unwrap()
+            else {
+                panic!("logits")
+            };
+            let r = Tensor::<2>::from_data(
+                TensorData::new((0..40).map(|i| (i % 7) as f32 - 3.0).collect(), [4, 10]),
+                &ad,
+            );
+            let grads = (logits.clone() * r).sum().backward();
+            let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+            let mut out = vec![
+                host(logits.flatten(0, 1)),
+                host(input.grad(&grads).unwrap().flatten(0, 3)),
+            ];
+            // A group without a mask point (the input's) has no gradient either way.
+            for m in &masks {
+                out.push(m.grad(&grads).map(host).unwrap_or_default());
+            }
+            out
+        };
+        let before = lopper::kernels::kernel_calls();
+        let (a, b) = (run(true), run(false));
+        assert!(
+            lopper::kernels::kernel_calls() > before,
+            "{name}: no kernel ran"
+        );
+        assert_eq!(a.len(), b.len());
+        let with_grad = a[2..].iter().filter(|g| !g.is_empty()).count();
+        assert!(
+            with_grad + 1 >= groups.len(),
+            "{name}: {with_grad} masks have gradients"
+        );
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                // 1e-3: MobileNet's last BatchNorms normalise over 4 values (batch 4, 1×1), which
+                // amplifies the rounding of `(m·a)·x + m·b` against `m·(a·x + b)`.
+                assert!(
+                    (p - q).abs() <= 1e-3 * scale,
+                    "{name}: tensor {k}[{i}]: fused {p}, unfused {q} (scale {scale})"
+                );
+            }
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! a handwritten backward that calls the gradient kernels). Model code calls [`conv2d`], which
 //! routes a convolution the kernels cover on a `flex` device (groups 1, or depthwise with
 //! stride 1) through the extension and every other one (GPU backends, other grouped or
-//! dilated convolutions, other dtypes) to Burn's own `conv2d`.
+//! dilated convolutions, other dtypes) to Burn's own `conv2d`; and [`batch_norm_train`], which
+//! runs BatchNorm with the channel mask and ReLU after it as one op (Burn's three ops
+//! elsewhere).
 //!
 //! [`set_enabled`] (or `LOPPER_KERNELS=burn` in the environment) sends everything to Burn's ops,
 //! so the two can be compared side by side in one process.
@@ -20,7 +22,8 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    AutodiffBackend, Backend, DispatchDevice, ExtensionType, Flex, backend_extension,
+    AutodiffBackend, Backend, DispatchDevice, ExtensionType, Flex, TensorMetadata,
+    backend_extension,
 };
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, Tensor, TensorData, module as fops};
@@ -28,6 +31,14 @@ use burn::tensor::{DType, Shape, Tensor, TensorData, module as fops};
 use super::conv::{self, ConvShape};
 use super::direct;
 use super::norm::{self, NormShape};
+
+/// What [`batch_norm_train`] applies after the normalisation: a per-channel factor (a channel
+/// mask, which may carry gradients) and whether a ReLU follows.
+#[derive(Debug, Clone, Default)]
+pub struct NormEpilogue {
+    pub scale: Option<Tensor<1>>,
+    pub relu: bool,
+}
 
 /// BatchNorm's training output with the batch statistics (biased variance) it used.
 #[derive(ExtensionType)]
@@ -50,19 +61,38 @@ pub trait KernelOps: Backend {
         Self::conv2d(x, weight, None, options)
     }
 
-    /// BatchNorm with batch statistics, over axis 1 of an NCHW input.
+    /// BatchNorm with batch statistics over axis 1 of an NCHW input, its output multiplied by
+    /// a per-channel `scale` (a channel mask; ones for none) and, with `relu`, rectified:
+    /// `relu(scale·(γ·x̂ + β))`.
     fn lopper_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> BatchNormOutput<Self> {
-        let r = Self::batch_norm_train(x, gamma, beta, epsilon);
-        BatchNormOutput {
-            output: r.output,
-            mean: r.mean,
-            variance: r.variance,
-        }
+        composed_batch_norm_train::<Self>(x, gamma, beta, scale, epsilon, relu)
+    }
+}
+
+/// [`KernelOps::lopper_batch_norm_train`] from Burn's own ops, for what the kernel does not
+/// cover.
+fn composed_batch_norm_train<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    epsilon: f64,
+    relu: bool,
+) -> BatchNormOutput<B> {
+    let r = B::batch_norm_train(x, gamma, beta, epsilon);
+    let c = r.mean.shape().num_elements();
+    let y = B::float_mul(r.output, B::float_reshape(scale, Shape::new([1, c, 1, 1])));
+    BatchNormOutput {
+        output: if relu { B::relu(y) } else { y },
+        mean: r.mean,
+        variance: r.variance,
     }
 }
 
@@ -137,28 +167,45 @@ pub fn conv2d(
     }
 }
 
-/// BatchNorm in training mode on an NCHW batch: the output, the batch mean and the biased batch
-/// variance. The kernels on a `flex` device, Burn's `batch_norm_train` elsewhere.
+/// BatchNorm in training mode on an NCHW batch, then the optional channel `scale` (a mask) and
+/// ReLU: the output, the batch mean and the biased batch variance. One fused kernel on a `flex`
+/// device, Burn's `batch_norm_train`, a multiplication and `relu` elsewhere.
 pub fn batch_norm_train(
     x: Tensor<4>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
+    epilogue: NormEpilogue,
     epsilon: f64,
 ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let NormEpilogue { scale, relu } = epilogue;
     let covered = x.dtype() == DType::F32
         && gamma.dtype() == DType::F32
         && beta.dtype() == DType::F32
+        && scale.as_ref().is_none_or(|m| m.dtype() == DType::F32)
         && enabled()
         && is_flex(x.device().as_dispatch());
     if !covered {
         let r = fops::batch_norm_train(x, gamma, beta, epsilon);
-        return (r.output, r.mean, r.variance);
+        let c = r.mean.dims()[0];
+        let y = match scale {
+            Some(m) => r.output * m.reshape([1, c, 1, 1]),
+            None => r.output,
+        };
+        let y = if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        };
+        return (y, r.mean, r.variance);
     }
+    let scale = scale.unwrap_or_else(|| Tensor::ones([x.dims()[1]], &x.device()));
     let r = <burn::backend::Dispatch as KernelOps>::lopper_batch_norm_train(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
+        scale.into_dispatch(),
         epsilon,
+        relu,
     );
     (
         Tensor::from_dispatch(r.output),
@@ -306,13 +353,14 @@ fn flex_weight_grad(
     run_pass(&x, &dy, &s, pass, w.layout().shape().clone())
 }
 
-/// The geometry of a BatchNorm input the kernels cover.
-fn norm_shape_of(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> Option<NormShape> {
-    let xs = x.layout().shape();
-    let covered = [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32)
+/// The geometry of a BatchNorm input the kernels cover, with its per-channel vectors.
+fn norm_shape_of<T: TensorMetadata>(x: &T, per_channel: &[&T]) -> Option<NormShape> {
+    let xs = x.shape();
+    let covered = x.dtype() == DType::F32
         && xs.num_dims() >= 2
-        && gamma.layout().shape().num_elements() == xs[1]
-        && beta.layout().shape().num_elements() == xs[1];
+        && per_channel
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.shape().num_elements() == xs[1]);
     covered.then(|| NormShape {
         batch: xs[0],
         channels: xs[1],
@@ -329,21 +377,23 @@ fn flex_batch_norm_train(
     x: FlexTensor,
     gamma: FlexTensor,
     beta: FlexTensor,
+    scale: FlexTensor,
     epsilon: f64,
+    relu: bool,
 ) -> BatchNormOutput<Flex> {
-    let Some(s) = norm_shape_of(&x, &gamma, &beta) else {
-        let r = Flex::batch_norm_train(x, gamma, beta, epsilon);
-        return BatchNormOutput {
-            output: r.output,
-            mean: r.mean,
-            variance: r.variance,
-        };
+    let Some(s) = norm_shape_of(&x, &[&gamma, &beta, &scale]) else {
+        return composed_batch_norm_train::<Flex>(x, gamma, beta, scale, epsilon, relu);
     };
     count_kernel_call();
     let shape = x.layout().shape().clone();
     let (y, mean, var) = with_f32(&x, |xv| {
         with_f32(&gamma, |g| {
-            with_f32(&beta, |b| norm::batch_norm_train(xv, g, b, epsilon, &s))
+            with_f32(&beta, |b| {
+                with_f32(&scale, |m| {
+                    let epilogue = norm::Epilogue { scale: m, relu };
+                    norm::batch_norm_train(xv, g, b, epsilon, epilogue, &s)
+                })
+            })
         })
     });
     BatchNormOutput {
@@ -362,65 +412,76 @@ impl KernelOps for Flex {
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
+        scale: FlexTensor,
         epsilon: f64,
+        relu: bool,
     ) -> BatchNormOutput<Flex> {
-        flex_batch_norm_train(x, gamma, beta, epsilon)
+        flex_batch_norm_train(x, gamma, beta, scale, epsilon, relu)
     }
 }
 
 /// The backward of [`KernelOps::lopper_batch_norm_train`] on Flex: one kernel call gives the
-/// input, `gamma` and `beta` gradients.
+/// input, `gamma`, `beta` and `scale` gradients. Besides the checkpointed input it keeps the
+/// per-channel vectors and statistics (a few floats per channel) and recomputes the ReLU's gate.
 #[derive(Debug)]
 struct BatchNormBackward;
 
-impl Backward<Flex, 3> for BatchNormBackward {
-    type State = (NodeId, NodeId, FlexTensor, FlexTensor, f64);
+/// What [`BatchNormBackward`] keeps from the forward pass.
+#[derive(Debug, Clone)]
+struct NormState {
+    x: NodeId,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    scale: FlexTensor,
+    mean: FlexTensor,
+    var: FlexTensor,
+    epsilon: f64,
+    relu: bool,
+}
+
+impl Backward<Flex, 4> for BatchNormBackward {
+    type State = NormState;
 
     fn backward(
         self,
-        ops: Ops<Self::State, 3>,
+        ops: Ops<Self::State, 4>,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
+        let [node_x, node_gamma, node_beta, node_scale] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (x_id, gamma_id, mean, var, epsilon) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_id);
-        let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_id);
-        let (dx, dgamma, dbeta) = match norm_shape_of(&x, &gamma, &mean) {
-            Some(s) => {
-                count_kernel_call();
-                let shape = x.layout().shape().clone();
-                let (dx, dg, db) = with_f32(&x, |xv| {
-                    with_f32(&gamma, |g| {
-                        with_f32(&mean, |mu| {
-                            with_f32(&var, |v| {
-                                with_f32(&dy, |d| {
-                                    norm::batch_norm_train_backward(xv, g, mu, v, epsilon, d, &s)
-                                })
-                            })
-                        })
-                    })
-                });
-                (
-                    FlexTensor::from_data(TensorData::new(dx, shape)),
-                    flex_vector(dg),
-                    flex_vector(db),
-                )
+        let st = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(st.x);
+        let per_channel = [&st.gamma, &st.beta, &st.scale, &st.mean, &st.var];
+        // The forward pass ran the kernel (the Autodiff impl checked), so this holds.
+        let s = norm_shape_of(&x, &per_channel).expect("BatchNorm kernel: covered shapes");
+        count_kernel_call();
+        let shape = x.layout().shape().clone();
+        let [g, b, m, mu, v] = per_channel.map(|t| with_f32(t, <[f32]>::to_vec));
+        let r = with_f32(&x, |xv| {
+            with_f32(&dy, |d| {
+                let epilogue = norm::Epilogue {
+                    scale: &m,
+                    relu: st.relu,
+                };
+                norm::batch_norm_train_backward(xv, &g, &b, &mu, &v, st.epsilon, epilogue, d, &s)
+            })
+        });
+        let (dx, dgamma, dbeta, dscale) = (
+            FlexTensor::from_data(TensorData::new(r.x, shape)),
+            flex_vector(r.gamma),
+            flex_vector(r.beta),
+            flex_vector(r.scale),
+        );
+        for (node, grad) in [
+            (node_x, dx),
+            (node_gamma, dgamma),
+            (node_beta, dbeta),
+            (node_scale, dscale),
+        ] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, grad);
             }
-            None => {
-                let r = Flex::batch_norm_train_backward(x, gamma, mean, var, epsilon, dy);
-                (r.x_grad, r.gamma_grad, r.beta_grad)
-            }
-        };
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, dx);
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, dgamma);
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, dbeta);
         }
     }
 }
@@ -459,23 +520,43 @@ impl<C: CheckpointStrategy> KernelOps for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> BatchNormOutput<Self> {
+        if norm_shape_of(&x, &[&gamma, &beta, &scale]).is_none() {
+            return composed_batch_norm_train::<Self>(x, gamma, beta, scale, epsilon, relu);
+        }
         match BatchNormBackward
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .prepare::<C>([x.node(), gamma.node(), beta.node(), scale.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
                 let x_id = prep.checkpoint(&x);
-                let gamma_id = prep.checkpoint(&gamma);
-                let r = flex_batch_norm_train(
-                    x.into_primitive(),
+                let (gamma, beta, scale) = (
                     gamma.into_primitive(),
                     beta.into_primitive(),
-                    epsilon,
+                    scale.into_primitive(),
                 );
-                let state = (x_id, gamma_id, r.mean.clone(), r.variance.clone(), epsilon);
+                let r = flex_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.clone(),
+                    beta.clone(),
+                    scale.clone(),
+                    epsilon,
+                    relu,
+                );
+                let state = NormState {
+                    x: x_id,
+                    gamma,
+                    beta,
+                    scale,
+                    mean: r.mean.clone(),
+                    var: r.variance.clone(),
+                    epsilon,
+                    relu,
+                };
                 BatchNormOutput {
                     output: prep.finish(state, r.output),
                     mean: Self::from_inner(r.mean),
@@ -487,7 +568,9 @@ impl<C: CheckpointStrategy> KernelOps for Autodiff<Flex, C> {
                     x.into_primitive(),
                     gamma.into_primitive(),
                     beta.into_primitive(),
+                    scale.into_primitive(),
                     epsilon,
+                    relu,
                 );
                 BatchNormOutput {
                     output: prep.finish(r.output),

@@ -1,13 +1,16 @@
 //! BatchNorm's training forward and backward on NCHW `f32` data, each in two passes over the
 //! activations (Burn's composed op takes about six forward and ten backward, through strided
-//! reductions).
+//! reductions), with the channel mask and the ReLU that follow it folded in ([`Epilogue`]):
+//! the masked, activated output costs no pass of its own.
 //!
 //! - Forward: per image row of a channel, its mean and squared deviations (`f32` lanes; the
 //!   row is still in L1 for the second read), rows combined exactly in `f64`; then
-//!   `y = x·scale + shift` in one pass.
-//! - Backward: per-channel `Σdy` and `Σdy·(x−mean)` in one read of `x` and `dy`, then
-//!   `dx = a·dy + b·x + c` per channel in one pass, with `a = γ/σ`,
-//!   `b = −γ·Σdy(x−mean)/(M·σ³)` and `c = −a·Σdy/M − b·mean` (`M = N·H·W`, `σ = √(var+ε)`).
+//!   `y = max(x·a + b, 0)` in one pass, `a = m·γ/σ`, `b = m·(β − mean·γ/σ)` for mask `m`.
+//! - Backward: with `g = dy` where the ReLU let the value through (the gate recomputed from
+//!   `x`), per-channel `Σg` and `Σg·(x−mean)` in one read of `x` and `dy`, then
+//!   `dx = a·g + b·x + c` per channel in one pass, with `a = m·γ/σ`,
+//!   `b = −a·Σg(x−mean)/(M·σ²)` and `c = −a·Σg/M − b·mean` (`M = N·H·W`, `σ = √(var+ε)`);
+//!   the mask's gradient `γ/σ·Σg(x−mean) + β·Σg` comes from the same sums.
 //!
 //! Statistics run in parallel over channels, the element-wise passes over images.
 
@@ -42,19 +45,43 @@ impl NormShape {
     }
 }
 
+/// What BatchNorm's kernels fold into their element-wise pass: a per-channel factor (the
+/// channel mask the pruning methods put on the output, all ones without one) and the ReLU that
+/// follows. `y = relu(scale·(γ·x̂ + β))`; with `scale ≥ 0` this equals masking after the ReLU.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub relu: bool,
+}
+
+/// Per channel the `(a, b)` of `y = x·a + b` before the ReLU. Forward and backward compute it
+/// with this one function from the same `f32` statistics, so the backward's ReLU gate is
+/// bit-for-bit the forward's.
+fn affine(gamma: f32, beta: f32, scale: f32, mean: f32, var: f32, eps: f64) -> (f32, f32) {
+    let a = gamma as f64 / (var as f64 + eps).sqrt();
+    let m = scale as f64;
+    ((m * a) as f32, (m * (beta as f64 - mean as f64 * a)) as f32)
+}
+
 /// The training forward pass: the output, the batch mean and the biased batch variance.
 pub fn batch_norm_train(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f64,
+    epilogue: Epilogue,
     s: &NormShape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert_eq!(x.len(), s.len(), "batch_norm_train: input size");
     assert_eq!(gamma.len(), s.channels, "batch_norm_train: gamma size");
     assert_eq!(beta.len(), s.channels, "batch_norm_train: beta size");
+    assert_eq!(
+        epilogue.scale.len(),
+        s.channels,
+        "batch_norm_train: scale size"
+    );
     let m = s.count().max(1) as f64;
-    let stats: Vec<(f64, f64)> = (0..s.channels)
+    let (mean, var): (Vec<f32>, Vec<f32>) = (0..s.channels)
         .into_par_iter()
         .map(|c| {
             // Per image row: its mean and the squared deviations around it (the row is in L1
@@ -72,17 +99,12 @@ pub fn batch_norm_train(
                 .iter()
                 .map(|&(mu, m2)| m2 + hw * (mu - mean) * (mu - mean))
                 .sum();
-            (mean, m2 / m)
-        })
-        .collect();
-    let (scale, shift): (Vec<f32>, Vec<f32>) = stats
-        .iter()
-        .enumerate()
-        .map(|(c, &(mean, var))| {
-            let a = gamma[c] as f64 / (var + eps).sqrt();
-            (a as f32, (beta[c] as f64 - mean * a) as f32)
+            (mean as f32, (m2 / m) as f32)
         })
         .unzip();
+    let coef: Vec<(f32, f32)> = (0..s.channels)
+        .map(|c| affine(gamma[c], beta[c], epilogue.scale[c], mean[c], var[c], eps))
+        .collect();
     let mut y = vec![0.0f32; s.len()];
     let image = s.channels * s.spatial;
     if image > 0 {
@@ -94,27 +116,42 @@ pub fn batch_norm_train(
                     .zip(xn.chunks(s.spatial))
                     .enumerate()
                 {
-                    let (a, b) = (scale[c], shift[c]);
-                    yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * a + b);
+                    let (a, b) = coef[c];
+                    if epilogue.relu {
+                        yr.iter_mut()
+                            .zip(xr)
+                            .for_each(|(o, &v)| *o = (v * a + b).max(0.0));
+                    } else {
+                        yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * a + b);
+                    }
                 }
             });
     }
-    let mean = stats.iter().map(|&(mu, _)| mu as f32).collect();
-    let var = stats.iter().map(|&(_, v)| v as f32).collect();
     (y, mean, var)
 }
 
-/// The backward pass of [`batch_norm_train`] given the output gradient `dy`: the gradients of
-/// the input, `gamma` and `beta`.
+/// The gradients of [`batch_norm_train`]'s input, `gamma`, `beta` and the epilogue's scale.
+pub struct NormGrads {
+    pub x: Vec<f32>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub scale: Vec<f32>,
+}
+
+/// The backward pass of [`batch_norm_train`] given the output gradient `dy`. With the ReLU, the
+/// gate `x·a + b > 0` is recomputed from `x` rather than stored.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train_backward(
     x: &[f32],
     gamma: &[f32],
+    beta: &[f32],
     mean: &[f32],
     var: &[f32],
     eps: f64,
+    epilogue: Epilogue,
     dy: &[f32],
     s: &NormShape,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+) -> NormGrads {
     assert_eq!(x.len(), s.len(), "batch_norm_train_backward: input size");
     assert_eq!(
         dy.len(),
@@ -122,36 +159,54 @@ pub fn batch_norm_train_backward(
         "batch_norm_train_backward: gradient size"
     );
     let m = s.count().max(1) as f64;
-    // Per channel: Σdy and Σdy·(x − mean), in f32 lanes per image row, rows summed in f64.
+    let fwd: Vec<(f32, f32)> = (0..s.channels)
+        .map(|c| affine(gamma[c], beta[c], epilogue.scale[c], mean[c], var[c], eps))
+        .collect();
+    // Per channel, with g = dy behind the ReLU's gate: Σg and Σg·(x − mean), in f32 lanes per
+    // image row, rows summed in f64.
     let sums: Vec<(f64, f64)> = (0..s.channels)
         .into_par_iter()
         .map(|c| {
-            let mu = mean[c];
+            let (mu, (a, b)) = (mean[c], fwd[c]);
             s.rows(x, c)
                 .zip(s.rows(dy, c))
                 .map(|(xr, gr)| {
-                    let (a, b) = lanes_dot(xr, gr, mu);
-                    (a as f64, b as f64)
+                    let (p, q) = if epilogue.relu {
+                        lanes_dot(xr, gr, mu, |v| v * a + b > 0.0)
+                    } else {
+                        lanes_dot(xr, gr, mu, |_| true)
+                    };
+                    (p as f64, q as f64)
                 })
                 .fold((0.0, 0.0), |(a, b), (p, q)| (a + p, b + q))
         })
         .collect();
-    let mut dgamma = Vec::with_capacity(s.channels);
-    let mut dbeta = Vec::with_capacity(s.channels);
+    let mut grads = NormGrads {
+        x: vec![0.0f32; s.len()],
+        gamma: Vec::with_capacity(s.channels),
+        beta: Vec::with_capacity(s.channels),
+        scale: Vec::with_capacity(s.channels),
+    };
+    // dx = a·g + b·x + k per channel: BatchNorm's backward for dz = scale·g, where z = γx̂ + β.
     let mut coef = Vec::with_capacity(s.channels);
-    for (c, &(sum_dy, sum_dyx)) in sums.iter().enumerate() {
+    for (c, &(sum_g, sum_gx)) in sums.iter().enumerate() {
         let inv = 1.0 / (var[c] as f64 + eps).sqrt();
-        let a = gamma[c] as f64 * inv;
-        let b = -a * inv * inv * sum_dyx / m;
-        let k = -a * sum_dy / m - b * mean[c] as f64;
-        dgamma.push((sum_dyx * inv) as f32);
-        dbeta.push(sum_dy as f32);
+        let (ms, g) = (epilogue.scale[c] as f64, gamma[c] as f64);
+        let a = g * inv * ms;
+        let b = -a * inv * inv * sum_gx / m;
+        let k = -a * sum_g / m - b * mean[c] as f64;
+        grads.gamma.push((ms * sum_gx * inv) as f32);
+        grads.beta.push((ms * sum_g) as f32);
+        grads
+            .scale
+            .push((g * inv * sum_gx + beta[c] as f64 * sum_g) as f32);
         coef.push((a as f32, b as f32, k as f32));
     }
-    let mut dx = vec![0.0f32; s.len()];
     let image = s.channels * s.spatial;
     if image > 0 {
-        dx.par_chunks_mut(image)
+        grads
+            .x
+            .par_chunks_mut(image)
             .zip(x.par_chunks(image).zip(dy.par_chunks(image)))
             .for_each(|(dxn, (xn, gn))| {
                 for (c, (o, (xr, gr))) in dxn
@@ -160,13 +215,21 @@ pub fn batch_norm_train_backward(
                     .enumerate()
                 {
                     let (a, b, k) = coef[c];
-                    for ((d, &v), &g) in o.iter_mut().zip(xr).zip(gr) {
-                        *d = a * g + b * v + k;
+                    let (fa, fb) = fwd[c];
+                    if epilogue.relu {
+                        for ((d, &v), &g) in o.iter_mut().zip(xr).zip(gr) {
+                            let g = if v * fa + fb > 0.0 { g } else { 0.0 };
+                            *d = a * g + b * v + k;
+                        }
+                    } else {
+                        for ((d, &v), &g) in o.iter_mut().zip(xr).zip(gr) {
+                            *d = a * g + b * v + k;
+                        }
                     }
                 }
             });
     }
-    (dx, dgamma, dbeta)
+    grads
 }
 
 const LANES: usize = 8;
@@ -185,20 +248,23 @@ fn lanes_sum(r: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
-/// `(Σ g, Σ g·(x − mu))` over a row pair, in `LANES` independent accumulators.
+/// `(Σ g, Σ g·(x − mu))` over a row pair, counting `g` only where `open(x)` (a ReLU's gate), in
+/// `LANES` independent accumulators.
 #[inline(always)]
-fn lanes_dot(x: &[f32], g: &[f32], mu: f32) -> (f32, f32) {
+fn lanes_dot(x: &[f32], g: &[f32], mu: f32, open: impl Fn(f32) -> bool) -> (f32, f32) {
     let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
     let (xc, gc) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
     let (xt, gt) = (xc.remainder(), gc.remainder());
     for (xs, gs) in xc.zip(gc) {
         for l in 0..LANES {
-            a[l] += gs[l];
-            b[l] += gs[l] * (xs[l] - mu);
+            let d = if open(xs[l]) { gs[l] } else { 0.0 };
+            a[l] += d;
+            b[l] += d * (xs[l] - mu);
         }
     }
     let (mut sa, mut sb) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
     for (&v, &d) in xt.iter().zip(gt) {
+        let d = if open(v) { d } else { 0.0 };
         sa += d;
         sb += d * (v - mu);
     }

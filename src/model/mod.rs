@@ -141,14 +141,29 @@ pub enum Weight {
     Linear(Tensor<2>),
 }
 
-/// Observes or rewrites the forward pass: a node's output (channel masks, activation
-/// statistics), called for every node after the op, before its consumers read the value; and
-/// the weight a convolution or linear node computes with (weight masks: a transform of the
-/// parameter inside the forward pass, so gradients flow through it, while the stored
-/// parameter stays as it is, like Burn's `Reparameterization` without changing the module).
+/// Observes or rewrites the forward pass: a per-channel factor on a node's output (channel
+/// masks), which the executor applies itself so that it can fold it into the node's kernel;
+/// a node's output (activation statistics, any rewrite), called for every node after the op,
+/// before its consumers read the value; and the weight a convolution or linear node computes
+/// with (weight masks: a transform of the parameter inside the forward pass, so gradients flow
+/// through it, while the stored parameter stays as it is, like Burn's `Reparameterization`
+/// without changing the module).
 pub trait NodeHook {
+    /// A factor per output channel of node `index` (`None`: none), multiplied in before
+    /// [`NodeHook::after_node`] sees the value. `autodiff` tells a training forward pass (its
+    /// values carry gradients) from an evaluation one.
+    fn channel_scale(&self, _index: usize, _node: &Node, _autodiff: bool) -> Option<Tensor<1>> {
+        None
+    }
     fn after_node(&self, _index: usize, _node: &Node, value: Value) -> Value {
         value
+    }
+    /// Whether [`NodeHook::after_node`] needs node `index`'s own output. `false` lets the
+    /// executor fuse the node with the one after it (BatchNorm with its ReLU), and then
+    /// `after_node` sees the fused output. Hooks that only scale channels or transform weights
+    /// say `false`.
+    fn reads_output(&self, _index: usize, _node: &Node) -> bool {
+        true
     }
     fn weight(&self, _index: usize, _node: &Node, weight: Weight) -> Weight {
         weight
@@ -157,7 +172,11 @@ pub trait NodeHook {
 
 /// The hook that does nothing.
 pub struct NoHook;
-impl NodeHook for NoHook {}
+impl NodeHook for NoHook {
+    fn reads_output(&self, _index: usize, _node: &Node) -> bool {
+        false
+    }
+}
 
 /// A stable parameter id from a parameter's name (FNV-1a), see the module docs.
 pub(crate) fn param_id(name: &str) -> ParamId {
@@ -340,6 +359,7 @@ impl Model {
             }
         }
         last_use[self.graph.output] = usize::MAX;
+        let fuse_relu = self.relu_fusions(hook);
         let mut values: Vec<Option<Value>> = vec![None; nodes.len()];
         let mut input = Some(input);
         for (i, node) in nodes.iter().enumerate() {
@@ -359,10 +379,22 @@ impl Model {
                 })
                 .collect::<Result<_>>()?;
             let out = match &node.op {
-                Op::Input { .. } => input
-                    .take()
-                    .ok_or_else(|| LopperError::Graph("the input was read twice".into()))?,
-                op => self.apply(i, node, op, args, train, hook)?,
+                Op::Input { .. } => {
+                    let x = input
+                        .take()
+                        .ok_or_else(|| LopperError::Graph("the input was read twice".into()))?;
+                    match hook.channel_scale(i, node, x.is_autodiff()) {
+                        Some(m) => x.scale_channels(m),
+                        None => x,
+                    }
+                }
+                // The BatchNorm before it applied this ReLU in its kernel.
+                Op::Relu if fuse_relu[node.inputs[0]] => {
+                    args.into_iter().next().ok_or_else(|| {
+                        LopperError::Graph(format!("node '{}' has no input", node.name))
+                    })?
+                }
+                op => self.apply(i, node, op, args, train, hook, fuse_relu[i])?,
             };
             values[i] = Some(hook.after_node(i, node, out));
         }
@@ -371,6 +403,29 @@ impl Model {
             .ok_or_else(|| LopperError::Graph("the output node has no value".into()))
     }
 
+    /// Per node: whether it is a BatchNorm that applies the ReLU reading it (its only reader)
+    /// in its own kernel, as the hook allows (see [`NodeHook::reads_output`]).
+    fn relu_fusions(&self, hook: &dyn NodeHook) -> Vec<bool> {
+        let nodes = &self.graph.nodes;
+        let mut readers = vec![Vec::new(); nodes.len()];
+        for (j, n) in nodes.iter().enumerate() {
+            for &i in &n.inputs {
+                readers[i].push(j);
+            }
+        }
+        (0..nodes.len())
+            .map(|i| {
+                matches!(nodes[i].op, Op::BatchNorm2d { .. })
+                    && i != self.graph.output
+                    && matches!(readers[i][..], [j] if matches!(nodes[j].op, Op::Relu))
+                    && !hook.reads_output(i, &nodes[i])
+            })
+            .collect()
+    }
+
+    /// Node `i`'s op on its inputs, with the hook's channel scale applied to the output (folded
+    /// into BatchNorm's kernel, like the ReLU after it when `fused_relu`).
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
         i: usize,
@@ -379,11 +434,113 @@ impl Model {
         args: Vec<Value>,
         train: bool,
         hook: &dyn NodeHook,
+        fused_relu: bool,
     ) -> Result<Value> {
         let mut args = args.into_iter();
-        let mut x = args
+        let x = args
             .next()
             .ok_or_else(|| LopperError::Graph(format!("node '{}' has no input", node.name)))?;
+        let autodiff = x.is_autodiff();
+        let scale = hook.channel_scale(i, node, autodiff);
+        if let Op::BatchNorm2d { eps, momentum, .. } = op {
+            return self.batch_norm(
+                i,
+                node,
+                x.spatial(node)?,
+                *eps,
+                *momentum,
+                train,
+                scale,
+                fused_relu,
+            );
+        }
+        let out = self.apply_op(i, node, op, x, args, train, hook)?;
+        Ok(match scale {
+            Some(m) => out.scale_channels(m),
+            None => out,
+        })
+    }
+
+    /// BatchNorm on an image batch: batch statistics (updating the running ones) in training,
+    /// running statistics otherwise; then the channel scale and, when fused, the ReLU.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm(
+        &self,
+        i: usize,
+        node: &Node,
+        x: Tensor<4>,
+        eps: f64,
+        momentum: f64,
+        train: bool,
+        scale: Option<Tensor<1>>,
+        relu: bool,
+    ) -> Result<Value> {
+        let Some(Some(Layer::Norm(p))) = self.layers.get(i) else {
+            return Err(LopperError::Graph(format!(
+                "node '{}' has no parameters",
+                node.name
+            )));
+        };
+        let Some(stats) = &p.running else {
+            return Err(LopperError::Graph(format!(
+                "node '{}' has no running statistics",
+                node.name
+            )));
+        };
+        if train && x.is_autodiff() {
+            let epilogue = crate::kernels::NormEpilogue { scale, relu };
+            let (output, batch_mean, batch_var) =
+                crate::kernels::batch_norm_train(x, p.weight.val(), p.bias.val(), epilogue, eps);
+            let n = output.dims();
+            let count = (n[0] * n[2] * n[3]) as f64;
+            // Running variance is the unbiased estimate, as in PyTorch.
+            let unbias = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let mean = stats.mean.value_sync().mul_scalar(1.0 - momentum)
+                + batch_mean.detach().without_autodiff().mul_scalar(momentum);
+            let var = stats.var.value_sync().mul_scalar(1.0 - momentum)
+                + batch_var
+                    .detach()
+                    .without_autodiff()
+                    .mul_scalar(momentum * unbias);
+            stats.mean.update(mean);
+            stats.var.update(var);
+            return Ok(Value::Spatial(output));
+        }
+        let y = fops::batch_norm(
+            x,
+            p.weight.val(),
+            p.bias.val(),
+            stats.mean.value_sync(),
+            stats.var.value_sync(),
+            eps,
+        );
+        let c = y.dims()[1];
+        let y = match scale {
+            Some(m) => y * m.reshape([1, c, 1, 1]),
+            None => y,
+        };
+        Ok(Value::Spatial(if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_op(
+        &self,
+        i: usize,
+        node: &Node,
+        op: &Op,
+        mut x: Value,
+        args: std::vec::IntoIter<Value>,
+        train: bool,
+        hook: &dyn NodeHook,
+    ) -> Result<Value> {
         let layer = self.layers.get(i).and_then(|l| l.as_ref());
         let missing = || LopperError::Graph(format!("node '{}' has no parameters", node.name));
         Ok(match op {
@@ -412,46 +569,7 @@ impl Model {
                     opts,
                 ))
             }
-            Op::BatchNorm2d { eps, momentum, .. } => {
-                let Some(Layer::Norm(p)) = layer else {
-                    return Err(missing());
-                };
-                let Some(stats) = &p.running else {
-                    return Err(missing());
-                };
-                let x = x.spatial(node)?;
-                if train && x.is_autodiff() {
-                    let (output, batch_mean, batch_var) =
-                        crate::kernels::batch_norm_train(x, p.weight.val(), p.bias.val(), *eps);
-                    let n = output.dims();
-                    let count = (n[0] * n[2] * n[3]) as f64;
-                    // Running variance is the unbiased estimate, as in PyTorch.
-                    let unbias = if count > 1.0 {
-                        count / (count - 1.0)
-                    } else {
-                        1.0
-                    };
-                    let mean = stats.mean.value_sync().mul_scalar(1.0 - momentum)
-                        + batch_mean.detach().without_autodiff().mul_scalar(*momentum);
-                    let var = stats.var.value_sync().mul_scalar(1.0 - momentum)
-                        + batch_var
-                            .detach()
-                            .without_autodiff()
-                            .mul_scalar(momentum * unbias);
-                    stats.mean.update(mean);
-                    stats.var.update(var);
-                    Value::Spatial(output)
-                } else {
-                    Value::Spatial(fops::batch_norm(
-                        x,
-                        p.weight.val(),
-                        p.bias.val(),
-                        stats.mean.value_sync(),
-                        stats.var.value_sync(),
-                        *eps,
-                    ))
-                }
-            }
+            Op::BatchNorm2d { .. } => unreachable!("BatchNorm runs in Model::batch_norm"),
             Op::Linear { .. } => {
                 let Some(Layer::Linear(p)) = layer else {
                     return Err(missing());

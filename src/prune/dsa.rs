@@ -293,12 +293,15 @@ struct DsaMasks {
 }
 
 impl NodeHook for DsaMasks {
-    fn after_node(&self, index: usize, node: &Node, value: Value) -> Value {
-        if value.is_autodiff() {
-            self.train.after_node(index, node, value)
+    fn channel_scale(&self, index: usize, node: &Node, autodiff: bool) -> Option<Tensor<1>> {
+        if autodiff {
+            self.train.channel_scale(index, node, autodiff)
         } else {
-            self.eval.after_node(index, node, value)
+            self.eval.channel_scale(index, node, autodiff)
         }
+    }
+    fn reads_output(&self, _index: usize, _node: &Node) -> bool {
+        false
     }
 }
 

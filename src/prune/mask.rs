@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::groups::ChannelGroup;
 use crate::graph::{Graph, Node, Op};
-use crate::model::{NodeHook, Value};
+use crate::model::NodeHook;
 
 /// Per group: which channels stay (sorted indices), `None` for all.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,10 +118,10 @@ impl ChannelMasks {
 }
 
 impl NodeHook for ChannelMasks {
-    fn after_node(&self, index: usize, _node: &Node, value: Value) -> Value {
-        match &self.per_node[index] {
-            Some(m) => value.scale_channels(m.clone()),
-            None => value,
-        }
+    fn channel_scale(&self, index: usize, _node: &Node, _autodiff: bool) -> Option<Tensor<1>> {
+        self.per_node[index].clone()
+    }
+    fn reads_output(&self, _index: usize, _node: &Node) -> bool {
+        false
     }
 }

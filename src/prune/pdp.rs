@@ -30,7 +30,7 @@ use super::mask::ChannelMasks;
 use super::weights::{Pattern, SoftMask, WeightLayer, kept_for};
 use crate::error::{LopperError, Result};
 use crate::graph::Node;
-use crate::model::{Layer, Model, NodeHook, Value, Weight};
+use crate::model::{Layer, Model, NodeHook, Weight};
 
 /// PDP's temperature.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -406,10 +406,12 @@ impl PdpChannelMask {
 }
 
 impl NodeHook for PdpChannelMask {
-    fn after_node(&self, index: usize, node: &Node, value: Value) -> Value {
-        match &self.masks {
-            Some(m) => m.after_node(index, node, value),
-            None => value,
-        }
+    fn channel_scale(&self, index: usize, node: &Node, autodiff: bool) -> Option<Tensor<1>> {
+        self.masks
+            .as_ref()
+            .and_then(|m| m.channel_scale(index, node, autodiff))
+    }
+    fn reads_output(&self, _index: usize, _node: &Node) -> bool {
+        false
     }
 }

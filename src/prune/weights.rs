@@ -728,6 +728,9 @@ struct MaskState {
 }
 
 impl NodeHook for WeightMasks {
+    fn reads_output(&self, _index: usize, _node: &Node) -> bool {
+        false
+    }
     fn weight(&self, index: usize, _node: &Node, weight: Weight) -> Weight {
         let Some(dm) = self.per_node.get(index).and_then(|m| m.as_ref()) else {
             return weight;
@@ -806,6 +809,9 @@ impl<S: SoftMask> SoftWeightMasks<S> {
 }
 
 impl<S: SoftMask> NodeHook for SoftWeightMasks<S> {
+    fn reads_output(&self, _index: usize, _node: &Node) -> bool {
+        false
+    }
     fn weight(&self, index: usize, _node: &Node, weight: Weight) -> Weight {
         match self.by_node.get(index).copied().flatten() {
             Some(l) => self.mask.apply(&self.layers[l], weight),

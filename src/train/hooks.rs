@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 
 use burn::module::ParamId;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, TensorData};
+use burn::tensor::{Bytes, Tensor, TensorData};
 
 use super::run::EpochRecord;
 use crate::error::{LopperError, Result};
@@ -105,10 +105,20 @@ impl TrainHook for NoTrainHook {}
 pub struct NodeChain<'a>(pub Vec<&'a dyn NodeHook>);
 
 impl NodeHook for NodeChain<'_> {
+    /// The product of the hooks' factors.
+    fn channel_scale(&self, index: usize, node: &Node, autodiff: bool) -> Option<Tensor<1>> {
+        self.0
+            .iter()
+            .filter_map(|h| h.channel_scale(index, node, autodiff))
+            .reduce(|a, b| a * b)
+    }
     fn after_node(&self, index: usize, node: &Node, value: Value) -> Value {
         self.0
             .iter()
             .fold(value, |v, h| h.after_node(index, node, v))
+    }
+    fn reads_output(&self, index: usize, node: &Node) -> bool {
+        self.0.iter().any(|h| h.reads_output(index, node))
     }
     fn weight(&self, index: usize, node: &Node, weight: Weight) -> Weight {
         self.0.iter().fold(weight, |w, h| h.weight(index, node, w))
