@@ -453,8 +453,8 @@ fn conv_kernels_match_burn() {
 /// `lopper::kernels::conv2d` (the kernels through Burn's backend extension, forward and
 /// handwritten backward on `Autodiff<Flex>`) against Burn's own `conv2d` on random geometries:
 /// odd sizes, strides 1–3, padding, 1×1 to 5×5, with and without bias, strided (non-contiguous)
-/// inputs, depthwise at stride 1 (the kernels) and above (Burn's op), and grouped or dilated
-/// convolutions, which must fall back to Burn's op.
+/// inputs, depthwise at stride 1 and above, and grouped or dilated convolutions, which must
+/// fall back to Burn's op.
 #[test]
 fn conv_extension_matches_burn_on_random_shapes() {
     use burn::tensor::module::conv2d;
@@ -477,13 +477,14 @@ fn conv_extension_matches_burn_on_random_shapes() {
     };
     let mut covered = 0;
     let mut depthwise_covered = 0;
+    let mut strided_depthwise_covered = 0;
     for case in 0..64 {
         let k = [1, 3, 3, 5][rng.random_range(0..4)];
         let stride = rng.random_range(1..=3);
         let pad = rng.random_range(0..=k / 2 + 1);
         let grouped = case % 8 == 7;
         let dilated = case % 8 == 6;
-        // Depthwise (groups = C_in = C_out); stride 1 is the kernels', the rest Burn's.
+        // Depthwise (groups = C_in = C_out): half at stride 1, half at the case's stride.
         let depthwise = case % 8 == 5;
         let dilation = if dilated { 2 } else { 1 };
         let (groups, ci, co) = if depthwise {
@@ -499,9 +500,14 @@ fn conv_extension_matches_burn_on_random_shapes() {
         } else {
             stride
         };
+        // Strided depthwise at stride 2 on planes of at least 20², so that it reaches
+        // MIN_POSITIONS (as a MobileNet's downsampling blocks do).
+        let strided_depthwise = depthwise && stride > 1;
+        let stride = if strided_depthwise { 2 } else { stride };
+        let low = if strided_depthwise { 20 } else { 1 };
         let n = rng.random_range(1..=3);
-        let h = rng.random_range(dilation * (k - 1) + 1..=21);
-        let w = rng.random_range(dilation * (k - 1) + 1..=19);
+        let h = rng.random_range((dilation * (k - 1) + 1).max(low)..=21 + 12 * low / 20);
+        let w = rng.random_range((dilation * (k - 1) + 1).max(low)..=19 + 12 * low / 20);
         let out_positions = ((h + 2 * pad - dilation * (k - 1) - 1) / stride + 1)
             * ((w + 2 * pad - dilation * (k - 1) - 1) / stride + 1);
         let bias = rng.random_bool(0.5);
@@ -563,13 +569,14 @@ fn conv_extension_matches_burn_on_random_shapes() {
         // Below MIN_POSITIONS output positions per image Flex's own op runs.
         let by_kernels = !dilated
             && out_positions >= lopper::kernels::MIN_POSITIONS
-            && (groups == 1 || (depthwise && stride == 1 && pad < k));
+            && (groups == 1 || (depthwise && pad < k));
         if !by_kernels {
             assert_eq!(ran, 0, "{what}: the kernels cannot run this one");
         } else {
             assert!(ran >= 3, "{what}: the kernels ran {ran} passes, not 3");
             covered += 1;
             depthwise_covered += (groups > 1) as usize;
+            strided_depthwise_covered += (groups > 1 && stride > 1) as usize;
         }
         rel(&ours.0, &theirs.0, &format!("{what} forward"), 1e-3);
         rel(&ours.1, &theirs.1, &format!("{what} dx"), 1e-3);
@@ -585,6 +592,10 @@ fn conv_extension_matches_burn_on_random_shapes() {
     assert!(
         depthwise_covered >= 2,
         "only {depthwise_covered} depthwise cases went through the kernels"
+    );
+    assert!(
+        strided_depthwise_covered >= 1,
+        "no strided depthwise case went through the kernels"
     );
 }
 

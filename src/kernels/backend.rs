@@ -1,8 +1,8 @@
 //! The kernels plugged into Burn through its backend-extension mechanism: an extension trait
 //! implemented for `Flex` (the forward kernel) and for `Autodiff<Flex>` (the forward kernel plus
 //! a handwritten backward that calls the gradient kernels). Model code calls [`conv2d`], which
-//! routes a convolution the kernels cover on a `flex` device (groups 1, or depthwise with
-//! stride 1) through the extension and every other one (GPU backends, other grouped or
+//! routes a convolution the kernels cover on a `flex` device (groups 1, or depthwise) through
+//! the extension and every other one (GPU backends, other grouped or
 //! dilated convolutions, other dtypes) to Burn's own `conv2d`; and [`batch_norm_train`], which
 //! runs BatchNorm with the channel mask and ReLU after it as one op (Burn's three ops
 //! elsewhere).
@@ -259,7 +259,7 @@ fn with_f32<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
 }
 
 /// The geometry of a depthwise convolution the kernels cover: groups = `C_in` = `C_out`,
-/// weights `[C, 1, kh, kw]`, stride 1, symmetric padding below the kernel size.
+/// weights `[C, 1, kh, kw]`, any stride, symmetric padding below the kernel size.
 fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<ConvShape> {
     let (xs, ws) = (x.layout().shape(), w.layout().shape());
     let padding = options.padding.map(|(begin, _)| begin);
@@ -272,7 +272,7 @@ fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Opt
         && ws[1] == 1
         && options.dilation == [1, 1]
         && options.padding.iter().all(|(begin, end)| begin == end)
-        && direct::covers([ws[2], ws[3]], options.stride, padding)
+        && direct::depthwise::covers([ws[2], ws[3]], padding)
         && (0..2).all(|d| xs[2 + d] + 2 * padding[d] >= ws[2 + d]);
     let g = covered.then(|| ConvShape {
         batch: xs[0],
@@ -281,7 +281,7 @@ fn depthwise_of(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Opt
         width: xs[3],
         c_out: ws[0],
         kernel: [ws[2], ws[3]],
-        stride: [1, 1],
+        stride: options.stride,
         padding,
     })?;
     let [oh, ow] = g.out_hw();

@@ -333,13 +333,16 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
     dw
 }
 
-/// Depthwise convolution (groups = `C_in` = `C_out`, weights `[C, 1, kh, kw]`), stride 1, on
-/// the same padded planes and padded-width order: each channel's output is `Σ_taps w·xp`
-/// shifted, a run of contiguous multiply-adds.
+/// Depthwise convolution (groups = `C_in` = `C_out`, weights `[C, 1, kh, kw]`) on the same
+/// padded planes. At stride 1 in padded-width order: each channel's output is `Σ_taps w·xp`
+/// shifted, a run of contiguous multiply-adds. At larger strides the taps of neighbouring
+/// outputs are not contiguous, so each pass walks the output plane and gathers (forward,
+/// weight gradient) or scatters (input gradient) at the stride; these layers are few and
+/// small (a MobileNet's downsampling blocks), and Flex's grouped convolution is slower.
 pub mod depthwise {
     use rayon::prelude::*;
 
-    use super::{ConvShape, covers};
+    use super::ConvShape;
 
     /// One channel: `y [OH, OW] = Σ_t w[t] · xp[q + off_t]` over the padded plane `xp`, via
     /// the padded-width buffer `acc [OH·Wp]`.
@@ -392,10 +395,64 @@ pub mod depthwise {
         hp * wp + g.kernel[1] + wp
     }
 
+    /// Whether the depthwise kernels take this convolution: padding below the kernel size (at
+    /// stride 1 the input gradient's padding `k − 1 − p` must not be negative), any stride.
+    pub fn covers(kernel: [usize; 2], padding: [usize; 2]) -> bool {
+        padding[0] < kernel[0] && padding[1] < kernel[1]
+    }
+
+    /// `(oy, ox, t)` → the padded-plane offset of tap `t` of output `(oy, ox)`.
+    #[inline(always)]
+    fn tap_offset(g: &ConvShape, oy: usize, ox: usize, t: usize) -> usize {
+        let wp = g.padded()[1];
+        let kw = g.kernel[1];
+        (oy * g.stride[0] + t / kw) * wp + ox * g.stride[1] + t % kw
+    }
+
+    /// One channel at a stride above 1: `y [OH, OW] = Σ_t w[t] · xp[tap]`, gathered.
+    fn strided_plane(g: &ConvShape, xp: &[f32], w: &[f32], y: &mut [f32]) {
+        let [oh, ow] = g.out_hw();
+        for oy in 0..oh {
+            let row = &mut y[oy * ow..][..ow];
+            row.fill(0.0);
+            for (t, &wt) in w.iter().enumerate() {
+                for (ox, o) in row.iter_mut().enumerate() {
+                    *o += wt * xp[tap_offset(g, oy, ox, t)];
+                }
+            }
+        }
+    }
+
+    /// The input gradient of one channel at a stride above 1: `dy` scattered through the taps
+    /// into the padded plane `dxp`, then cropped into `dx [H, W]`.
+    fn strided_plane_input_grad(
+        g: &ConvShape,
+        dy: &[f32],
+        w: &[f32],
+        dxp: &mut [f32],
+        dx: &mut [f32],
+    ) {
+        let [oh, ow] = g.out_hw();
+        let wp = g.padded()[1];
+        let [ph, pw] = g.padding;
+        dxp.fill(0.0);
+        for oy in 0..oh {
+            let row = &dy[oy * ow..][..ow];
+            for (t, &wt) in w.iter().enumerate() {
+                for (ox, &d) in row.iter().enumerate() {
+                    dxp[tap_offset(g, oy, ox, t)] += wt * d;
+                }
+            }
+        }
+        for iy in 0..g.height {
+            dx[iy * g.width..][..g.width].copy_from_slice(&dxp[(iy + ph) * wp + pw..][..g.width]);
+        }
+    }
+
     fn convolve(x: &[f32], g: &ConvShape, w: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
         assert!(
-            covers(g.kernel, g.stride, g.padding),
-            "direct kernels: stride 1 and padding below the kernel only"
+            covers(g.kernel, g.padding),
+            "depthwise kernels: padding below the kernel only"
         );
         let [kh, kw] = g.kernel;
         let [oh, ow] = g.out_hw();
@@ -417,7 +474,12 @@ pub mod depthwise {
                     let _flush = crate::kernels::denormal::FlushGuard::new();
                     let c = i % g.c_out;
                     super::pad_plane(g, xc, xp);
-                    plane_any(g, xp, &taps[c * kh * kw..][..kh * kw], acc, yc);
+                    let w = &taps[c * kh * kw..][..kh * kw];
+                    if g.stride == [1, 1] {
+                        plane_any(g, xp, w, acc, yc);
+                    } else {
+                        strided_plane(g, xp, w, yc);
+                    }
                 },
             );
         y
@@ -436,10 +498,13 @@ pub mod depthwise {
         convolve(x, g, |c, t| w[c * kh * kw + t])
     }
 
-    /// The input gradient: the depthwise convolution of `dy` with the kernel flipped and
-    /// padding `k − 1 − p`.
+    /// The input gradient: at stride 1 the depthwise convolution of `dy` with the kernel
+    /// flipped and padding `k − 1 − p`; above it, `dy` scattered through the taps.
     pub fn input_grad(w: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
         let [kh, kw] = g.kernel;
+        if g.stride != [1, 1] {
+            return strided_input_grad(w, dy, g);
+        }
         // C_in = C_out, so the swap of channels is no change.
         let t = super::gradient_shape(g, dy.len());
         convolve(dy, &t, |c, tap| {
@@ -448,12 +513,40 @@ pub mod depthwise {
         })
     }
 
+    fn strided_input_grad(w: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
+        let [kh, kw] = g.kernel;
+        let [oh, ow] = g.out_hw();
+        let (hw, out) = (g.height * g.width, oh * ow);
+        assert_eq!(
+            dy.len(),
+            g.batch * g.c_out * out,
+            "depthwise: gradient size"
+        );
+        let mut dx = vec![0.0f32; g.batch * g.c_in * hw];
+        if out == 0 || hw == 0 {
+            return dx;
+        }
+        dx.par_chunks_mut(hw)
+            .zip(dy.par_chunks(out))
+            .enumerate()
+            .for_each_init(
+                || vec![0.0f32; padded_len(g)],
+                |dxp, (i, (dxc, dyc))| {
+                    let _flush = crate::kernels::denormal::FlushGuard::new();
+                    let c = i % g.c_out;
+                    strided_plane_input_grad(g, dyc, &w[c * kh * kw..][..kh * kw], dxp, dxc);
+                },
+            );
+        dx
+    }
+
     /// The weight gradient `[C, 1, kh, kw]`: per channel and tap, the dot product of the
-    /// padded-width output gradient with the shifted padded input, summed over images.
+    /// output gradient with the input the tap read (at stride 1 the padded-width output
+    /// gradient with the shifted padded input), summed over images.
     pub fn weight_grad(x: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
         assert!(
-            covers(g.kernel, g.stride, g.padding),
-            "direct kernels: stride 1 and padding below the kernel only"
+            covers(g.kernel, g.padding),
+            "depthwise kernels: padding below the kernel only"
         );
         let [kh, kw] = g.kernel;
         let [oh, ow] = g.out_hw();
@@ -477,8 +570,21 @@ pub mod depthwise {
                 for n in 0..g.batch {
                     let img = n * g.c_out + c;
                     super::pad_plane(g, &x[img * hw..][..hw], &mut xp);
+                    let dyc = &dy[img * out..][..out];
+                    if g.stride != [1, 1] {
+                        for (t, s) in sums.iter_mut().enumerate() {
+                            let mut acc = 0.0f32;
+                            for oy in 0..oh {
+                                for (ox, &d) in dyc[oy * ow..][..ow].iter().enumerate() {
+                                    acc += d * xp[tap_offset(g, oy, ox, t)];
+                                }
+                            }
+                            *s += acc as f64;
+                        }
+                        continue;
+                    }
                     for oy in 0..oh {
-                        dyp[oy * wp..][..ow].copy_from_slice(&dy[img * out + oy * ow..][..ow]);
+                        dyp[oy * wp..][..ow].copy_from_slice(&dyc[oy * ow..][..ow]);
                     }
                     for (t, s) in sums.iter_mut().enumerate() {
                         let off = (t / kw) * wp + t % kw;
