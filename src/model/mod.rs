@@ -170,6 +170,14 @@ pub trait NodeHook {
     }
 }
 
+/// `value` times the hook's channel factor for node `index`, if it has one.
+fn channel_scaled(hook: &dyn NodeHook, index: usize, node: &Node, value: Value) -> Value {
+    match hook.channel_scale(index, node, value.is_autodiff()) {
+        Some(m) => value.scale_channels(m),
+        None => value,
+    }
+}
+
 /// The hook that does nothing.
 pub struct NoHook;
 impl NodeHook for NoHook {
@@ -383,16 +391,14 @@ impl Model {
                     let x = input
                         .take()
                         .ok_or_else(|| LopperError::Graph("the input was read twice".into()))?;
-                    match hook.channel_scale(i, node, x.is_autodiff()) {
-                        Some(m) => x.scale_channels(m),
-                        None => x,
-                    }
+                    channel_scaled(hook, i, node, x)
                 }
                 // The BatchNorm before it applied this ReLU in its kernel.
                 Op::Relu if fuse_relu[node.inputs[0]] => {
-                    args.into_iter().next().ok_or_else(|| {
+                    let x = args.into_iter().next().ok_or_else(|| {
                         LopperError::Graph(format!("node '{}' has no input", node.name))
-                    })?
+                    })?;
+                    channel_scaled(hook, i, node, x)
                 }
                 op => self.apply(i, node, op, args, train, hook, fuse_relu[i])?,
             };
@@ -440,25 +446,13 @@ impl Model {
         let x = args
             .next()
             .ok_or_else(|| LopperError::Graph(format!("node '{}' has no input", node.name)))?;
-        let autodiff = x.is_autodiff();
-        let scale = hook.channel_scale(i, node, autodiff);
         if let Op::BatchNorm2d { eps, momentum, .. } = op {
-            return self.batch_norm(
-                i,
-                node,
-                x.spatial(node)?,
-                *eps,
-                *momentum,
-                train,
-                scale,
-                fused_relu,
-            );
+            let scale = hook.channel_scale(i, node, x.is_autodiff());
+            let x = x.spatial(node)?;
+            return self.batch_norm(i, node, x, *eps, *momentum, train, scale, fused_relu);
         }
         let out = self.apply_op(i, node, op, x, args, train, hook)?;
-        Ok(match scale {
-            Some(m) => out.scale_channels(m),
-            None => out,
-        })
+        Ok(channel_scaled(hook, i, node, out))
     }
 
     /// BatchNorm on an image batch: batch statistics (updating the running ones) in training,
