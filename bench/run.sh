@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # lopper benchmarks: one command, results as Markdown tables on stdout.
 #
-#   bench/run.sh throughput   # a/s. resnet20 training step, lopper (kernels and Burn's ops) vs
-#                             # PyTorch CPU, + profile; then MODELS (mobilenet_v2 vgg11) side by side
+#   bench/run.sh throughput   # a/s/t. training step of MODELS (resnet20 mobilenet_v2 vgg11):
+#                             # lopper's kernels vs Burn's ops, then lopper vs PyTorch CPU
+#                             # alternating ROUNDS (2) times; then resnet20's step profile
+#   bench/run.sh epoch        # one full resnet20 CIFAR-10 epoch, lopper then PyTorch
 #   bench/run.sh lenet5       # b. lenet5 on MNIST, 2 epochs: test top-1 and wall time
 #   bench/run.sh resnet20     # c. resnet20 on CIFAR-10, the dense baseline (about an hour)
 #   bench/run.sh latency      # latency model vs measured latency of 10 random prunings
@@ -18,7 +20,7 @@
 #   bench/run.sh all          # a, b, c and latency
 #
 # Data from LOPPER_DATA_DIR (default ../shared/data). PyTorch comes from bench/.venv
-# (python3 -m venv bench/.venv && bench/.venv/bin/pip install torch torchvision); without it
+# (python3 -m venv bench/.venv && bench/.venv/bin/pip install torch torchvision torch-pruning); without it
 # the PyTorch column is skipped. Runs go to bench/runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,31 +33,48 @@ lopper="${LOPPER:-target/release/lopper}"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; date: $(date -u +%F)"
 
 throughput() {
-  echo "## a. resnet20 training step, batch 128, $threads threads"
-  local ours theirs
-  # --kernels both: lopper's kernels and Burn's own ops alternate in one run (ratio printed).
-  RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model resnet20 --batch 128 --steps "${STEPS:-20}" --kernels both > bench/runs/bench_step.txt
-  ours=$(head -1 bench/runs/bench_step.txt)
-  echo "lopper:  $ours"
-  if [ -x bench/.venv/bin/python ]; then
-    theirs=$(bench/.venv/bin/python bench/pytorch_resnet20.py --batch 128 --steps "${STEPS:-20}" --threads "$threads")
-    echo "pytorch: $theirs"
-    python3 - "$ours" "$theirs" <<'PY'
+  # Per model: lopper's kernels against Burn's own ops (alternating in one process), then lopper
+  # against PyTorch (the same network from bench/torch_zoo.py), alternating ROUNDS times.
+  local ours theirs m steps
+  for m in ${MODELS:-resnet20 mobilenet_v2 vgg11}; do
+    steps="${STEPS:-$([ "$m" = resnet20 ] && echo 20 || echo 10)}"
+    echo "## $m training step, batch 128, $threads threads"
+    RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model "$m" --batch 128 --steps "$steps" --kernels both --reps 0 | grep -E '^\{|^Side by side'
+    if [ ! -x bench/.venv/bin/python ]; then
+      echo "(no bench/.venv: PyTorch skipped)"
+      continue
+    fi
+    echo
+    echo "| round | lopper, images/s | PyTorch, images/s | lopper / PyTorch |"
+    echo "|---|---|---|---|"
+    for r in $(seq "${ROUNDS:-2}"); do
+      ours=$(RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model "$m" --batch 128 --steps "$steps" --kernels on --reps 0 | head -1)
+      theirs=$(bench/.venv/bin/python bench/pytorch_resnet20.py --model "$m" --batch 128 --steps "$steps" --threads "$threads")
+      python3 - "$r" "$ours" "$theirs" <<'PY'
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print("\n| engine | images/s |\n|---|---|")
-print(f"| {a['engine']} | {a['images_per_sec']:.1f} |")
-print(f"| {b['engine']} | {b['images_per_sec']:.1f} |")
-print(f"| ratio lopper / PyTorch | {a['images_per_sec'] / b['images_per_sec']:.2f} |")
+a, b = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(f"| {sys.argv[1]} | {a['images_per_sec']:.1f} | {b['images_per_sec']:.1f} | {a['images_per_sec'] / b['images_per_sec']:.2f} |")
 PY
+    done
+    echo "(PyTorch: $(bench/.venv/bin/python -c 'import torch; print(torch.__version__)'))"
+  done
+  echo "## resnet20 step profile (lopper's kernels)"
+  RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model resnet20 --batch 128 --steps "${STEPS:-20}" --kernels on --reps 2 | tail -n +2
+}
+
+# One full CIFAR-10 training epoch of resnet20, lopper then PyTorch (bench/torch_train_epoch.py:
+# the same network, data, augmentation and recipe), each with evaluation on the test set.
+epoch() {
+  local archive="$LOPPER_DATA_DIR/cifar10-jpg.tar.gz"
+  echo "## one resnet20 epoch on CIFAR-10, $threads threads"
+  rm -rf bench/runs/epoch-resnet20
+  RAYON_NUM_THREADS=$threads "$lopper" train --model resnet20 --dataset cifar10 --epochs 1 --batch-size 128 --lr 0.1 --warmup-epochs 0.3 --schedule cosine --weight-decay 5e-4 --quiet --out bench/runs/epoch-resnet20 > /dev/null
+  echo "lopper:  $(cat bench/runs/epoch-resnet20/metrics.jsonl)"
+  if [ -x bench/.venv/bin/python ]; then
+    echo "pytorch: $(bench/.venv/bin/python bench/torch_train_epoch.py --data "$archive" --epochs 1 --threads "$threads")"
   else
     echo "(no bench/.venv: PyTorch skipped)"
   fi
-  tail -n +2 bench/runs/bench_step.txt
-  for m in ${MODELS:-mobilenet_v2 vgg11}; do
-    echo "## $m training step, batch 128, $threads threads (kernels against Burn's ops)"
-    RAYON_NUM_THREADS=$threads target/release/examples/bench_step --model "$m" --batch 128 --steps "${STEPS:-10}" --kernels both --reps 0 | grep -E '^\{|^Side by side'
-  done
 }
 
 train_bench() { # name, then lopper train flags
@@ -215,6 +234,7 @@ case "$what" in
   latency-budgets) echo "## f. latency budgets end to end"; latency_budgets ;;
   prune-lopper) prune_lopper; prune_table ;;
   prune-torch) prune_torch; prune_table ;;
+  epoch) epoch ;;
   all) "$0" throughput; "$0" lenet5; "$0" resnet20; "$0" latency; "$0" prune; "$0" dsa-lenet5 ;;
-  *) echo "usage: bench/run.sh throughput|lenet5|resnet20|latency|prune|dsa-lenet5|dsa-resnet20|latency-budgets|all" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh throughput|epoch|lenet5|resnet20|latency|prune|dsa-lenet5|dsa-resnet20|latency-budgets|all" >&2; exit 2 ;;
 esac
