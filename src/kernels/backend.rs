@@ -40,6 +40,23 @@ pub struct NormEpilogue {
     pub relu: bool,
 }
 
+impl NormEpilogue {
+    /// The epilogue by Burn's ops on a BatchNorm output `[N, C, H, W]`, where no kernel
+    /// fuses it.
+    pub fn apply(self, y: Tensor<4>) -> Tensor<4> {
+        let c = y.dims()[1];
+        let y = match self.scale {
+            Some(m) => y * m.reshape([1, c, 1, 1]),
+            None => y,
+        };
+        if self.relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    }
+}
+
 /// BatchNorm's training output with the batch statistics (biased variance) it used.
 #[derive(ExtensionType)]
 pub struct BatchNormOutput<B: Backend> {
@@ -186,16 +203,7 @@ pub fn batch_norm_train(
         && is_flex(x.device().as_dispatch());
     if !covered {
         let r = fops::batch_norm_train(x, gamma, beta, epsilon);
-        let c = r.mean.dims()[0];
-        let y = match scale {
-            Some(m) => r.output * m.reshape([1, c, 1, 1]),
-            None => r.output,
-        };
-        let y = if relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
-        };
+        let y = NormEpilogue { scale, relu }.apply(r.output);
         return (y, r.mean, r.variance);
     }
     let scale = scale.unwrap_or_else(|| Tensor::ones([x.dims()[1]], &x.device()));

@@ -512,16 +512,8 @@ impl Model {
             stats.var.value_sync(),
             eps,
         );
-        let c = y.dims()[1];
-        let y = match scale {
-            Some(m) => y * m.reshape([1, c, 1, 1]),
-            None => y,
-        };
-        Ok(Value::Spatial(if relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
-        }))
+        let epilogue = crate::kernels::NormEpilogue { scale, relu };
+        Ok(Value::Spatial(epilogue.apply(y)))
     }
 
     #[allow(clippy::too_many_arguments)]
