@@ -4,7 +4,8 @@
 //! [--device cpu|cuda|wgpu] [--reps 3] [--kernels on|off|both]` (`--reps 0` skips the per-op
 //! profile; `--kernels` picks lopper's convolution kernels, Burn's own op, or both side by side;
 //! `--mask channels|pdp` times DSA's or PDP's masked step against the plain one; `unfused`
-//! and `channels-unfused` the steps without BatchNorm's fused mask and ReLU)
+//! and `channels-unfused` the steps without BatchNorm's fused mask and ReLU; `--isa avx2,avx512`
+//! the kernels at two vector levels side by side)
 //!
 //! Prints one JSON line with images/s for the full step, then a profile table: the step split
 //! into data preparation, forward (+ loss), backward and optimiser (each timed with a device
@@ -24,6 +25,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use lopper::data::{Batcher, Dataset, DatasetName};
 use lopper::graph::{Graph, GraphBuilder, Op};
+use lopper::kernels::isa::{self, Isa};
 use lopper::model::{Model, NoHook, NodeHook, Value};
 use lopper::train::{TrainConfig, loss::cross_entropy, optim::build_optimizer};
 
@@ -261,19 +263,43 @@ fn main() {
         eprintln!("bench_step: --mask compares against the plain step; give --kernels on or off");
         std::process::exit(2);
     }
-    // (kernels on, masked) per mode.
-    let modes: Vec<(bool, bool)> = match &masked {
-        Some(_) => vec![(modes[0], false), (modes[0], true)],
-        None => modes.iter().map(|&k| (k, false)).collect(),
+    // `--isa a,b`: the kernels capped at two vector levels, alternating.
+    let isa_names: String = arg("--isa", String::new());
+    let isas: Vec<Isa> = isa_names
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(|n| match Isa::parse(n) {
+            Some(i) if i <= Isa::detected() => i,
+            _ => {
+                eprintln!(
+                    "bench_step: --isa {n}: not a level this CPU has (baseline, avx2, avx512)"
+                );
+                std::process::exit(2);
+            }
+        })
+        .collect();
+    if isas.len() > 1 && (masked.is_some() || modes != [true]) {
+        eprintln!(
+            "bench_step: --isa compares levels of the plain step; give --kernels on and no --mask"
+        );
+        std::process::exit(2);
+    }
+    let top = isas.first().copied().unwrap_or(Isa::detected());
+    // (kernels on, masked, vector level) per mode.
+    let modes: Vec<(bool, bool, Isa)> = match &masked {
+        Some(_) => vec![(modes[0], false, top), (modes[0], true, top)],
+        None if isas.len() > 1 => isas.iter().map(|&i| (true, false, i)).collect(),
+        None => modes.iter().map(|&k| (k, false, top)).collect(),
     };
     let rounds = if modes.len() > 1 { 2 } else { 1 };
     let per_round = steps.div_ceil(rounds);
-    let mut phase: BTreeMap<((bool, bool), &str), f64> = BTreeMap::new();
-    let mut timed: BTreeMap<(bool, bool), (f64, usize)> = BTreeMap::new();
+    let mut phase: BTreeMap<((bool, bool, Isa), &str), f64> = BTreeMap::new();
+    let mut timed: BTreeMap<(bool, bool, Isa), (f64, usize)> = BTreeMap::new();
     let warmup = 3;
     for _ in 0..rounds {
         for &on in &modes {
             lopper::kernels::set_enabled(on.0);
+            let _cap = isa::Cap::new(on.2);
             for b in 0..warmup + per_round {
                 let is_timed = b >= warmup;
                 let batch = &batches[b % batches.len()];
@@ -312,7 +338,7 @@ fn main() {
         }
     }
     lopper::kernels::set_enabled(modes[0].0);
-    let step_of = |on: (bool, bool)| timed[&on].0 / timed[&on].1 as f64;
+    let step_of = |on: (bool, bool, Isa)| timed[&on].0 / timed[&on].1 as f64;
     let step_secs = step_of(modes[0]);
     let engine = match device_name.as_str() {
         "cpu" | "flex" => "burn flex",
@@ -321,10 +347,11 @@ fn main() {
     let data_secs = time(5, || {
         let _ = batcher.epoch(7, 1, 0).next();
     });
-    let label = |on: (bool, bool)| match on {
-        (true, false) => "lopper kernels".to_string(),
-        (false, false) => "burn conv".to_string(),
-        (k, true) => format!(
+    let label = |on: (bool, bool, Isa)| match on {
+        (true, false, i) if isas.len() > 1 => format!("lopper kernels at {i:?}"),
+        (true, false, _) => "lopper kernels".to_string(),
+        (false, false, _) => "burn conv".to_string(),
+        (k, true, _) => format!(
             "{} + {mask_kind} masks",
             if k { "lopper kernels" } else { "burn conv" }
         ),
@@ -344,6 +371,16 @@ fn main() {
             label(modes[1]),
             batch as f64 / with,
             100.0 * (with / step_secs - 1.0)
+        );
+    } else if isas.len() > 1 {
+        let other = step_of(modes[1]);
+        println!(
+            "\nSide by side ({rounds} alternating rounds of {per_round} steps): {} {:.1} images/s, {} {:.1} images/s, speed-up {:.2}",
+            label(modes[0]),
+            batch as f64 / step_secs,
+            label(modes[1]),
+            batch as f64 / other,
+            step_secs / other
         );
     } else if modes.len() > 1 {
         let other = step_of(modes[1]);

@@ -68,10 +68,13 @@ epoch() {
   local archive="$LOPPER_DATA_DIR/cifar10-jpg.tar.gz"
   echo "## one resnet20 epoch on CIFAR-10, $threads threads"
   rm -rf bench/runs/epoch-resnet20
-  RAYON_NUM_THREADS=$threads "$lopper" train --model resnet20 --dataset cifar10 --epochs 1 --batch-size 128 --lr 0.1 --warmup-epochs 0.3 --schedule cosine --weight-decay 5e-4 --quiet --out bench/runs/epoch-resnet20 > /dev/null
-  echo "lopper:  $(cat bench/runs/epoch-resnet20/metrics.jsonl)"
+  # Peak resident memory of each (GNU time's %M, in KiB) where /usr/bin/time exists.
+  local rss=()
+  [ -x /usr/bin/time ] && rss=(/usr/bin/time -f "peak RSS %M KiB" -o bench/runs/epoch-rss)
+  RAYON_NUM_THREADS=$threads "${rss[@]}" "$lopper" train --model resnet20 --dataset cifar10 --epochs 1 --batch-size 128 --lr 0.1 --warmup-epochs 0.3 --schedule cosine --weight-decay 5e-4 --quiet --out bench/runs/epoch-resnet20 > /dev/null
+  echo "lopper:  $(cat bench/runs/epoch-resnet20/metrics.jsonl) $(cat bench/runs/epoch-rss 2>/dev/null)"
   if [ -x bench/.venv/bin/python ]; then
-    echo "pytorch: $(bench/.venv/bin/python bench/torch_train_epoch.py --data "$archive" --epochs 1 --threads "$threads")"
+    echo "pytorch: $("${rss[@]}" bench/.venv/bin/python bench/torch_train_epoch.py --data "$archive" --epochs 1 --threads "$threads") $(cat bench/runs/epoch-rss 2>/dev/null)"
   else
     echo "(no bench/.venv: PyTorch skipped)"
   fi

@@ -374,6 +374,7 @@ fn conv_kernels_match_burn() {
     use lopper::kernels::conv::{
         ConvShape, conv2d as k_conv2d, conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad,
     };
+    use lopper::kernels::isa::{self, Isa};
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let mut rng = StdRng::seed_from_u64(26);
     let ad = dev().autodiff();
@@ -385,6 +386,14 @@ fn conv_kernels_match_burn() {
         (1, 6, 10, 7, 5, 1, 2, 0),
         (2, 2, 6, 6, 3, 5, 1, 2),
         (4, 16, 11, 11, 8, 3, 2, 0),
+        // Stride 1 across several register blocks of channels and positions, with a ragged
+        // last block of each (AVX-512: 8 channels × 48 positions).
+        (2, 9, 13, 11, 19, 3, 1, 1),
+        (1, 17, 5, 3, 10, 3, 1, 2),
+        // Input channels a multiple of 16 at stride 1: AVX-512's channels-last weight
+        // gradient, with a 5×5 kernel's short last group of taps.
+        (2, 16, 7, 9, 11, 3, 1, 1),
+        (1, 32, 6, 6, 5, 5, 1, 2),
     ];
     let rel = |a: &[f32], b: &[f32], what: &str| {
         let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
@@ -427,21 +436,32 @@ fn conv_kernels_match_burn() {
             ConvOptions::new([s, s], [p, p], [1, 1], 1),
         );
         let grads = (y.clone() * rt).sum().backward();
-        rel(
-            &k_conv2d(&x, &wt, Some(&b), &shape),
-            &host(y),
-            &format!("{what} forward"),
+        let (y, dx, dw) = (
+            host(y),
+            host(xt.grad(&grads).unwrap()),
+            host(wtt.grad(&grads).unwrap()),
         );
-        rel(
-            &conv2d_input_grad(&wt, &r, &shape),
-            &host(xt.grad(&grads).unwrap()),
-            &format!("{what} dx"),
-        );
-        rel(
-            &conv2d_weight_grad(&x, &r, &shape),
-            &host(wtt.grad(&grads).unwrap()),
-            &format!("{what} dw"),
-        );
+        // Every vector level this CPU has: each has its own micro-kernel.
+        for level in Isa::available() {
+            isa::with_limit(level, || {
+                let what = format!("{what} at {level:?}");
+                rel(
+                    &k_conv2d(&x, &wt, Some(&b), &shape),
+                    &y,
+                    &format!("{what} forward"),
+                );
+                rel(
+                    &conv2d_input_grad(&wt, &r, &shape),
+                    &dx,
+                    &format!("{what} dx"),
+                );
+                rel(
+                    &conv2d_weight_grad(&x, &r, &shape),
+                    &dw,
+                    &format!("{what} dw"),
+                );
+            });
+        }
         rel(
             &conv2d_bias_grad(&r, &shape),
             &host(bt.grad(&grads).unwrap()),

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod conv;
 pub mod denormal;
 pub mod direct;
+pub mod isa;
 pub mod norm;
 
 pub use backend::{
