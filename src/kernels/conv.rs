@@ -259,6 +259,31 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<
     y
 }
 
+/// A sum over the batch's images, split into one contiguous run of images per thread: each
+/// thread adds its images into its own buffer (`part(images)` returns it), and the buffers
+/// are added at the end. Used by the weight gradients, which sum over images.
+pub(crate) fn sum_over_images(
+    batch: usize,
+    len: usize,
+    part: impl Fn(std::ops::Range<usize>) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let threads = rayon::current_num_threads().max(1);
+    let per = batch.div_ceil(threads).max(1);
+    let partial: Vec<Vec<f32>> = (0..batch.div_ceil(per))
+        .into_par_iter()
+        .map(|t| {
+            let _flush = FlushGuard::new();
+            part(t * per..((t + 1) * per).min(batch))
+        })
+        .collect();
+    let mut sum = vec![0.0f32; len];
+    for part in partial {
+        debug_assert_eq!(part.len(), len);
+        sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
+
 /// The weight gradient `dW [C_out, C_in, kh, kw]` of `y = conv2d(x, W)` given `dy`.
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     assert_eq!(x.len(), s.input_len(), "conv2d_weight_grad: input size");
@@ -271,46 +296,34 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
         return direct::weight_grad(x, dy, s);
     }
     let (k, p) = (s.k(), s.p());
-    let threads = rayon::current_num_threads().max(1);
-    let per = s.batch.div_ceil(threads).max(1);
-    // Each thread sums its images into its own dW; the partial sums are added at the end.
-    let partial: Vec<Vec<f32>> = (0..s.batch.div_ceil(per))
-        .into_par_iter()
-        .map(|t| {
-            let _flush = FlushGuard::new();
-            let mut dw = vec![0.0f32; s.weight_len()];
-            let mut cols = vec![0.0f32; if s.is_pointwise() { 0 } else { k * p }];
-            for n in t * per..((t + 1) * per).min(s.batch) {
-                let xn = &x[n * s.image_len()..][..s.image_len()];
-                let dyn_ = &dy[n * s.out_len()..][..s.out_len()];
-                let c: &[f32] = if s.is_pointwise() {
-                    xn
-                } else {
-                    im2col(xn, s, &mut cols);
-                    &cols
-                };
-                let a = View {
-                    ptr: dyn_.as_ptr(),
-                    rs: p as isize,
-                    cs: 1,
-                };
-                // colsᵀ: element (p, k) at k·P + p.
-                let b = View {
-                    ptr: c.as_ptr(),
-                    rs: 1,
-                    cs: p as isize,
-                };
-                // SAFETY: dy_n is [C_out, P], colsᵀ is [P, K], dw is [C_out, K].
-                unsafe { matmul(&mut dw, s.c_out, k, p, a, b, true) };
-            }
-            dw
-        })
-        .collect();
-    let mut dw = vec![0.0f32; s.weight_len()];
-    for part in partial {
-        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
-    dw
+    sum_over_images(s.batch, s.weight_len(), |images| {
+        let mut dw = vec![0.0f32; s.weight_len()];
+        let mut cols = vec![0.0f32; if s.is_pointwise() { 0 } else { k * p }];
+        for n in images {
+            let xn = &x[n * s.image_len()..][..s.image_len()];
+            let dyn_ = &dy[n * s.out_len()..][..s.out_len()];
+            let c: &[f32] = if s.is_pointwise() {
+                xn
+            } else {
+                im2col(xn, s, &mut cols);
+                &cols
+            };
+            let a = View {
+                ptr: dyn_.as_ptr(),
+                rs: p as isize,
+                cs: 1,
+            };
+            // colsᵀ: element (p, k) at k·P + p.
+            let b = View {
+                ptr: c.as_ptr(),
+                rs: 1,
+                cs: p as isize,
+            };
+            // SAFETY: dy_n is [C_out, P], colsᵀ is [P, K], dw is [C_out, K].
+            unsafe { matmul(&mut dw, s.c_out, k, p, a, b, true) };
+        }
+        dw
+    })
 }
 
 /// The bias gradient `[C_out]`: `dy` summed over images and positions.

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::ConvShape;
+use super::conv::{ConvShape, sum_over_images};
 use super::denormal::FlushGuard;
 use super::isa::Isa;
 
@@ -365,64 +365,53 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
     let weight_len = g.c_out * g.c_in * taps;
     let q_total = oh * wp;
     let padded_len = g.c_in * hp * wp + kw + wp;
-    let threads = rayon::current_num_threads().max(1);
-    let per = g.batch.div_ceil(threads).max(1);
-    let partial: Vec<Vec<f32>> = (0..g.batch.div_ceil(per))
-        .into_par_iter()
-        .map(|t| {
-            let _flush = FlushGuard::new();
-            let mut dw = vec![0.0f32; weight_len];
-            let mut xp = vec![0.0f32; padded_len];
-            let mut dyp = vec![0.0f32; g.c_out * q_total];
-            for n in t * per..((t + 1) * per).min(g.batch) {
-                let xn = &x[n * image_len..][..image_len];
-                let dyn_ = &dy[n * out_len..][..out_len];
-                pad_image(g, xn, &mut xp);
-                for co in 0..g.c_out {
-                    for oy in 0..oh {
-                        dyp[co * q_total + oy * wp..][..ow]
-                            .copy_from_slice(&dyn_[(co * oh + oy) * ow..][..ow]);
-                    }
+    sum_over_images(g.batch, weight_len, |images| {
+        let mut dw = vec![0.0f32; weight_len];
+        let mut xp = vec![0.0f32; padded_len];
+        let mut dyp = vec![0.0f32; g.c_out * q_total];
+        for n in images {
+            let xn = &x[n * image_len..][..image_len];
+            let dyn_ = &dy[n * out_len..][..out_len];
+            pad_image(g, xn, &mut xp);
+            for co in 0..g.c_out {
+                for oy in 0..oh {
+                    dyp[co * q_total + oy * wp..][..ow]
+                        .copy_from_slice(&dyn_[(co * oh + oy) * ow..][..ow]);
                 }
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        // SAFETY: dst addresses dW[co, c, ky, kx] for co < C_out, c < C_in;
-                        // lhs is dyp [C_out, Q]; rhs element (q, c) is xp[c·Hp·Wp + ky·Wp +
-                        // kx + q], inside xp (padded_len covers the last tap's last q).
-                        unsafe {
-                            gemm::gemm(
-                                g.c_out,
-                                g.c_in,
-                                q_total,
-                                dw.as_mut_ptr().add(ky * kw + kx),
-                                taps as isize,
-                                (g.c_in * taps) as isize,
-                                true,
-                                dyp.as_ptr(),
-                                1,
-                                q_total as isize,
-                                xp.as_ptr().add(ky * wp + kx),
-                                (hp * wp) as isize,
-                                1,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
+            }
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    // SAFETY: dst addresses dW[co, c, ky, kx] for co < C_out, c < C_in;
+                    // lhs is dyp [C_out, Q]; rhs element (q, c) is xp[c·Hp·Wp + ky·Wp +
+                    // kx + q], inside xp (padded_len covers the last tap's last q).
+                    unsafe {
+                        gemm::gemm(
+                            g.c_out,
+                            g.c_in,
+                            q_total,
+                            dw.as_mut_ptr().add(ky * kw + kx),
+                            taps as isize,
+                            (g.c_in * taps) as isize,
+                            true,
+                            dyp.as_ptr(),
+                            1,
+                            q_total as isize,
+                            xp.as_ptr().add(ky * wp + kx),
+                            (hp * wp) as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
                     }
                 }
             }
-            dw
-        })
-        .collect();
-    let mut dw = vec![0.0f32; weight_len];
-    for part in partial {
-        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
-    dw
+        }
+        dw
+    })
 }
 
 /// The weight gradient on AVX-512 without a GEMM, for `C_in` a multiple of 16.
@@ -438,10 +427,7 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &ConvShape) -> Vec<f32> {
 /// `[C_out][tap][C_in]` buffer, transposed to the weight's layout at the end.
 #[cfg(target_arch = "x86_64")]
 mod channels_last {
-    use rayon::prelude::*;
-
-    use super::super::denormal::FlushGuard;
-    use super::ConvShape;
+    use super::{ConvShape, sum_over_images};
 
     /// Input channels per vector.
     pub const LANES: usize = 16;
@@ -464,44 +450,40 @@ mod channels_last {
         let (ci, taps) = (g.c_in, kh * kw);
         let (image_len, out_len) = (ci * h * w, g.c_out * oh * ow);
         let co_pad = g.c_out.div_ceil(CO) * CO;
+        if image_len == 0 || out_len == 0 {
+            return vec![0.0f32; g.c_out * ci * taps];
+        }
         let offs: Vec<usize> = (0..taps).map(|t| (t / kw) * wp + t % kw).collect();
-        let threads = rayon::current_num_threads().max(1);
-        let per = g.batch.div_ceil(threads).max(1);
-        let partial: Vec<Vec<f32>> = (0..g.batch.div_ceil(per))
-            .into_par_iter()
-            .map(|t| {
-                let _flush = FlushGuard::new();
-                let mut acc = vec![0.0f32; co_pad * taps * ci];
-                // Borders stay zero from the allocation; each image rewrites the interior.
-                let mut xh = vec![0.0f32; hp * wp * ci];
-                // Rows past C_out stay zero.
-                let mut dyb = vec![0.0f32; co_pad * oh * ow];
-                for n in t * per..((t + 1) * per).min(g.batch) {
-                    let xn = &x[n * image_len..][..image_len];
-                    for (c, plane) in xn.chunks_exact(h * w).enumerate() {
-                        for (iy, row) in plane.chunks_exact(w).enumerate() {
-                            let base = ((iy + ph) * wp + pw) * ci + c;
-                            for (ix, &v) in row.iter().enumerate() {
-                                xh[base + ix * ci] = v;
-                            }
+        let acc = sum_over_images(g.batch, co_pad * taps * ci, |images| {
+            let mut acc = vec![0.0f32; co_pad * taps * ci];
+            // Borders stay zero from the allocation; each image rewrites the interior.
+            let mut xh = vec![0.0f32; hp * wp * ci];
+            // Rows past C_out stay zero.
+            let mut dyb = vec![0.0f32; co_pad * oh * ow];
+            for n in images {
+                let xn = &x[n * image_len..][..image_len];
+                for (c, plane) in xn.chunks_exact(h * w).enumerate() {
+                    for (iy, row) in plane.chunks_exact(w).enumerate() {
+                        let base = ((iy + ph) * wp + pw) * ci + c;
+                        for (ix, &v) in row.iter().enumerate() {
+                            xh[base + ix * ci] = v;
                         }
                     }
-                    dyb[..out_len].copy_from_slice(&dy[n * out_len..][..out_len]);
-                    // SAFETY: the CPU has AVX-512F (asserted above); the buffers have the
-                    // sizes `image` documents.
-                    unsafe { image(g, &xh, &dyb, &offs, &mut acc) };
                 }
-                acc
-            })
-            .collect();
+                dyb[..out_len].copy_from_slice(&dy[n * out_len..][..out_len]);
+                // SAFETY: the CPU has AVX-512F (asserted above); the buffers have the
+                // sizes `image` documents.
+                unsafe { image(g, &xh, &dyb, &offs, &mut acc) };
+            }
+            acc
+        });
+        // [co_pad][tap][C_in] → the weight's [C_out][C_in][tap].
         let mut dw = vec![0.0f32; g.c_out * ci * taps];
-        for part in partial {
-            for co in 0..g.c_out {
-                for t in 0..taps {
-                    let src = &part[(co * taps + t) * ci..][..ci];
-                    for (c, &v) in src.iter().enumerate() {
-                        dw[(co * ci + c) * taps + t] += v;
-                    }
+        for co in 0..g.c_out {
+            for t in 0..taps {
+                let src = &acc[(co * taps + t) * ci..][..ci];
+                for (c, &v) in src.iter().enumerate() {
+                    dw[(co * ci + c) * taps + t] = v;
                 }
             }
         }
