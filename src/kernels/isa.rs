@@ -95,3 +95,27 @@ pub fn with_limit<R>(limit: Isa, f: impl FnOnce() -> R) -> R {
     let _cap = Cap::new(limit);
     f()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_nest_restore_and_never_exceed_the_cpu() {
+        let top = Isa::detected();
+        assert_eq!(Isa::current(), top);
+        assert_eq!(Isa::available().last(), Some(&top));
+        with_limit(Isa::Baseline, || {
+            assert_eq!(Isa::current(), Isa::Baseline);
+            // A wider cap than the CPU has still gives what the CPU has.
+            with_limit(Isa::Avx512, || assert_eq!(Isa::current(), top));
+            assert_eq!(Isa::current(), Isa::Baseline);
+            // Other threads keep their own (absent) cap.
+            let other = std::thread::spawn(Isa::current).join().unwrap();
+            assert_eq!(other, top);
+        });
+        assert_eq!(Isa::current(), top);
+        assert_eq!(Isa::parse("avx2"), Some(Isa::Avx2));
+        assert_eq!(Isa::parse("sse9"), None);
+    }
+}
