@@ -470,6 +470,56 @@ fn conv_kernels_match_burn() {
     }
 }
 
+/// The depthwise kernels give the same forward and input gradient at every vector level this
+/// CPU has (the widest is checked against Burn's op in
+/// `conv_extension_matches_burn_on_random_shapes`), at stride 1 and 2.
+#[test]
+fn depthwise_kernels_agree_across_vector_levels() {
+    use lopper::kernels::conv::ConvShape;
+    use lopper::kernels::direct::depthwise;
+    use lopper::kernels::isa::{self, Isa};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(27);
+    for (n, c, h, w, k, s, p) in [(2, 5, 13, 11, 3, 1, 1), (3, 4, 9, 10, 3, 2, 1)] {
+        let g = ConvShape {
+            batch: n,
+            c_in: c,
+            height: h,
+            width: w,
+            c_out: c,
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+        };
+        let mut draw =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let x = draw(g.input_len());
+        let wt = draw(c * k * k);
+        let dy = draw(g.output_len());
+        let at = |level| {
+            isa::with_limit(level, || {
+                (
+                    depthwise::conv2d(&x, &wt, &g),
+                    depthwise::input_grad(&wt, &dy, &g),
+                )
+            })
+        };
+        let (y0, dx0) = at(Isa::Baseline);
+        for level in Isa::available() {
+            let (y, dx) = at(level);
+            for (what, a, b) in [("forward", &y, &y0), ("dx", &dx, &dx0)] {
+                assert_eq!(a.len(), b.len());
+                for (i, (u, v)) in a.iter().zip(b.iter()).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                        "{g:?} {what}[{i}] at {level:?}: {u} against baseline {v}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// `lopper::kernels::conv2d` (the kernels through Burn's backend extension, forward and
 /// handwritten backward on `Autodiff<Flex>`) against Burn's own `conv2d` on random geometries:
 /// odd sizes, strides 1–3, padding, 1×1 to 5×5, with and without bias, strided (non-contiguous)

@@ -561,7 +561,7 @@ mod channels_last {
 pub mod depthwise {
     use rayon::prelude::*;
 
-    use super::ConvShape;
+    use super::{ConvShape, Isa};
 
     /// One channel: `y [OH, OW] = Σ_t w[t] · xp[q + off_t]` over the padded plane `xp`, via
     /// the padded-width buffer `acc [OH·Wp]`.
@@ -593,19 +593,28 @@ pub mod depthwise {
     }
 
     #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn plane_avx512(g: &ConvShape, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
+        plane(g, xp, w, acc, y, |a, b, c| a.mul_add(b, c))
+    }
+
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn plane_avx2(g: &ConvShape, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
         plane(g, xp, w, acc, y, |a, b, c| a.mul_add(b, c))
     }
 
-    fn plane_any(g: &ConvShape, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { plane_avx2(g, xp, w, acc, y) };
+    /// [`plane`] compiled for `isa` (chosen by the caller on its own thread, see
+    /// [`Isa::current`]).
+    fn plane_at(isa: Isa, g: &ConvShape, xp: &[f32], w: &[f32], acc: &mut [f32], y: &mut [f32]) {
+        match isa {
+            // SAFETY: Isa::current() never exceeds what the CPU was detected to have.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { plane_avx512(g, xp, w, acc, y) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { plane_avx2(g, xp, w, acc, y) },
+            _ => plane(g, xp, w, acc, y, |a, b, c| a * b + c),
         }
-        plane(g, xp, w, acc, y, |a, b, c| a * b + c)
     }
 
     /// The plane buffer length: the padded plane plus the last tap's over-read.
@@ -684,6 +693,7 @@ pub mod depthwise {
         let taps: Vec<f32> = (0..g.c_out * kh * kw)
             .map(|i| w(i / (kh * kw), i % (kh * kw)))
             .collect();
+        let isa = Isa::current();
         y.par_chunks_mut(out)
             .zip(x.par_chunks(hw))
             .enumerate()
@@ -695,7 +705,7 @@ pub mod depthwise {
                     super::pad_plane(g, xc, xp);
                     let w = &taps[c * kh * kw..][..kh * kw];
                     if g.stride == [1, 1] {
-                        plane_any(g, xp, w, acc, yc);
+                        plane_at(isa, g, xp, w, acc, yc);
                     } else {
                         strided_plane(g, xp, w, yc);
                     }
