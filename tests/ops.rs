@@ -681,6 +681,7 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
     use lopper::kernels;
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let mut rng = StdRng::seed_from_u64(1926);
+    let mut pick = StdRng::seed_from_u64(6);
     let ad = dev().autodiff();
     let rel = |a: &[f32], b: &[f32], what: &str| {
         assert_eq!(a.len(), b.len(), "{what}: length");
@@ -700,10 +701,16 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
         let offset = rng.random_range(-3.0..3.0f32);
         let transposed = rng.random_bool(0.3);
         let scaled = rng.random_bool(0.5);
-        let relu = rng.random_bool(0.5);
+        // Which rectifier, from a second stream so the shapes and values stay those the
+        // test drew before ReLU6 joined.
+        let relu = match (rng.random_bool(0.5), pick.random_bool(0.5)) {
+            (false, _) => kernels::Rectifier::None,
+            (true, false) => kernels::Rectifier::Relu,
+            (true, true) => kernels::Rectifier::Relu6,
+        };
         let what = format!(
             "case {case}: [{n},{c},{h},{w}] offset {offset} transposed {transposed} \
-             scaled {scaled} relu {relu}"
+             scaled {scaled} rectifier {relu:?}"
         );
         let mut draw = |len: usize, off: f32| -> Vec<f32> {
             (0..len)
@@ -711,7 +718,13 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
                 .collect()
         };
         let xv = draw(n * c * h * w, offset);
-        let gv = draw(c, 1.0);
+        // With ReLU6, scales large enough that its upper bound of 6 cuts too.
+        let gain = if relu == kernels::Rectifier::Relu6 {
+            4.0
+        } else {
+            1.0
+        };
+        let gv: Vec<f32> = draw(c, 1.0).into_iter().map(|v| v * gain).collect();
         let bv = draw(c, 0.0);
         // Channel masks: soft values, some exactly zero (a pruned channel).
         let sv: Vec<f32> = draw(c, 0.5)
@@ -746,10 +759,10 @@ fn batch_norm_extension_matches_burn_on_random_shapes() {
                     Some(m) => o.output * m.reshape([1, c, 1, 1]),
                     None => o.output,
                 };
-                let y = if relu {
-                    burn::tensor::activation::relu(y)
-                } else {
-                    y
+                let y = match relu {
+                    kernels::Rectifier::None => y,
+                    kernels::Rectifier::Relu => burn::tensor::activation::relu(y),
+                    kernels::Rectifier::Relu6 => burn::tensor::activation::relu6(y),
                 };
                 (y, o.mean, o.variance)
             };

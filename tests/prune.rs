@@ -249,6 +249,66 @@ impl lopper::model::NodeHook for UnfusedMasks<'_> {
     }
 }
 
+/// A hook that changes nothing but reads every node's output, so the executor fuses no
+/// rectifier into a BatchNorm.
+struct ReadsEveryOutput;
+
+impl lopper::model::NodeHook for ReadsEveryOutput {}
+
+/// MobileNet-v2's BatchNorm + ReLU6 pairs, fused into the BatchNorm kernel, give the training
+/// logits and input gradient of the unfused pass (BatchNorm, then Burn's `relu6`).
+#[test]
+fn fused_relu6_keeps_training_values_and_gradients() {
+    let ad = Device::flex().autodiff();
+    let mut g = lopper::zoo::build("mobilenet_v2", &[3, 16, 16], 10).unwrap();
+    // No dropout: both passes must see the same network.
+    for node in &mut g.nodes {
+        if let lopper::graph::Op::Dropout { p } = &mut node.op {
+            *p = 0.0;
+        }
+    }
+    let model = burn::module::Module::train(burn::module::Module::fork(randomised(&g, 5), &ad));
+    let mut rng = StdRng::seed_from_u64(12);
+    let x: Vec<f32> = (0..4 * 3 * 16 * 16)
+        .map(|_| rng.random_range(-3.0..3.0))
+        .collect();
+    let run = |fused: bool| {
+        let input =
+            Tensor::<4>::from_data(TensorData::new(x.clone(), [4, 3, 16, 16]), &ad).require_grad();
+        let h: &dyn lopper::model::NodeHook = if fused {
+            &lopper::model::NoHook
+        } else {
+            &ReadsEveryOutput
+        };
+        let Value::Flat(logits) = model
+            .forward_hooked(Value::Spatial(input.clone()), true, h)
+            .unwrap()
+        else {
+            panic!("logits")
+        };
+        let r = Tensor::<2>::from_data(
+            TensorData::new((0..40).map(|i| (i % 7) as f32 - 3.0).collect(), [4, 10]),
+            &ad,
+        );
+        let grads = (logits.clone() * r).sum().backward();
+        let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        [
+            host(logits.flatten(0, 1)),
+            host(input.grad(&grads).unwrap().flatten(0, 3)),
+        ]
+    };
+    let (a, b) = (run(true), run(false));
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-4 * scale,
+                "tensor {k}[{i}]: fused {p}, unfused {q} (scale {scale})"
+            );
+        }
+    }
+}
+
 /// A training forward and backward pass with soft channel masks (some exactly zero) on
 /// models with BatchNorm + ReLU (fused into the BatchNorm kernel with the mask) gives the
 /// logits and the gradients of the input and of the masks themselves that the unfused pass

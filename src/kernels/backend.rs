@@ -22,7 +22,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    AutodiffBackend, Backend, DispatchDevice, ExtensionType, Flex, TensorMetadata,
+    AutodiffBackend, Backend, DispatchDevice, ExtensionType, Flex, Scalar, TensorMetadata,
     backend_extension,
 };
 use burn::tensor::ops::ConvOptions;
@@ -30,14 +30,14 @@ use burn::tensor::{DType, Shape, Tensor, TensorData, module as fops};
 
 use super::conv::{self, ConvShape};
 use super::direct;
-use super::norm::{self, NormShape};
+use super::norm::{self, NormShape, Rectifier};
 
 /// What [`batch_norm_train`] applies after the normalisation: a per-channel factor (a channel
-/// mask, which may carry gradients) and whether a ReLU follows.
+/// mask, which may carry gradients) and the rectifier that follows, if any.
 #[derive(Debug, Clone, Default)]
 pub struct NormEpilogue {
     pub scale: Option<Tensor<1>>,
-    pub relu: bool,
+    pub relu: Rectifier,
 }
 
 impl NormEpilogue {
@@ -49,10 +49,10 @@ impl NormEpilogue {
             Some(m) => y * m.reshape([1, c, 1, 1]),
             None => y,
         };
-        if self.relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
+        match self.relu {
+            Rectifier::None => y,
+            Rectifier::Relu => burn::tensor::activation::relu(y),
+            Rectifier::Relu6 => burn::tensor::activation::relu6(y),
         }
     }
 }
@@ -79,15 +79,15 @@ pub trait KernelOps: Backend {
     }
 
     /// BatchNorm with batch statistics over axis 1 of an NCHW input, its output multiplied by
-    /// a per-channel `scale` (a channel mask; ones for none) and, with `relu`, rectified:
-    /// `relu(scale·(γ·x̂ + β))`.
+    /// a per-channel `scale` (a channel mask; ones for none) and rectified by `relu` (none,
+    /// ReLU or ReLU6): `relu(scale·(γ·x̂ + β))`.
     fn lopper_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         epsilon: f64,
-        relu: bool,
+        relu: Rectifier,
     ) -> BatchNormOutput<Self> {
         composed_batch_norm_train::<Self>(x, gamma, beta, scale, epsilon, relu)
     }
@@ -101,13 +101,17 @@ fn composed_batch_norm_train<B: Backend>(
     beta: FloatTensor<B>,
     scale: FloatTensor<B>,
     epsilon: f64,
-    relu: bool,
+    relu: Rectifier,
 ) -> BatchNormOutput<B> {
     let r = B::batch_norm_train(x, gamma, beta, epsilon);
     let c = r.mean.shape().num_elements();
     let y = B::float_mul(r.output, B::float_reshape(scale, Shape::new([1, c, 1, 1])));
     BatchNormOutput {
-        output: if relu { B::relu(y) } else { y },
+        output: match relu {
+            Rectifier::None => y,
+            Rectifier::Relu => B::relu(y),
+            Rectifier::Relu6 => B::float_clamp(y, Scalar::Float(0.0), Scalar::Float(6.0)),
+        },
         mean: r.mean,
         variance: r.variance,
     }
@@ -387,7 +391,7 @@ fn flex_batch_norm_train(
     beta: FlexTensor,
     scale: FlexTensor,
     epsilon: f64,
-    relu: bool,
+    relu: Rectifier,
 ) -> BatchNormOutput<Flex> {
     let Some(s) = norm_shape_of(&x, &[&gamma, &beta, &scale]) else {
         return composed_batch_norm_train::<Flex>(x, gamma, beta, scale, epsilon, relu);
@@ -422,7 +426,7 @@ impl KernelOps for Flex {
         beta: FlexTensor,
         scale: FlexTensor,
         epsilon: f64,
-        relu: bool,
+        relu: Rectifier,
     ) -> BatchNormOutput<Flex> {
         flex_batch_norm_train(x, gamma, beta, scale, epsilon, relu)
     }
@@ -444,7 +448,7 @@ struct NormState {
     mean: FlexTensor,
     var: FlexTensor,
     epsilon: f64,
-    relu: bool,
+    relu: Rectifier,
 }
 
 impl Backward<Flex, 4> for BatchNormBackward {
@@ -530,7 +534,7 @@ impl<C: CheckpointStrategy> KernelOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         epsilon: f64,
-        relu: bool,
+        relu: Rectifier,
     ) -> BatchNormOutput<Self> {
         if norm_shape_of(&x, &[&gamma, &beta, &scale]).is_none() {
             return composed_batch_norm_train::<Self>(x, gamma, beta, scale, epsilon, relu);

@@ -12,6 +12,8 @@ pub mod direct;
 pub mod isa;
 pub mod norm;
 
+pub use norm::Rectifier;
+
 pub use backend::{
     MIN_POSITIONS, NormEpilogue, batch_norm_train, conv2d, enabled, kernel_calls, set_enabled,
 };

@@ -45,13 +45,49 @@ impl NormShape {
     }
 }
 
+/// The rectifier after a BatchNorm that its kernels apply in their element-wise pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rectifier {
+    /// None: the normalised (and scaled) value itself.
+    #[default]
+    None,
+    /// `max(z, 0)`.
+    Relu,
+    /// `min(max(z, 0), 6)` (MobileNet-v2's).
+    Relu6,
+}
+
+impl Rectifier {
+    /// `z` rectified.
+    #[inline(always)]
+    fn apply(self, z: f32) -> f32 {
+        match self {
+            Rectifier::None => z,
+            Rectifier::Relu => z.max(0.0),
+            Rectifier::Relu6 => z.clamp(0.0, 6.0),
+        }
+    }
+
+    /// Whether the gradient passes at `z`, as Burn's ops pass it: `relu` for `z > 0`, and
+    /// `relu6` (a clamp, by masked fills) on the closed interval `[0, 6]`.
+    #[inline(always)]
+    fn passes(self, z: f32) -> bool {
+        match self {
+            Rectifier::None => true,
+            Rectifier::Relu => z > 0.0,
+            Rectifier::Relu6 => (0.0..=6.0).contains(&z),
+        }
+    }
+}
+
 /// What BatchNorm's kernels fold into their element-wise pass: a per-channel factor (the
-/// channel mask the pruning methods put on the output, all ones without one) and the ReLU that
-/// follows. `y = relu(scale·(γ·x̂ + β))`; with `scale ≥ 0` this equals masking after the ReLU.
+/// channel mask the pruning methods put on the output, all ones without one) and the rectifier
+/// that follows: `y = rect(scale·(γ·x̂ + β))`, the mask applied before the rectifier as the
+/// executor applies it to the BatchNorm's output (for ReLU and `scale ≥ 0`, the same as after).
 #[derive(Debug, Clone, Copy)]
 pub struct Epilogue<'a> {
     pub scale: &'a [f32],
-    pub relu: bool,
+    pub relu: Rectifier,
 }
 
 /// Per channel the `(a, b)` of `y = x·a + b` before the ReLU. Forward and backward compute it
@@ -117,12 +153,16 @@ pub fn batch_norm_train(
                     .enumerate()
                 {
                     let (a, b) = coef[c];
-                    if epilogue.relu {
-                        yr.iter_mut()
+                    match epilogue.relu {
+                        Rectifier::None => yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * a + b),
+                        Rectifier::Relu => yr
+                            .iter_mut()
                             .zip(xr)
-                            .for_each(|(o, &v)| *o = (v * a + b).max(0.0));
-                    } else {
-                        yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * a + b);
+                            .for_each(|(o, &v)| *o = Rectifier::Relu.apply(v * a + b)),
+                        Rectifier::Relu6 => yr
+                            .iter_mut()
+                            .zip(xr)
+                            .for_each(|(o, &v)| *o = Rectifier::Relu6.apply(v * a + b)),
                     }
                 }
             });
@@ -171,10 +211,14 @@ pub fn batch_norm_train_backward(
             s.rows(x, c)
                 .zip(s.rows(dy, c))
                 .map(|(xr, gr)| {
-                    let (p, q) = if epilogue.relu {
-                        lanes_dot(xr, gr, mu, |v| v * a + b > 0.0)
-                    } else {
-                        lanes_dot(xr, gr, mu, |_| true)
+                    let (p, q) = match epilogue.relu {
+                        Rectifier::None => lanes_dot(xr, gr, mu, |_| true),
+                        Rectifier::Relu => {
+                            lanes_dot(xr, gr, mu, |v| Rectifier::Relu.passes(v * a + b))
+                        }
+                        Rectifier::Relu6 => {
+                            lanes_dot(xr, gr, mu, |v| Rectifier::Relu6.passes(v * a + b))
+                        }
                     };
                     (p as f64, q as f64)
                 })
@@ -216,9 +260,10 @@ pub fn batch_norm_train_backward(
                 {
                     let (a, b, k) = coef[c];
                     let (fa, fb) = fwd[c];
-                    if epilogue.relu {
+                    if epilogue.relu != Rectifier::None {
+                        let rect = epilogue.relu;
                         for ((d, &v), &g) in o.iter_mut().zip(xr).zip(gr) {
-                            let g = if v * fa + fb > 0.0 { g } else { 0.0 };
+                            let g = if rect.passes(v * fa + fb) { g } else { 0.0 };
                             *d = a * g + b * v + k;
                         }
                     } else {

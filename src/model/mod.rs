@@ -22,6 +22,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData, module as fops};
 
 use crate::error::{LopperError, Result};
 use crate::graph::{Graph, Node, Op};
+use crate::kernels::Rectifier;
 
 /// Convolution weights, `[out, in/groups, kh, kw]`.
 #[derive(Module, Debug)]
@@ -367,7 +368,7 @@ impl Model {
             }
         }
         last_use[self.graph.output] = usize::MAX;
-        let fuse_relu = self.relu_fusions(hook);
+        let fused = self.rectifier_fusions(hook);
         let mut values: Vec<Option<Value>> = vec![None; nodes.len()];
         let mut input = Some(input);
         for (i, node) in nodes.iter().enumerate() {
@@ -393,14 +394,14 @@ impl Model {
                         .ok_or_else(|| LopperError::Graph("the input was read twice".into()))?;
                     channel_scaled(hook, i, node, x)
                 }
-                // The BatchNorm before it applied this ReLU in its kernel.
-                Op::Relu if fuse_relu[node.inputs[0]] => {
+                // The BatchNorm before it applied this rectifier in its kernel.
+                Op::Relu | Op::Relu6 if fused[node.inputs[0]] != Rectifier::None => {
                     let x = args.into_iter().next().ok_or_else(|| {
                         LopperError::Graph(format!("node '{}' has no input", node.name))
                     })?;
                     channel_scaled(hook, i, node, x)
                 }
-                op => self.apply(i, node, op, args, train, hook, fuse_relu[i])?,
+                op => self.apply(i, node, op, args, train, hook, fused[i])?,
             };
             values[i] = Some(hook.after_node(i, node, out));
         }
@@ -409,9 +410,10 @@ impl Model {
             .ok_or_else(|| LopperError::Graph("the output node has no value".into()))
     }
 
-    /// Per node: whether it is a BatchNorm that applies the ReLU reading it (its only reader)
-    /// in its own kernel, as the hook allows (see [`NodeHook::reads_output`]).
-    fn relu_fusions(&self, hook: &dyn NodeHook) -> Vec<bool> {
+    /// Per node: the rectifier (ReLU or ReLU6) a BatchNorm applies in its own kernel for the
+    /// node reading it (its only reader), as the hook allows (see [`NodeHook::reads_output`]);
+    /// `None` for every other node.
+    fn rectifier_fusions(&self, hook: &dyn NodeHook) -> Vec<Rectifier> {
         let nodes = &self.graph.nodes;
         let mut readers = vec![Vec::new(); nodes.len()];
         for (j, n) in nodes.iter().enumerate() {
@@ -421,16 +423,20 @@ impl Model {
         }
         (0..nodes.len())
             .map(|i| {
-                matches!(nodes[i].op, Op::BatchNorm2d { .. })
+                let fusable = matches!(nodes[i].op, Op::BatchNorm2d { .. })
                     && i != self.graph.output
-                    && matches!(readers[i][..], [j] if matches!(nodes[j].op, Op::Relu))
-                    && !hook.reads_output(i, &nodes[i])
+                    && !hook.reads_output(i, &nodes[i]);
+                match readers[i][..] {
+                    [j] if fusable && nodes[j].op == Op::Relu => Rectifier::Relu,
+                    [j] if fusable && nodes[j].op == Op::Relu6 => Rectifier::Relu6,
+                    _ => Rectifier::None,
+                }
             })
             .collect()
     }
 
     /// Node `i`'s op on its inputs, with the hook's channel scale applied to the output (folded
-    /// into BatchNorm's kernel, like the ReLU after it when `fused_relu`).
+    /// into BatchNorm's kernel, like the rectifier after it when `fused` is not `None`).
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
@@ -440,7 +446,7 @@ impl Model {
         args: Vec<Value>,
         train: bool,
         hook: &dyn NodeHook,
-        fused_relu: bool,
+        fused: Rectifier,
     ) -> Result<Value> {
         let mut args = args.into_iter();
         let x = args
@@ -449,14 +455,14 @@ impl Model {
         if let Op::BatchNorm2d { eps, momentum, .. } = op {
             let scale = hook.channel_scale(i, node, x.is_autodiff());
             let x = x.spatial(node)?;
-            return self.batch_norm(i, node, x, *eps, *momentum, train, scale, fused_relu);
+            return self.batch_norm(i, node, x, *eps, *momentum, train, scale, fused);
         }
         let out = self.apply_op(i, node, op, x, args, train, hook)?;
         Ok(channel_scaled(hook, i, node, out))
     }
 
     /// BatchNorm on an image batch: batch statistics (updating the running ones) in training,
-    /// running statistics otherwise; then the channel scale and, when fused, the ReLU.
+    /// running statistics otherwise; then the channel scale and, when fused, the rectifier.
     #[allow(clippy::too_many_arguments)]
     fn batch_norm(
         &self,
@@ -467,7 +473,7 @@ impl Model {
         momentum: f64,
         train: bool,
         scale: Option<Tensor<1>>,
-        relu: bool,
+        relu: Rectifier,
     ) -> Result<Value> {
         let Some(Some(Layer::Norm(p))) = self.layers.get(i) else {
             return Err(LopperError::Graph(format!(
