@@ -236,6 +236,30 @@ fn resource_gradient_matches_finite_differences() {
     }
 }
 
+/// The loss the fusion tests differentiate: the logits weighted by a fixed pattern, so the
+/// logits' gradients differ from one another.
+fn patterned_loss(logits: Tensor<2>, device: &Device) -> Tensor<1> {
+    let [n, k] = logits.dims();
+    let pattern = (0..n * k).map(|i| (i % 7) as f32 - 3.0).collect();
+    (logits * Tensor::<2>::from_data(TensorData::new(pattern, [n, k]), device)).sum()
+}
+
+/// Each tensor of `fused` equals the one of `unfused` to `tol` relative to the latter's
+/// largest magnitude.
+fn assert_all_close(what: &str, fused: &[Vec<f32>], unfused: &[Vec<f32>], tol: f32) {
+    assert_eq!(fused.len(), unfused.len(), "{what}: tensor count");
+    for (k, (x, y)) in fused.iter().zip(unfused).enumerate() {
+        assert_eq!(x.len(), y.len(), "{what}: tensor {k} length");
+        let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+            assert!(
+                (p - q).abs() <= tol * scale,
+                "{what}: tensor {k}[{i}]: fused {p}, unfused {q} (scale {scale})"
+            );
+        }
+    }
+}
+
 /// The old way of masking: the factor applied to the value after the node, with the executor
 /// told that the hook reads outputs, so nothing is fused.
 struct UnfusedMasks<'a>(&'a ChannelMasks);
@@ -286,27 +310,14 @@ fn fused_relu6_keeps_training_values_and_gradients() {
         else {
             panic!("logits")
         };
-        let r = Tensor::<2>::from_data(
-            TensorData::new((0..40).map(|i| (i % 7) as f32 - 3.0).collect(), [4, 10]),
-            &ad,
-        );
-        let grads = (logits.clone() * r).sum().backward();
+        let grads = patterned_loss(logits.clone(), &ad).backward();
         let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
         [
             host(logits.flatten(0, 1)),
             host(input.grad(&grads).unwrap().flatten(0, 3)),
         ]
     };
-    let (a, b) = (run(true), run(false));
-    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-        let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-        for (i, (p, q)) in x.iter().zip(y).enumerate() {
-            assert!(
-                (p - q).abs() <= 1e-4 * scale,
-                "tensor {k}[{i}]: fused {p}, unfused {q} (scale {scale})"
-            );
-        }
-    }
+    assert_all_close("mobilenet_v2", &run(true), &run(false), 1e-4);
 }
 
 /// A training forward and backward pass with soft channel masks (some exactly zero) on
@@ -357,11 +368,7 @@ fn fused_mask_and_relu_keep_training_values_and_gradients() {
             else {
                 panic!("logits")
             };
-            let r = Tensor::<2>::from_data(
-                TensorData::new((0..40).map(|i| (i % 7) as f32 - 3.0).collect(), [4, 10]),
-                &ad,
-            );
-            let grads = (logits.clone() * r).sum().backward();
+            let grads = patterned_loss(logits.clone(), &ad).backward();
             let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
             let mut out = vec![
                 host(logits.flatten(0, 1)),
@@ -385,16 +392,8 @@ fn fused_mask_and_relu_keep_training_values_and_gradients() {
             with_grad + 1 >= groups.len(),
             "{name}: {with_grad} masks have gradients"
         );
-        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-            let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-            for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                // 1e-3: MobileNet's last BatchNorms normalise over 4 values (batch 4, 1×1), which
-                // amplifies the rounding of `(m·a)·x + m·b` against `m·(a·x + b)`.
-                assert!(
-                    (p - q).abs() <= 1e-3 * scale,
-                    "{name}: tensor {k}[{i}]: fused {p}, unfused {q} (scale {scale})"
-                );
-            }
-        }
+        // 1e-3: MobileNet's last BatchNorms normalise over 4 values (batch 4, 1×1), which
+        // amplifies the rounding of `(m·a)·x + m·b` against `m·(a·x + b)`.
+        assert_all_close(name, &a, &b, 1e-3);
     }
 }
