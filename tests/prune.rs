@@ -244,6 +244,38 @@ fn patterned_loss(logits: Tensor<2>, device: &Device) -> Tensor<1> {
     (logits * Tensor::<2>::from_data(TensorData::new(pattern, [n, k]), device)).sum()
 }
 
+/// One training forward and backward pass of a 4×3×16×16 batch under `hook`: the logits, the
+/// input's gradient, then the gradient of each of `params` (empty for a parameter the pass
+/// did not reach, such as the mask of a group without a mask point).
+fn training_pass(
+    model: &Model,
+    x: &[f32],
+    hook: &dyn lopper::model::NodeHook,
+    params: &[Tensor<1>],
+    device: &Device,
+) -> Vec<Vec<f32>> {
+    let input =
+        Tensor::<4>::from_data(TensorData::new(x.to_vec(), [4, 3, 16, 16]), device).require_grad();
+    let Value::Flat(logits) = model
+        .forward_hooked(Value::Spatial(input.clone()), true, hook)
+        .unwrap()
+    else {
+        panic!("logits")
+    };
+    let grads = patterned_loss(logits.clone(), device).backward();
+    let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+    let mut out = vec![
+        host(logits.flatten(0, 1)),
+        host(input.grad(&grads).unwrap().flatten(0, 3)),
+    ];
+    out.extend(
+        params
+            .iter()
+            .map(|p| p.grad(&grads).map(host).unwrap_or_default()),
+    );
+    out
+}
+
 /// Each tensor of `fused` equals the one of `unfused` to `tol` relative to the latter's
 /// largest magnitude.
 fn assert_all_close(what: &str, fused: &[Vec<f32>], unfused: &[Vec<f32>], tol: f32) {
@@ -297,25 +329,12 @@ fn fused_relu6_keeps_training_values_and_gradients() {
         .map(|_| rng.random_range(-3.0..3.0))
         .collect();
     let run = |fused: bool| {
-        let input =
-            Tensor::<4>::from_data(TensorData::new(x.clone(), [4, 3, 16, 16]), &ad).require_grad();
         let h: &dyn lopper::model::NodeHook = if fused {
             &lopper::model::NoHook
         } else {
             &ReadsEveryOutput
         };
-        let Value::Flat(logits) = model
-            .forward_hooked(Value::Spatial(input.clone()), true, h)
-            .unwrap()
-        else {
-            panic!("logits")
-        };
-        let grads = patterned_loss(logits.clone(), &ad).backward();
-        let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
-        [
-            host(logits.flatten(0, 1)),
-            host(input.grad(&grads).unwrap().flatten(0, 3)),
-        ]
+        training_pass(&model, &x, h, &[], &ad)
     };
     assert_all_close("mobilenet_v2", &run(true), &run(false), 1e-4);
 }
@@ -360,25 +379,7 @@ fn fused_mask_and_relu_keep_training_values_and_gradients() {
             );
             let unfused = UnfusedMasks(&hook);
             let h: &dyn NodeHook = if fused { &hook } else { &unfused };
-            let input = Tensor::<4>::from_data(TensorData::new(x.clone(), [4, 3, 16, 16]), &ad)
-                .require_grad();
-            let Value::Flat(logits) = model
-                .forward_hooked(Value::Spatial(input.clone()), true, h)
-                .unwrap()
-            else {
-                panic!("logits")
-            };
-            let grads = patterned_loss(logits.clone(), &ad).backward();
-            let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
-            let mut out = vec![
-                host(logits.flatten(0, 1)),
-                host(input.grad(&grads).unwrap().flatten(0, 3)),
-            ];
-            // A group without a mask point (the input's) has no gradient either way.
-            for m in &masks {
-                out.push(m.grad(&grads).map(host).unwrap_or_default());
-            }
-            out
+            training_pass(&model, &x, h, &masks, &ad)
         };
         let before = lopper::kernels::kernel_calls();
         let (a, b) = (run(true), run(false));
